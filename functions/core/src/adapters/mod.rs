@@ -1,0 +1,5 @@
+//! Production adapters of the ports.
+
+pub mod aws;
+pub mod otcs;
+pub mod sftp;

@@ -1,0 +1,1 @@
+//! Flows: orchestration over the ports, deadline-aware.

@@ -1,0 +1,348 @@
+//! Runs a function's handler either under the Lambda Runtime API or exactly
+//! once from the command line, with the same handler code in both modes.
+//!
+//! - `AWS_LAMBDA_RUNTIME_API` set: `lambda_runtime::run`, logs as JSON.
+//! - otherwise: `--event FILE` (or `-` for stdin) is read, the handler runs
+//!   once, its JSON response is printed on stdout and the process exits 0; an
+//!   error is printed on stderr and the exit code says whether a retry can help
+//!   (1 permanent, 75 transient, 2 bad command line).
+
+use std::future::Future;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+/// What the handler knows about the invocation it serves.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// The Lambda request id, or a generated one in local mode.
+    pub request_id: String,
+    /// When the invocation is cut off; flows stop claiming work before this.
+    pub deadline: SystemTime,
+    /// The Lambda function ARN, or `local:<name>` in local mode.
+    pub function_arn: String,
+}
+
+impl Invocation {
+    /// Time left until the deadline (zero when it has passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+/// Whether a failed invocation can succeed when tried again unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Network, throttling, 5xx, a deadline: Lambda's async retry may help.
+    Transient,
+    /// Bad input or configuration, a refusal: retrying changes nothing.
+    Permanent,
+}
+
+/// The error a handler returns: what failed, in words a person can act on,
+/// and whether a retry can help.
+#[derive(Debug, Clone)]
+pub struct FunctionError {
+    pub retry: Retry,
+    /// A short machine-readable kind, e.g. `InvalidEvent`, `SecretNotFound`.
+    pub kind: String,
+    pub message: String,
+}
+
+impl FunctionError {
+    pub fn permanent(kind: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            retry: Retry::Permanent,
+            kind: kind.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn transient(kind: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            retry: Retry::Transient,
+            kind: kind.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The `errorType` reported to Lambda: `Permanent.<Kind>` or `Transient.<Kind>`.
+    pub fn error_type(&self) -> String {
+        match self.retry {
+            Retry::Transient => format!("Transient.{}", self.kind),
+            Retry::Permanent => format!("Permanent.{}", self.kind),
+        }
+    }
+}
+
+impl std::fmt::Display for FunctionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.error_type(), self.message)
+    }
+}
+
+impl std::error::Error for FunctionError {}
+
+impl From<FunctionError> for lambda_runtime::Diagnostic {
+    fn from(e: FunctionError) -> Self {
+        lambda_runtime::Diagnostic {
+            error_type: e.error_type(),
+            error_message: e.message,
+        }
+    }
+}
+
+/// Initialise logging once: JSON lines on Lambda (CloudWatch parses them),
+/// human-readable on stderr locally. `RUST_LOG` overrides the level.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    // A second initialisation (tests) is harmless: the first subscriber stays.
+    if on_lambda() {
+        let _ = builder.json().with_current_span(true).try_init();
+    } else {
+        let _ = builder.compact().try_init();
+    }
+}
+
+/// True when running under a Lambda Runtime API (real or emulated).
+pub fn on_lambda() -> bool {
+    std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
+}
+
+/// Where a local invocation's event comes from.
+#[derive(Debug, PartialEq, Eq)]
+enum EventSource {
+    Stdin,
+    File(PathBuf),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum LocalArgs {
+    Help,
+    Run(EventSource),
+}
+
+fn parse_args(args: &[String]) -> Result<LocalArgs, String> {
+    let mut source = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(LocalArgs::Help),
+            "--event" => {
+                let value = it.next().ok_or_else(|| {
+                    "--event needs a value: a file path or - for stdin".to_string()
+                })?;
+                source = Some(if value == "-" {
+                    EventSource::Stdin
+                } else {
+                    EventSource::File(PathBuf::from(value))
+                });
+            }
+            other => {
+                if let Some(value) = other.strip_prefix("--event=") {
+                    source = Some(if value == "-" {
+                        EventSource::Stdin
+                    } else {
+                        EventSource::File(PathBuf::from(value))
+                    });
+                } else {
+                    return Err(format!("unknown argument {other:?}; usage: --event FILE|-"));
+                }
+            }
+        }
+    }
+    source
+        .map(LocalArgs::Run)
+        .ok_or_else(|| "missing --event FILE (or --event - to read the event from stdin)".into())
+}
+
+fn read_event(source: &EventSource) -> Result<Value, String> {
+    let (text, name) = match source {
+        EventSource::Stdin => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| format!("cannot read the event from stdin: {e}"))?;
+            (text, "stdin".to_string())
+        }
+        EventSource::File(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read event file {}: {e}", path.display()))?,
+            path.display().to_string(),
+        ),
+    };
+    serde_json::from_str(&text).map_err(|e| format!("event {name} is not valid JSON: {e}"))
+}
+
+/// The local invocation's time budget: `XECM_LOCAL_TIMEOUT_SECS`, default 900
+/// (the Lambda maximum), so deadline-aware flows behave as they would there.
+fn local_timeout() -> Duration {
+    std::env::var("XECM_LOCAL_TIMEOUT_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(900))
+}
+
+fn usage(function: &str) -> String {
+    format!(
+        "{function}: an xecm-sftp Lambda function.\n\
+         Under Lambda (AWS_LAMBDA_RUNTIME_API set) it serves invocations.\n\
+         Locally it runs one invocation:\n  {function} --event FILE   (or --event - for stdin)\n\
+         prints the JSON response on stdout and exits 0; on error it prints the\n\
+         error on stderr and exits 1 (permanent) or 75 (transient, retry may help)."
+    )
+}
+
+/// Report a failure that happened before the handler could run (configuration,
+/// secrets) and return the exit code for it.
+pub fn fail_init(function: &str, error: &FunctionError) -> ExitCode {
+    tracing::error!(error_type = %error.error_type(), "{function} failed to start: {}", error.message);
+    eprintln!("{function}: {error}");
+    exit_code(error)
+}
+
+fn exit_code(error: &FunctionError) -> ExitCode {
+    match error.retry {
+        Retry::Permanent => ExitCode::from(1),
+        Retry::Transient => ExitCode::from(75),
+    }
+}
+
+/// Serve `handler` under Lambda, or run it once locally (see module docs).
+pub async fn serve<H, Fut>(function: &'static str, handler: H) -> ExitCode
+where
+    H: Fn(Value, Invocation) -> Fut,
+    Fut: Future<Output = Result<Value, FunctionError>>,
+{
+    if on_lambda() {
+        let handler = &handler;
+        let service =
+            lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| {
+                let ctx = event.context;
+                let invocation = Invocation {
+                    request_id: ctx.request_id.clone(),
+                    deadline: ctx.deadline(),
+                    function_arn: ctx.invoked_function_arn.clone(),
+                };
+                async move { handler(event.payload, invocation).await }
+            });
+        return match lambda_runtime::run(service).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{function}: Lambda runtime stopped: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let source = match parse_args(&args) {
+        Ok(LocalArgs::Help) => {
+            println!("{}", usage(function));
+            return ExitCode::SUCCESS;
+        }
+        Ok(LocalArgs::Run(source)) => source,
+        Err(message) => {
+            eprintln!("{function}: {message}\n\n{}", usage(function));
+            return ExitCode::from(2);
+        }
+    };
+    let event = match read_event(&source) {
+        Ok(event) => event,
+        Err(message) => {
+            let error = FunctionError::permanent("InvalidEvent", message);
+            eprintln!("{function}: {error}");
+            return exit_code(&error);
+        }
+    };
+    let invocation = Invocation {
+        request_id: format!("local-{:016x}", fastrand::u64(..)),
+        deadline: SystemTime::now() + local_timeout(),
+        function_arn: format!("local:{function}"),
+    };
+    match handler(event, invocation).await {
+        Ok(response) => match serde_json::to_string_pretty(&response) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{function}: cannot print the response as JSON: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(error) => {
+            eprintln!("{function}: {error}");
+            exit_code(&error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn event_file_and_stdin_are_accepted() {
+        assert_eq!(
+            parse_args(&args(&["--event", "e.json"])),
+            Ok(LocalArgs::Run(EventSource::File("e.json".into())))
+        );
+        assert_eq!(
+            parse_args(&args(&["--event=-"])),
+            Ok(LocalArgs::Run(EventSource::Stdin))
+        );
+    }
+
+    #[test]
+    fn missing_or_unknown_arguments_are_named() {
+        assert!(parse_args(&[]).unwrap_err().contains("missing --event"));
+        assert!(
+            parse_args(&args(&["--event"]))
+                .unwrap_err()
+                .contains("needs a value")
+        );
+        assert!(
+            parse_args(&args(&["--evnt", "x"]))
+                .unwrap_err()
+                .contains("\"--evnt\"")
+        );
+    }
+
+    #[test]
+    fn malformed_event_file_error_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.json");
+        std::fs::write(&path, "{not json").unwrap();
+        let err = read_event(&EventSource::File(path.clone())).unwrap_err();
+        assert!(err.contains("bad.json"), "{err}");
+        assert!(err.contains("not valid JSON"), "{err}");
+    }
+
+    #[test]
+    fn error_type_carries_retry_class() {
+        assert_eq!(
+            FunctionError::transient("EcmUnavailable", "x").error_type(),
+            "Transient.EcmUnavailable"
+        );
+        assert_eq!(
+            FunctionError::permanent("InvalidRoute", "x").error_type(),
+            "Permanent.InvalidRoute"
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! An emulator of the OpenText Content Server REST API (to be written).

@@ -1,0 +1,2 @@
+//! otcs-emulator binary (to be written).
+fn main() {}

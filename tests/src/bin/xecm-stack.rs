@@ -1,0 +1,2 @@
+//! Starts the whole local stack in the foreground (to be written).
+fn main() {}

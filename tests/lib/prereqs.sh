@@ -1,0 +1,84 @@
+# shellcheck shell=bash
+# Installs what the test suite and the demo need, idempotently, on a Debian
+# machine as root: OpenSSH server and client, build tools for the vendored
+# OpenSSL/libssh2, Python venvs for moto (local AWS) and pyxecm (OpenText's
+# client, for the emulator conformance test), and the Rust lint components.
+# Sourced by tests/run.sh and tests/demo.sh; it prints what it installs.
+
+XECM_ROOT=${XECM_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+# Venvs live outside the checkout so that fresh clones on one machine share them.
+XECM_CACHE=${XECM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xecm-sftp}
+MOTO_VENV="$XECM_CACHE/venv-moto"
+PYXECM_VENV="$XECM_CACHE/venv-pyxecm"
+MOTO_VERSION=5.2.1
+PYXECM_VERSION=3.7.0
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        log "missing Debian packages: ${missing[*]} (run as root, or install them)"
+        return 1
+    fi
+    log "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=120 update -qq
+    apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_system_packages() {
+    apt_install openssh-server openssh-client ca-certificates curl perl make gcc pkg-config python3 python3-venv passwd procps
+}
+
+ensure_rust() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        # Debian's rustup package, then a stable toolchain through it.
+        apt_install rustup && rustup default stable
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    command -v cargo >/dev/null 2>&1 || { log "cargo not found and could not be installed"; return 1; }
+    if command -v rustup >/dev/null 2>&1; then
+        for comp in rustfmt clippy; do
+            rustup component list --installed 2>/dev/null | grep -q "^$comp" || rustup component add "$comp"
+        done
+    fi
+}
+
+# make_venv DIR PIP-ARGS...: create DIR once and install into it; a marker
+# file records the arguments so a change of pins reinstalls.
+make_venv() {
+    local dir=$1; shift
+    local want="$*"
+    if [ -f "$dir/.xecm-installed" ] && [ "$(cat "$dir/.xecm-installed")" = "$want" ]; then
+        return 0
+    fi
+    log "creating Python venv $dir ($want)"
+    rm -rf "$dir"
+    mkdir -p "$(dirname "$dir")"
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install -q --disable-pip-version-check "$@"
+    printf '%s' "$want" >"$dir/.xecm-installed"
+}
+
+ensure_python_tools() {
+    make_venv "$MOTO_VENV" "moto[server]==$MOTO_VERSION"
+    local constraints="$XECM_ROOT/tests/otcs-emulator/conformance/pyxecm-constraints.txt"
+    make_venv "$PYXECM_VENV" -c "$constraints" "pyxecm==$PYXECM_VERSION"
+    export XECM_MOTO_SERVER="$MOTO_VENV/bin/moto_server"
+    export XECM_PYXECM_PYTHON="$PYXECM_VENV/bin/python"
+}
+
+ensure_all() {
+    ensure_system_packages
+    ensure_rust
+    ensure_python_tools
+    mkdir -p /run/sshd 2>/dev/null || true
+}

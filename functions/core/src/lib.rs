@@ -7,6 +7,7 @@
 //! - `runtime`: the one place that runs a handler under Lambda or once locally.
 
 pub mod adapters;
+pub mod config;
 pub mod domain;
 pub mod flows;
 pub mod ports;

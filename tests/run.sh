@@ -24,6 +24,9 @@ cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+log "cargo build (the function binaries the end-to-end tests run)"
+cargo build --workspace --bins --locked
+
 log "cargo test (unit + integration against sshd, emulator, moto)"
 cargo test --workspace --all-targets --locked
 

@@ -10,8 +10,10 @@ XECM_ROOT=${XECM_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 XECM_CACHE=${XECM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xecm-sftp}
 MOTO_VENV="$XECM_CACHE/venv-moto"
 PYXECM_VENV="$XECM_CACHE/venv-pyxecm"
+CARGO_LAMBDA_VENV="$XECM_CACHE/venv-cargo-lambda"
 MOTO_VERSION=5.2.1
 PYXECM_VERSION=3.7.0
+CARGO_LAMBDA_VERSION=1.9.2
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -72,7 +74,11 @@ ensure_python_tools() {
     make_venv "$MOTO_VENV" "moto[server]==$MOTO_VERSION"
     local constraints="$XECM_ROOT/tests/otcs-emulator/conformance/pyxecm-constraints.txt"
     make_venv "$PYXECM_VENV" -c "$constraints" "pyxecm==$PYXECM_VERSION"
+    # cargo-lambda's Runtime API emulator (`cargo lambda watch`) for the
+    # end-to-end test and the demo's webhook endpoint.
+    make_venv "$CARGO_LAMBDA_VENV" "cargo-lambda==$CARGO_LAMBDA_VERSION"
     export XECM_MOTO_SERVER="$MOTO_VENV/bin/moto_server"
+    export XECM_CARGO_LAMBDA="$CARGO_LAMBDA_VENV/bin/cargo-lambda"
     export XECM_PYXECM_PYTHON="$PYXECM_VENV/bin/python"
 }
 

@@ -1,2 +1,6 @@
 //! The local stack for tests and the demo: OpenSSH sshd, moto and the Content
-//! Server emulator on 127.0.0.1, started and stopped by code.
+//! Server emulator on 127.0.0.1, started and stopped by code, plus the
+//! Lambda Runtime API harness for end-to-end tests.
+
+pub mod lambda;
+pub mod process;

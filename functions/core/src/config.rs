@@ -10,7 +10,10 @@ use thiserror::Error;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("environment variable {name} is not set ({hint})")]
-    Missing { name: &'static str, hint: &'static str },
+    Missing {
+        name: &'static str,
+        hint: &'static str,
+    },
     #[error("environment variable {name} is invalid: {reason}")]
     Invalid { name: &'static str, reason: String },
 }
@@ -47,7 +50,10 @@ impl Config {
             "XECM_ECM_SECRET_ID",
             "the Secrets Manager id of the Content Server secret",
         )?;
-        let event_bus = required("XECM_EVENT_BUS", "the EventBridge bus name for audit events")?;
+        let event_bus = required(
+            "XECM_EVENT_BUS",
+            "the EventBridge bus name for audit events",
+        )?;
         let sftp_secrets = match get("XECM_SFTP_SECRETS") {
             None => BTreeMap::new(),
             Some(text) if text.trim().is_empty() => BTreeMap::new(),
@@ -69,7 +75,10 @@ impl Config {
 
     /// The secret id for a route's `sftp_secret` name.
     pub fn sftp_secret_id<'a>(&'a self, name: &'a str) -> &'a str {
-        self.sftp_secrets.get(name).map(String::as_str).unwrap_or(name)
+        self.sftp_secrets
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or(name)
     }
 }
 
@@ -99,10 +108,16 @@ mod tests {
         let cfg = Config::from_lookup(lookup(&[
             ("XECM_ECM_SECRET_ID", "ecm"),
             ("XECM_EVENT_BUS", "bus"),
-            ("XECM_SFTP_SECRETS", r#"{"acme":"arn:aws:secretsmanager:x:1:secret:acme"}"#),
+            (
+                "XECM_SFTP_SECRETS",
+                r#"{"acme":"arn:aws:secretsmanager:x:1:secret:acme"}"#,
+            ),
         ]))
         .unwrap();
-        assert_eq!(cfg.sftp_secret_id("acme"), "arn:aws:secretsmanager:x:1:secret:acme");
+        assert_eq!(
+            cfg.sftp_secret_id("acme"),
+            "arn:aws:secretsmanager:x:1:secret:acme"
+        );
         assert_eq!(cfg.sftp_secret_id("other/id"), "other/id");
     }
 

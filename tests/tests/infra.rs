@@ -124,21 +124,20 @@ fn schedules_and_webhook_target_the_right_functions() {
     let mut schedules = 0;
     for (_, _, body) in &files {
         for res in blocks(body, "resource") {
-            if label(&res, 0) == "aws_scheduler_schedule" {
+            if label(res, 0) == "aws_scheduler_schedule" {
                 schedules += 1;
                 let text = hcl::to_string(res.body()).expect("render");
-                let target_ok = (label(&res, 1) == "ingest"
-                    && text.contains("fn[\"sftp-ingest\"]"))
-                    || (label(&res, 1) == "backup" && text.contains("fn[\"backup-snapshot\"]"));
+                let target_ok = (label(res, 1) == "ingest" && text.contains("fn[\"sftp-ingest\"]"))
+                    || (label(res, 1) == "backup" && text.contains("fn[\"backup-snapshot\"]"));
                 assert!(
                     target_ok,
                     "schedule {} targets the wrong function",
-                    label(&res, 1)
+                    label(res, 1)
                 );
                 assert!(
                     text.contains("dead_letter_config"),
                     "schedule {} has no DLQ",
-                    label(&res, 1)
+                    label(res, 1)
                 );
             }
         }

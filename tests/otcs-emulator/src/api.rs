@@ -1209,7 +1209,7 @@ async fn workspaces(State(state): St, Path(ver): Path<String>, Query(q): Q) -> R
                         .is_none_or(|s| n.name.to_lowercase().contains(s))
             })
             .collect();
-        hits.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()));
+        hits.sort_by_key(|n| n.name.to_lowercase());
         let pg = page(hits.len(), &q);
         let results: Vec<Value> = hits[pg.start..pg.end]
             .iter()

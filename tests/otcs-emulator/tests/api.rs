@@ -777,3 +777,56 @@ async fn data_dir_keeps_nodes_and_content_across_restart() {
     let next = app.new_folder("After restart").await;
     assert!(next > doc);
 }
+
+// ---------- HTML view ----------
+
+#[tokio::test]
+async fn html_view_shows_workspaces_documents_versions_categories_and_audit() {
+    let app = spawn().await;
+    let home = app
+        .http
+        .get(format!("{}/ui", app.emu.base_url()))
+        .send()
+        .await
+        .expect("ui");
+    assert_eq!(home.status().as_u16(), 200);
+    let home = home.text().await.expect("text");
+    assert!(home.contains("Acme Supplies GmbH (0000100001)"));
+    assert!(home.contains("SAP / LFA1 / 0000100001"));
+    let (_, v) = app
+        .upload(
+            500101,
+            "<script>x</script>.pdf",
+            b"html".to_vec(),
+            json!({"roles": {"categories": {"9001": {"9001_2": "In Review"}}}}),
+        )
+        .await;
+    let id = id_of(&v);
+    let page = app
+        .http
+        .get(format!("{}/ui/nodes/{id}", app.emu.base_url()))
+        .send()
+        .await
+        .expect("node page")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        page.contains("&lt;script&gt;x&lt;/script&gt;.pdf"),
+        "name escaped"
+    );
+    assert!(!page.contains("<script>x"), "no raw markup");
+    assert!(page.contains("Document Control") && page.contains("In Review"));
+    assert!(page.contains("Versions") && page.contains("Create"));
+    assert!(
+        page.contains("Acme Supplies GmbH"),
+        "breadcrumb reaches the workspace"
+    );
+    let r = app
+        .http
+        .get(format!("{}/ui/nodes/424242", app.emu.base_url()))
+        .send()
+        .await
+        .expect("404");
+    assert_eq!(r.status().as_u16(), 404);
+}

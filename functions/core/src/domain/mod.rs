@@ -1,3 +1,5 @@
 //! Pure domain code: checked newtypes, routes, rules and templates. No I/O.
 
 pub mod paths;
+pub mod template;
+pub mod transfer;

@@ -1,6 +1,9 @@
 //! Pure domain code: checked newtypes, routes, rules and templates. No I/O.
 
+pub mod classify;
 pub mod names;
 pub mod paths;
+pub mod placement;
+pub mod route;
 pub mod template;
 pub mod transfer;

@@ -1,9 +1,11 @@
 //! Pure domain code: checked newtypes, routes, rules and templates. No I/O.
 
+pub mod claim;
 pub mod classify;
 pub mod names;
 pub mod paths;
 pub mod placement;
+pub mod readiness;
 pub mod route;
 pub mod template;
 pub mod transfer;

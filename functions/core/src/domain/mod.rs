@@ -9,3 +9,4 @@ pub mod readiness;
 pub mod route;
 pub mod template;
 pub mod transfer;
+pub mod webhook;

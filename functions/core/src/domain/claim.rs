@@ -373,8 +373,8 @@ mod tests {
     #[test]
     fn given_hostile_rel_path_when_failed_then_single_safe_name_with_report() {
         let (f, r) = failed_paths("sub/.x:y.pdf", 1);
-        assert_eq!(f, "failed/sub__.x:y.pdf");
-        assert_eq!(r, "failed/sub__.x:y.pdf.error.json");
+        assert_eq!(f, "failed/sub__.x_y.pdf");
+        assert_eq!(r, "failed/sub__.x_y.pdf.error.json");
         let (f, _) = failed_paths(".evil", 2);
         assert_eq!(f, "failed/_evil (2)");
         let long = "é".repeat(127);

@@ -2,6 +2,7 @@
 
 pub mod claim;
 pub mod classify;
+pub mod export_route;
 pub mod names;
 pub mod paths;
 pub mod placement;

@@ -7,7 +7,7 @@
 //!
 //! SFTP-side names ([`sftp_safe_name`]) for the names *we* create (`failed/`,
 //! `archive/`, export targets): one path segment, no separators, no NUL or
-//! control characters, no leading dot (that would hide the file and makes
+//! control characters, none of Windows' reserved `<>:"|?*`, no leading dot (that would hide the file and makes
 //! `..` impossible), at most [`SFTP_NAME_MAX_BYTES`] bytes so that suffixes
 //! such as `.error.json` still fit the usual 255-byte file-name limit.
 //!
@@ -133,6 +133,8 @@ pub fn sftp_safe_name(original: &str) -> String {
         .chars()
         .map(|c| match c {
             '/' | '\\' | '\0' => '_',
+            // Reserved on Windows servers; partners run those too.
+            '<' | '>' | ':' | '"' | '|' | '?' | '*' => '_',
             c if c.is_control() => '_',
             c => c,
         })
@@ -223,6 +225,7 @@ mod tests {
             ("..", "_."),
             (".hidden", "_hidden"),
             ("a/b\\c", "a_b_c"),
+            ("a:b?*.pdf", "a_b__.pdf"),
             ("a\0b\nc", "a_b_c"),
             ("", "unnamed"),
             ("   ", "unnamed"),

@@ -3,6 +3,7 @@
 pub mod claim;
 pub mod classify;
 pub mod export_route;
+pub mod manifest;
 pub mod names;
 pub mod paths;
 pub mod placement;

@@ -1,5 +1,6 @@
 //! Pure domain code: checked newtypes, routes, rules and templates. No I/O.
 
+pub mod backup;
 pub mod claim;
 pub mod classify;
 pub mod export_route;
@@ -9,6 +10,8 @@ pub mod paths;
 pub mod placement;
 pub mod readiness;
 pub mod route;
+#[cfg(test)]
+mod samples;
 pub mod template;
 pub mod transfer;
 pub mod webhook;

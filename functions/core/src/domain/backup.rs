@@ -170,12 +170,8 @@ pub fn parse_backup_event(value: serde_json::Value) -> Result<BackupEvent, Route
         #[serde(default)]
         snapshot_id: Option<String>,
     }
-    let raw: Raw = serde_path_to_error::deserialize(value).map_err(|e| RouteError {
-        field: e.path().to_string(),
-        value: String::new(),
-        problem: "cannot be read".into(),
-        detail: Some(e.into_inner().to_string()),
-    })?;
+    let raw: Raw =
+        serde_path_to_error::deserialize(value).map_err(|e| super::route::serde_error(e, ""))?;
     raw.backup.validate()?;
     let id = |s: Option<String>| match s {
         Some(s) if is_snapshot_id(&s) => Ok(s),

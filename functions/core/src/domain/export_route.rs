@@ -29,7 +29,29 @@ use super::template::{Scope, Template, TemplateContext, TemplateError};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportConfig {
+    /// Where each export is recorded on the node; required, like the ingest
+    /// side's transfer history, because the category belongs to the site.
+    pub export_history: ExportHistoryConfig,
     pub routes: Vec<ExportRouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportHistoryConfig {
+    pub category_id: i64,
+    pub attributes: ExportHistoryAttributes,
+}
+
+/// Attribute ids within the export-history category.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportHistoryAttributes {
+    /// Last exported version number.
+    pub version: u32,
+    pub exported_at: u32,
+    /// `<route>/<destination>:<path>` of the last delivery.
+    pub destination: u32,
+    pub sha256: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +144,7 @@ pub struct ExportRoute {
 /// Validated export routes.
 #[derive(Debug, Clone)]
 pub struct ExportRoutes {
+    pub export_history: ExportHistoryConfig,
     pub routes: Vec<ExportRoute>,
 }
 
@@ -146,13 +169,8 @@ impl ExportConfig {
     /// Parse JSON with field paths in errors, then validate.
     pub fn from_json(text: &str) -> Result<ExportRoutes, RouteError> {
         let mut de = serde_json::Deserializer::from_str(text);
-        let cfg: ExportConfig =
-            serde_path_to_error::deserialize(&mut de).map_err(|e| RouteError {
-                field: e.path().to_string(),
-                value: String::new(),
-                problem: "cannot be read".into(),
-                detail: Some(e.into_inner().to_string()),
-            })?;
+        let cfg: ExportConfig = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| super::route::serde_error(e, ""))?;
         cfg.validate()
     }
 
@@ -163,6 +181,30 @@ impl ExportConfig {
                 "[]",
                 "at least one export route is needed",
             ));
+        }
+        let h = &self.export_history;
+        if h.category_id <= 0 {
+            return Err(err(
+                "export_history.category_id".into(),
+                h.category_id,
+                "must be positive",
+            ));
+        }
+        let a = &h.attributes;
+        let mut ids = BTreeSet::new();
+        for (f, id) in [
+            ("version", a.version),
+            ("exported_at", a.exported_at),
+            ("destination", a.destination),
+            ("sha256", a.sha256),
+        ] {
+            if id == 0 || !ids.insert(id) {
+                return Err(err(
+                    format!("export_history.attributes.{f}"),
+                    id,
+                    "must be a positive attribute id, used once",
+                ));
+            }
         }
         let mut names = BTreeSet::new();
         let mut routes = Vec::new();
@@ -278,7 +320,10 @@ impl ExportConfig {
                 destinations,
             });
         }
-        Ok(ExportRoutes { routes })
+        Ok(ExportRoutes {
+            export_history: self.export_history,
+            routes,
+        })
     }
 }
 
@@ -436,6 +481,38 @@ pub fn decide(
     Ok(ExportDecision::Rejected { reasons })
 }
 
+impl Delivery {
+    /// `<dir>/<file>` on the SFTP server.
+    pub fn remote_path(&self) -> String {
+        let mut parts = self.directory.clone();
+        parts.push(self.file_name.clone());
+        parts.join("/")
+    }
+}
+
+/// Export-history category values recording a delivery on the node.
+pub fn export_history_values(
+    h: &ExportHistoryConfig,
+    d: &Delivery,
+    sha256: &str,
+    at: DateTime<Utc>,
+) -> BTreeMap<String, String> {
+    let key = |id: u32| format!("{}_{id}", h.category_id);
+    let a = &h.attributes;
+    BTreeMap::from([
+        (key(a.version), d.version.to_string()),
+        (
+            key(a.exported_at),
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ),
+        (
+            key(a.destination),
+            format!("{}/{}:{}", d.route, d.destination, d.remote_path()),
+        ),
+        (key(a.sha256), sha256.to_ascii_lowercase()),
+    ])
+}
+
 // ---------------------------------------------------------------- manual events
 
 /// Manual console events of `ecm-export`.
@@ -465,13 +542,8 @@ pub enum ExportManualEvent {
 
 impl ExportManualEvent {
     pub fn from_json(value: serde_json::Value) -> Result<Self, RouteError> {
-        let ev: ExportManualEvent =
-            serde_path_to_error::deserialize(value).map_err(|e| RouteError {
-                field: e.path().to_string(),
-                value: String::new(),
-                problem: "cannot be read".into(),
-                detail: Some(e.into_inner().to_string()),
-            })?;
+        let ev: ExportManualEvent = serde_path_to_error::deserialize(value)
+            .map_err(|e| super::route::serde_error(e, ""))?;
         let (node_id, route) = match &ev {
             ExportManualEvent::Resend { node_id, route, .. }
             | ExportManualEvent::ExportPackage { node_id, route, .. } => (*node_id, route),
@@ -505,7 +577,8 @@ pub(crate) mod tests {
     use serde_json::json;
 
     pub(crate) fn sample_config() -> serde_json::Value {
-        json!({"routes": [
+        json!({"export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 3, "destination": 4, "sha256": 5}},
+            "routes": [
             {"name": "price-lists", "approval": {"category_id": 9001, "attribute": "9001_2", "value": "Approved", "min_version": 2},
              "destinations": [
                 {"name": "eu-distributors", "when": {"categories": {"9001_5": "EU"}}, "sftp_secret": "xecm/sftp/distributors-eu",
@@ -631,24 +704,53 @@ pub(crate) mod tests {
         assert!(decide(&routes, &node("Approved", "EU", 3), None, at()).is_ok());
     }
 
+    fn hist() -> serde_json::Value {
+        sample_config()["export_history"].clone()
+    }
+
+    #[test]
+    fn given_delivery_when_recorded_then_export_history_keys_and_values() {
+        let ExportDecision::Deliver(d) =
+            decide(&routes(), &node("Approved", "EU", 3), None, at()).unwrap()
+        else {
+            panic!("not delivered");
+        };
+        let v = export_history_values(&routes().export_history, &d, &"AB".repeat(32), at());
+        assert_eq!(v["9003_2"], "3");
+        assert_eq!(v["9003_3"], "2026-11-18T10:15:00Z");
+        assert_eq!(
+            v["9003_4"],
+            "price-lists/eu-distributors:outbound/EU/2026/Price list_ 2026_v3.xlsx"
+        );
+        assert_eq!(v["9003_5"], "ab".repeat(32));
+    }
+
     #[test]
     fn given_invalid_export_config_when_loaded_then_field_is_named() {
         let cases: Vec<(serde_json::Value, &str)> = vec![
-            (json!({"routes": []}), "routes"),
+            (json!({"export_history": hist(), "routes": []}), "routes"),
             (
-                json!({"routes": [{"name": "a", "approval": {"category_id": 9001, "attribute": "9002_2", "value": "x"}, "destinations": [{"name": "d", "sftp_secret": "s", "directory": "o"}]}]}),
+                json!({"export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 2, "destination": 4, "sha256": 5}}, "routes": sample_config()["routes"]}),
+                "export_history.attributes.exported_at",
+            ),
+            (
+                json!({"routes": sample_config()["routes"]}),
+                "export_history",
+            ),
+            (
+                json!({"export_history": hist(), "routes": [{"name": "a", "approval": {"category_id": 9001, "attribute": "9002_2", "value": "x"}, "destinations": [{"name": "d", "sftp_secret": "s", "directory": "o"}]}]}),
                 "routes[0].approval.attribute",
             ),
             (
-                json!({"routes": [{"name": "a", "approval": {"category_id": 9001, "attribute": "9001_2", "value": "x"}, "destinations": [{"name": "d", "sftp_secret": "s", "directory": "o/{node}"}]}]}),
+                json!({"export_history": hist(), "routes": [{"name": "a", "approval": {"category_id": 9001, "attribute": "9001_2", "value": "x"}, "destinations": [{"name": "d", "sftp_secret": "s", "directory": "o/{node}"}]}]}),
                 "routes[0].destinations[0].directory",
             ),
             (
-                json!({"routes": [{"name": "a", "approval": {"category_id": 9001, "attribute": "9001_2", "value": "x"}, "destinations": [{"name": "d", "sftp_secret": "s", "directory": "../o"}]}]}),
+                json!({"export_history": hist(), "routes": [{"name": "a", "approval": {"category_id": 9001, "attribute": "9001_2", "value": "x"}, "destinations": [{"name": "d", "sftp_secret": "s", "directory": "../o"}]}]}),
                 "routes[0].destinations[0].directory",
             ),
             (
-                json!({"routes": [{"name": "a", "approval": {"category_id": 9001, "attribute": "9001_2", "value": "x", "extra": 1}, "destinations": []}]}),
+                json!({"export_history": hist(), "routes": [{"name": "a", "approval": {"category_id": 9001, "attribute": "9001_2", "value": "x", "extra": 1}, "destinations": []}]}),
                 "routes[0].approval.extra",
             ),
         ];

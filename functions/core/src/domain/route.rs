@@ -1079,16 +1079,37 @@ pub enum IngestEvent {
     Retry { route: Route, files: Vec<String> },
 }
 
-fn parse_route(value: serde_json::Value, prefix: &str) -> Result<Route, RouteError> {
-    let config: RouteConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." {
-            prefix.to_owned()
+/// A serde error as a [`RouteError`] naming the field path (under `prefix`,
+/// which may be empty). serde reports a missing field at its parent's path,
+/// so the missing field's name is appended from the message.
+pub(crate) fn serde_error(
+    e: serde_path_to_error::Error<serde_json::Error>,
+    prefix: &str,
+) -> RouteError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let msg = inner.to_string();
+    let mut field = match (prefix.is_empty(), path == ".") {
+        (true, _) => path,
+        (false, true) => prefix.to_owned(),
+        (false, false) => format!("{prefix}.{path}"),
+    };
+    if let Some(missing) = msg
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split('`').next())
+    {
+        field = if field == "." || field.is_empty() {
+            missing.to_owned()
         } else {
-            format!("{prefix}.{path}")
+            format!("{field}.{missing}")
         };
-        RouteError::new(field, "", "cannot be read").with(e.into_inner())
-    })?;
+    }
+    RouteError::new(field, "", "cannot be read").with(msg)
+}
+
+fn parse_route(value: serde_json::Value, prefix: &str) -> Result<Route, RouteError> {
+    let config: RouteConfig =
+        serde_path_to_error::deserialize(value).map_err(|e| serde_error(e, prefix))?;
     config.validate().map_err(|mut e| {
         e.field = format!("{prefix}.{}", e.field);
         e

@@ -63,7 +63,7 @@ fn given_scheduled_ingest_sample_when_parsed_then_invoice_is_classified_and_plac
     let c = classify(
         &route,
         &Candidate {
-            rel_path: "INV-004711_ACME.pdf",
+            rel_path: "INV-004711_0000100001.pdf",
             size: 2048,
             head,
             meta: &meta,
@@ -78,7 +78,7 @@ fn given_scheduled_ingest_sample_when_parsed_then_invoice_is_classified_and_plac
     let facts = TransferFacts {
         route: route.name().into(),
         host: "127.0.0.1".into(),
-        source_path: "INV-004711_ACME.pdf".into(),
+        source_path: "INV-004711_0000100001.pdf".into(),
         size: 2048,
         sha256: "ab".repeat(32),
         received_at: received,
@@ -88,13 +88,15 @@ fn given_scheduled_ingest_sample_when_parsed_then_invoice_is_classified_and_plac
     let p = plan(&route, &c, &facts, &meta).unwrap();
     assert_eq!(p.folder, vec!["Invoices", "2026", "11"]);
     assert_eq!(p.document_name, "Invoice 004711.pdf");
-    assert_eq!(p.categories[&9002]["9002_11"], "INV-004711_ACME.pdf");
+    assert_eq!(p.categories[&9002]["9002_11"], "INV-004711_0000100001.pdf");
+    assert_eq!(p.categories[&9005]["9005_2"], "004711");
+    assert_eq!(p.rm_classification, Some(7002));
 
     // The indexed credit-note rule draws on CSV index metadata.
     let ix = route.index.as_ref().unwrap();
     let rows = super::classify::parse_csv_index(
         "index-20261127.csv",
-        b"file;doc_type;credit_note_no;vendor_id;po_number\nCN-2026-0042.pdf;credit_note;CN-42;ACME;PO-9\n",
+        b"file;doc_type;credit_note_no;vendor_id;po_number;amount\nCN-2026-0042.pdf;credit_note;CN-42;0000100001;PO-9;-120\n",
         ix,
     )
     .unwrap();
@@ -121,6 +123,8 @@ fn given_scheduled_ingest_sample_when_parsed_then_invoice_is_classified_and_plac
     )
     .unwrap();
     assert_eq!(p.document_name, "CN-2026-0042 (PO-9).pdf");
+    assert_eq!(p.folder, vec!["Invoices", "Credit notes", "2026"]);
+    assert_eq!(p.hold, Some(8001));
 }
 
 #[test]
@@ -131,7 +135,7 @@ fn given_manual_retry_sample_when_parsed_then_files_and_route_loaded() {
         panic!("not a retry event");
     };
     assert_eq!(route.name(), "acme-supplier-invoices");
-    assert_eq!(files, vec!["INV-004711_ACME.pdf", "CN-2026-0042.pdf"]);
+    assert_eq!(files, vec!["INV-004711_0000100001.pdf", "CN-2026-0042.pdf"]);
 }
 
 #[test]
@@ -171,16 +175,16 @@ fn given_webhook_sample_when_verified_with_demo_key_then_callback_leads_to_deliv
         version: cb.version,
         categories: BTreeMap::from([
             (cb.attribute.clone(), cb.value.clone()),
-            ("9001_5".into(), "EU".into()),
+            ("9001_6".into(), "EU".into()),
         ]),
-        ancestors: vec![4100, 2000],
-        workspace_type_id: Some(320),
+        ancestors: vec![3101, 3100, 2000],
+        workspace_type_id: None,
     };
     let ExportDecision::Deliver(d) = decide(&routes, &node, None, cb.approved_at.to_utc()).unwrap()
     else {
         panic!("not delivered");
     };
-    assert_eq!(d.destination, "eu-distributors");
+    assert_eq!(d.destination, "distributors-eu");
     assert_eq!(d.directory, vec!["inbound", "price-lists", "2026"]);
     assert_eq!(d.file_name, "Price list 2026_v3.xlsx");
 }
@@ -205,5 +209,5 @@ fn given_backup_sample_when_parsed_then_scheduled_job_is_valid() {
     else {
         panic!("not scheduled");
     };
-    assert_eq!((b.roots.as_slice(), b.retention), (&[2000, 5000][..], 14));
+    assert_eq!((b.roots.as_slice(), b.retention), (&[3001, 3003][..], 14));
 }

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::route::{Index, MatchOn, Place, Route};
+use super::route::{Index, MatchOn, Place, Route, SidecarFormat, SidecarMode};
 use super::template::split_ext;
 
 /// How many leading bytes [`detect`] looks at.
@@ -355,6 +355,9 @@ pub fn parse_xml_sidecar(file: &str, bytes: &[u8]) -> Result<Metadata, MetadataE
                     return Err(err("text outside a field element".into()));
                 }
             }
+            Event::Eof if depth > 0 => {
+                return Err(err(format!("{depth} element(s) not closed at end of file")));
+            }
             Event::Eof => break,
             // Declaration, comments, processing instructions carry no metadata.
             _ => {}
@@ -463,6 +466,71 @@ pub fn parse_csv_index(
         }
     }
     Ok(out)
+}
+
+/// Where the flow looks for a document's sidecars, in preference order.
+pub fn sidecar_paths(route: &Route, rel_path: &str) -> Vec<(SidecarFormat, String)> {
+    if route.config.sidecars.mode == SidecarMode::Off {
+        return Vec::new();
+    }
+    route
+        .config
+        .sidecars
+        .formats
+        .iter()
+        .map(|f| {
+            let ext = match f {
+                SidecarFormat::Json => "json",
+                SidecarFormat::Xml => "xml",
+            };
+            (*f, format!("{rel_path}.{ext}"))
+        })
+        .collect()
+}
+
+/// Re-key parsed index rows by path relative to `source_dir`: names in an
+/// index are relative to the index file's own directory.
+pub fn index_rows_by_path(
+    index_rel_path: &str,
+    rows: BTreeMap<String, Metadata>,
+) -> BTreeMap<String, Metadata> {
+    let dir = index_rel_path.rsplit_once('/').map(|(d, _)| d);
+    rows.into_iter()
+        .map(|(name, meta)| match dir {
+            Some(d) => (format!("{d}/{name}"), meta),
+            None => (name, meta),
+        })
+        .collect()
+}
+
+/// A document's metadata from its index row and sidecar (the sidecar wins per
+/// field: it is the more specific source). With `sidecars.mode = required`,
+/// a document with neither is refused; an index row counts as metadata.
+pub fn gather_metadata(
+    route: &Route,
+    rel_path: &str,
+    sidecar: Option<(SidecarFormat, &str, &[u8])>,
+    index_row: Option<&Metadata>,
+) -> Result<Metadata, MetadataError> {
+    let mode = route.config.sidecars.mode;
+    let mut meta = index_row.cloned().unwrap_or_default();
+    match sidecar {
+        Some((format, path, bytes)) if mode != SidecarMode::Off => {
+            let parsed = match format {
+                SidecarFormat::Json => parse_json_sidecar(path, bytes)?,
+                SidecarFormat::Xml => parse_xml_sidecar(path, bytes)?,
+            };
+            meta.extend(parsed);
+        }
+        None if mode == SidecarMode::Required && index_row.is_none() => {
+            return Err(MetadataError::new(
+                rel_path,
+                "has no sidecar (.json/.xml) or index row, and the route requires one",
+            ));
+        }
+        _ => {}
+    }
+    Ok(meta)
 }
 
 // ---------------------------------------------------------------- rules
@@ -742,7 +810,61 @@ mod tests {
         assert!(parse_xml_sidecar("s.xml", b"<doc><a>1</b></doc>").is_err());
         assert!(parse_xml_sidecar("s.xml", b"<doc><a>&bogus;</a></doc>").is_err());
         assert!(parse_xml_sidecar("s.xml", b"").is_err());
+        assert!(parse_xml_sidecar("s.xml", b"<doc><a>1</a>").is_err());
+        assert!(parse_xml_sidecar("s.xml", b"<doc/><doc/>").is_err());
         assert!(parse_xml_sidecar("s.xml", b"\xff<doc/>").is_err());
+    }
+
+    #[test]
+    fn given_sidecar_and_index_row_when_gathered_then_sidecar_wins_per_field() {
+        let r = route(|_| {});
+        let row: Metadata = [
+            ("po".to_string(), "PO-1".to_string()),
+            ("vendor".to_string(), "A".to_string()),
+        ]
+        .into();
+        let m = gather_metadata(
+            &r,
+            "a.pdf",
+            Some((SidecarFormat::Json, "a.pdf.json", br#"{"po":"PO-2"}"#)),
+            Some(&row),
+        )
+        .unwrap();
+        assert_eq!((m["po"].as_str(), m["vendor"].as_str()), ("PO-2", "A"));
+        assert!(gather_metadata(&r, "a.pdf", None, None).unwrap().is_empty());
+        let e = gather_metadata(
+            &r,
+            "a.pdf",
+            Some((SidecarFormat::Xml, "a.pdf.xml", b"<a><b>")),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.file, "a.pdf.xml");
+        assert_eq!(
+            sidecar_paths(&r, "x/a.pdf"),
+            vec![
+                (SidecarFormat::Json, "x/a.pdf.json".to_string()),
+                (SidecarFormat::Xml, "x/a.pdf.xml".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn given_required_sidecar_mode_when_document_has_none_then_refused_unless_indexed() {
+        let r = route(|v| v["sidecars"] = json!({"mode": "required"}));
+        let e = gather_metadata(&r, "a.pdf", None, None).unwrap_err();
+        assert!(e.to_string().contains("requires"), "{e}");
+        assert!(gather_metadata(&r, "a.pdf", None, Some(&Metadata::new())).is_ok());
+        let off = route(|v| v["sidecars"] = json!({"mode": "off"}));
+        assert!(sidecar_paths(&off, "a.pdf").is_empty());
+    }
+
+    #[test]
+    fn given_index_in_subdir_when_rows_rekeyed_then_paths_relative_to_source_dir() {
+        let rows: BTreeMap<String, Metadata> = [("a.pdf".to_string(), Metadata::new())].into();
+        let keyed = index_rows_by_path("2026/index-1.csv", rows.clone());
+        assert!(keyed.contains_key("2026/a.pdf"));
+        assert!(index_rows_by_path("index-1.csv", rows).contains_key("a.pdf"));
     }
 
     fn index(delim: char) -> Index {

@@ -958,6 +958,31 @@ impl RouteConfig {
                     .with(format!("also used by {other}")));
             }
         }
+        // Rule values in the transfer-history category must not overwrite
+        // the history itself (the idempotency key lives there).
+        let reserved: BTreeSet<String> = ids
+            .keys()
+            .map(|id| format!("{}_{id}", th.category_id))
+            .collect();
+        let places = rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("rules[{i}].place"), &r.place))
+            .chain(match &fallback {
+                Fallback::Place(p) => Some(("fallback.place".to_owned(), p.as_ref())),
+                Fallback::Fail => None,
+            });
+        for (field, place) in places {
+            for (j, c) in place.categories.iter().enumerate() {
+                if let Some((key, _)) = c.attributes.iter().find(|(k, _)| reserved.contains(k)) {
+                    return Err(RouteError::new(
+                        format!("{field}.categories[{j}].attributes"),
+                        key,
+                        "is a transfer-history attribute and cannot be set by a rule",
+                    ));
+                }
+            }
+        }
         Ok(Route {
             include,
             exclude,
@@ -1343,6 +1368,13 @@ pub(crate) mod tests {
                 "route.rules[0].place.workspace.type_id",
             ),
             (Box::new(|v| v["name"] = json!("bad name")), "route.name"),
+            (
+                Box::new(|v| {
+                    v["rules"][0]["place"]["categories"] =
+                        json!([{"category_id": 9002, "attributes": {"10": "forged"}}])
+                }),
+                "route.rules[0].place.categories[0].attributes",
+            ),
             (
                 Box::new(|v| {
                     v["rules"] = json!([]);

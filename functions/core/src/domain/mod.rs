@@ -1,5 +1,6 @@
 //! Pure domain code: checked newtypes, routes, rules and templates. No I/O.
 
+pub mod audit;
 pub mod backup;
 pub mod claim;
 pub mod classify;

@@ -164,11 +164,19 @@ pub fn plan(
         transfer: Some(facts.clone()),
         ..TemplateContext::default()
     };
-    let tpl = |what: &str, t: &super::template::Template, seg: bool| {
-        if seg {
-            t.render_segment(&ctx)
-        } else {
-            t.render_value(&ctx)
+    // `Name`: a Content Server name; `Url`: goes into a URL path (bo_id);
+    // `Value`: free text.
+    #[derive(Clone, Copy)]
+    enum As {
+        Name,
+        Url,
+        Value,
+    }
+    let tpl = |what: &str, t: &super::template::Template, how: As| {
+        match how {
+            As::Name => t.render_name(&ctx),
+            As::Url => t.render_segment(&ctx),
+            As::Value => t.render_value(&ctx),
         }
         .map_err(|source| PlacementError::Template {
             what: what.to_owned(),
@@ -191,7 +199,7 @@ pub fn plan(
                     type_id,
                     name: sanitise(
                         "workspace.create.name",
-                        &tpl("workspace.create.name", &c.name, true)?,
+                        &tpl("workspace.create.name", &c.name, As::Name)?,
                     )?,
                     parent_id: c.parent_id,
                     categories: render_categories(
@@ -215,7 +223,7 @@ pub fn plan(
             ext_system: ext_system.clone(),
             bo_type: bo_type.clone(),
             // The id goes into a URL path segment, hence the segment check.
-            bo_id: tpl("workspace.bo_id", bo_id, true)?,
+            bo_id: tpl("workspace.bo_id", bo_id, As::Url)?,
             create: create(*type_id, c)?,
         },
         WorkspaceRule::Name {
@@ -224,14 +232,14 @@ pub fn plan(
             create: c,
         } => WorkspaceTarget::Name {
             type_id: *type_id,
-            name: sanitise("workspace.name", &tpl("workspace.name", name, true)?)?,
+            name: sanitise("workspace.name", &tpl("workspace.name", name, As::Name)?)?,
             create: create(*type_id, c)?,
         },
         WorkspaceRule::Node { node_id } => WorkspaceTarget::Node { node_id: *node_id },
     };
     let folder = place
         .folder
-        .render_path(&ctx)
+        .render_name_path(&ctx)
         .map_err(|source| PlacementError::Template {
             what: "folder".into(),
             source,
@@ -239,7 +247,7 @@ pub fn plan(
         .iter()
         .map(|s| sanitise("folder", s))
         .collect::<Result<Vec<_>, _>>()?;
-    let document_name = sanitise("name", &tpl("name", &place.name, true)?)?;
+    let document_name = sanitise("name", &tpl("name", &place.name, As::Name)?)?;
 
     let mut categories = render_categories("categories", &place.categories, &ctx)?;
     let th = &route.config.transfer_history;
@@ -264,7 +272,7 @@ pub fn plan(
     let mut description = place
         .description
         .as_ref()
-        .map(|d| tpl("description", d, false))
+        .map(|d| tpl("description", d, As::Value))
         .transpose()?;
     match a.original_name {
         Some(id) => {

@@ -211,3 +211,95 @@ fn given_backup_sample_when_parsed_then_scheduled_job_is_valid() {
     };
     assert_eq!((b.roots.as_slice(), b.retention), (&[3001, 3003][..], 14));
 }
+
+#[test]
+fn given_hostile_names_when_taken_through_the_ingest_decisions_then_nothing_escapes() {
+    use super::claim::{ClaimTag, failed_paths, parse_claimed_path};
+    use super::names::escape_non_utf8;
+    use super::route::EntryRole;
+
+    let mut v = json("ingest-scheduled.json");
+    v["route"]["fallback"] = serde_json::json!({"place": {
+        "workspace": {"by": "node", "node_id": 3005}, "folder": "Unsorted/{yyyy-mm-dd}", "name": "{name}"}});
+    let IngestEvent::Scheduled(route) = parse_ingest_event(v).unwrap() else {
+        panic!("not scheduled");
+    };
+    let long = format!("{}.pdf", "a".repeat(300)).into_bytes();
+    let refused: [&[u8]; 5] = [
+        b"../x.pdf",
+        b"a\0b.pdf",
+        b".hidden.pdf",
+        b"sub/x.pdf",
+        b"..\\..\\x.pdf",
+    ];
+    for raw in refused {
+        let name = escape_non_utf8(raw);
+        assert!(
+            matches!(route.entry_role(&name), EntryRole::Ignored(_)),
+            "{name:?}"
+        );
+    }
+    let accepted: [&[u8]; 5] = [
+        b"ctl\x07\x1b[31m.pdf",
+        &long,
+        b"r\xe9sum\xe9.pdf",
+        b"Re: offer.pdf",
+        b"a\\..\\x.pdf",
+    ];
+    let meta = Metadata::new();
+    let head = b"%PDF-1.4\n";
+    let at = Utc
+        .with_ymd_and_hms(2026, 11, 27, 8, 30, 0)
+        .single()
+        .unwrap();
+    for raw in accepted {
+        let name = escape_non_utf8(raw);
+        assert_eq!(route.entry_role(&name), EntryRole::Document, "{name:?}");
+        let c = classify(
+            &route,
+            &Candidate {
+                rel_path: &name,
+                size: 9,
+                head,
+                meta: &meta,
+            },
+        )
+        .unwrap();
+        let facts = TransferFacts {
+            route: route.name().into(),
+            host: "h".into(),
+            source_path: name.clone(),
+            size: 9,
+            sha256: "ab".repeat(32),
+            received_at: at,
+            ingested_at: at,
+            invocation_id: "i".into(),
+        };
+        let p = plan(&route, &c, &facts, &meta).unwrap();
+        let doc = &p.document_name;
+        assert!(
+            doc.chars().count() <= 248 && !doc.contains(':') && !doc.chars().any(char::is_control),
+            "{doc:?}"
+        );
+        assert_eq!(doc.trim(), doc);
+        assert!(doc.ends_with(".pdf"), "{doc:?}");
+        assert_eq!(p.categories[&9002]["9002_11"], name, "original name kept");
+        let (failed, report) = failed_paths(&name, 1);
+        for path in [&failed, &report] {
+            let rest = path.strip_prefix("failed/").unwrap();
+            assert!(
+                !rest.contains('/') && !rest.contains('\\') && !rest.starts_with('.'),
+                "{path:?}"
+            );
+            assert!(
+                !rest.chars().any(char::is_control) && rest.len() <= 255,
+                "{path:?}"
+            );
+        }
+        let tag = ClaimTag::new(route.name(), 1, at.timestamp(), "inv");
+        assert_eq!(
+            parse_claimed_path(&tag.claimed_path(&name)),
+            Some((tag, name.clone()))
+        );
+    }
+}

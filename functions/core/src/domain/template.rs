@@ -422,16 +422,39 @@ impl Template {
         Ok(out)
     }
 
-    /// Render as a single path segment (a file or document name).
+    /// Render as a single SFTP path segment or URL segment: `\\` counts as a
+    /// separator too (Windows servers treat it as one).
     pub fn render_segment(&self, ctx: &TemplateContext) -> Result<String, TemplateError> {
         let s = self.render_value(ctx)?;
-        check_segment(&self.source, &s)?;
+        check_segment(&self.source, &s, true)?;
         Ok(s)
     }
 
-    /// Render as a relative path: split on the template's literal `/` first, then
-    /// render and check each segment. An empty template is the empty path.
+    /// Render as a Content Server node name: like [`Self::render_segment`], but
+    /// `\\` is an ordinary character there (nodes are addressed by id).
+    pub fn render_name(&self, ctx: &TemplateContext) -> Result<String, TemplateError> {
+        let s = self.render_value(ctx)?;
+        check_segment(&self.source, &s, false)?;
+        Ok(s)
+    }
+
+    /// Render as a relative SFTP path: split on the template's literal `/`
+    /// first, then render and check each segment. An empty template is the
+    /// empty path.
     pub fn render_path(&self, ctx: &TemplateContext) -> Result<Vec<String>, TemplateError> {
+        self.render_path_with(ctx, true)
+    }
+
+    /// Render a folder path of Content Server names (`\\` allowed in names).
+    pub fn render_name_path(&self, ctx: &TemplateContext) -> Result<Vec<String>, TemplateError> {
+        self.render_path_with(ctx, false)
+    }
+
+    fn render_path_with(
+        &self,
+        ctx: &TemplateContext,
+        backslash_separates: bool,
+    ) -> Result<Vec<String>, TemplateError> {
         let mut segments = Vec::new();
         let mut current = String::new();
         let mut any = false;
@@ -470,18 +493,18 @@ impl Template {
             segments.pop();
         }
         for s in &segments {
-            check_segment(&self.source, s)?;
+            check_segment(&self.source, s, backslash_separates)?;
         }
         Ok(segments)
     }
 }
 
-fn check_segment(template: &str, s: &str) -> Result<(), TemplateError> {
+fn check_segment(template: &str, s: &str, backslash_separates: bool) -> Result<(), TemplateError> {
     let reason = if s.is_empty() {
         Some("empty")
     } else if s == "." || s == ".." {
         Some("dot segment")
-    } else if s.contains('/') || s.contains('\\') {
+    } else if s.contains('/') || (backslash_separates && s.contains('\\')) {
         Some("contains a path separator")
     } else if s.contains('\0') {
         Some("contains NUL")
@@ -600,6 +623,11 @@ mod tests {
             c.captures.insert("invoice_no".into(), evil.into());
             assert!(t.render_path(&c).is_err(), "{evil:?} accepted");
         }
+        let mut c = ctx();
+        c.captures.insert("invoice_no".into(), "a\\b".into());
+        assert_eq!(t.render_name_path(&c).unwrap(), vec!["In", "a\\b"]);
+        c.captures.insert("invoice_no".into(), "..".into());
+        assert!(t.render_name_path(&c).is_err());
         let e = Template::parse("a//b", &Scope::dates_only())
             .unwrap()
             .render_path(&ctx())

@@ -1,3 +1,18 @@
 //! Pure domain code: checked newtypes, routes, rules and templates. No I/O.
 
+pub mod audit;
+pub mod backup;
+pub mod claim;
+pub mod classify;
+pub mod export_route;
+pub mod manifest;
+pub mod names;
 pub mod paths;
+pub mod placement;
+pub mod readiness;
+pub mod route;
+#[cfg(test)]
+mod samples;
+pub mod template;
+pub mod transfer;
+pub mod webhook;

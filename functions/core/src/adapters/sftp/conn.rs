@@ -1,0 +1,622 @@
+//! One blocking ssh2 session and the blocking SFTP operations on it.
+//!
+//! Everything here runs on a session's own thread (see `mod.rs`); nothing
+//! here is async. libssh2 is not safe to share across threads without its
+//! internal lock, and the lock would serialise the transfers anyway, so one
+//! session belongs to one thread for its whole life.
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use ssh2::{ErrorCode, FileStat, HashType, MethodType, OpenFlags, OpenType, Session, Sftp};
+use tokio::sync::mpsc;
+
+use super::settings::{SftpAuth, SftpSettings};
+use crate::domain::paths::RemotePath;
+use crate::ports::file_store::{
+    DirEntry, EntryKind, FileMeta, FileStoreError, PutReceipt, RenameMode,
+};
+
+/// Bytes asked of libssh2 per `read`/`write` call. libssh2 pipelines SFTP
+/// requests only within one call, so this sets the requests in flight:
+/// 32 KiB calls give ≈ 36 MB/s on loopback, 2 MiB ≈ 260 MB/s (TOOLCHAIN.md).
+pub(crate) const IO_BLOCK: usize = 2 * 1024 * 1024;
+
+/// Chunks handed to async code are at least this large (the last may be
+/// smaller), so per-chunk overhead downstream stays negligible.
+const CHUNK_TARGET: usize = 1024 * 1024;
+
+/// Entries per listing page.
+pub(crate) const LIST_PAGE: usize = 1000;
+
+/// Ciphers ordered by measured libssh2 speed (OpenSSL backend): chacha20 and
+/// aes-ctr (with an EtM MAC) beat aes-gcm in libssh2, the reverse of
+/// OpenSSH. CBC, 3DES, arcfour and `none` are left out on purpose.
+const CIPHERS: &str = "chacha20-poly1305@openssh.com,aes128-ctr,aes256-ctr,aes192-ctr,\
+aes128-gcm@openssh.com,aes256-gcm@openssh.com";
+/// Encrypt-then-MAC first; no SHA-1 or MD5 MACs.
+const MACS: &str = "hmac-sha2-256-etm@openssh.com,hmac-sha2-512-etm@openssh.com,\
+hmac-sha2-256,hmac-sha2-512";
+/// Modern KEX only (no group1/group14-sha1). libssh2 prepends
+/// `ext-info-c,kex-strict-c-v00@openssh.com` to any list set here, so
+/// strict KEX (the Terrapin fix) is negotiated with servers that offer it.
+const KEX: &str = "curve25519-sha256,curve25519-sha256@libssh.org,\
+ecdh-sha2-nistp256,ecdh-sha2-nistp384,ecdh-sha2-nistp521,\
+diffie-hellman-group16-sha512,diffie-hellman-group18-sha512,\
+diffie-hellman-group-exchange-sha256,diffie-hellman-group14-sha256";
+/// No `ssh-rsa` (SHA-1) or DSA host keys.
+const HOST_KEYS: &str = "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,\
+ecdsa-sha2-nistp521,rsa-sha2-512,rsa-sha2-256";
+
+// libssh2 codes we branch on (libssh2.h / libssh2_sftp.h).
+const FX_NO_SUCH_FILE: i32 = 2;
+const FX_PERMISSION_DENIED: i32 = 3;
+const FX_FAILURE: i32 = 4;
+const FX_NO_CONNECTION: i32 = 6;
+const FX_CONNECTION_LOST: i32 = 7;
+const FX_OP_UNSUPPORTED: i32 = 8;
+const FX_NO_SUCH_PATH: i32 = 10;
+const FX_FILE_ALREADY_EXISTS: i32 = 11;
+const ERR_FILE: i32 = -16;
+const ERR_AUTHENTICATION_FAILED: i32 = -18;
+const ERR_PUBLICKEY_UNVERIFIED: i32 = -19;
+const ERR_METHOD_NOT_SUPPORTED: i32 = -33;
+
+fn std_path(p: &RemotePath) -> &Path {
+    Path::new(OsStr::from_bytes(p.as_bytes()))
+}
+
+fn ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)
+}
+
+/// Maps an ssh2 error of `op` on `path` to the port's error.
+pub(crate) fn map_err(op: &'static str, path: &RemotePath, e: &ssh2::Error) -> FileStoreError {
+    let path = path.to_string();
+    let reason = e.to_string();
+    match e.code() {
+        ErrorCode::SFTP(FX_NO_SUCH_FILE | FX_NO_SUCH_PATH) => FileStoreError::NotFound { path },
+        ErrorCode::SFTP(FX_PERMISSION_DENIED) => FileStoreError::PermissionDenied { path },
+        ErrorCode::SFTP(FX_FILE_ALREADY_EXISTS) => FileStoreError::AlreadyExists { path },
+        ErrorCode::SFTP(FX_NO_CONNECTION | FX_CONNECTION_LOST) => {
+            FileStoreError::Transient { op, path, reason }
+        }
+        ErrorCode::SFTP(_) => FileStoreError::Failed { op, path, reason },
+        // Session-level codes are socket, timeout and protocol failures: the
+        // connection is suspect and a fresh one may well succeed.
+        ErrorCode::Session(_) => FileStoreError::Transient { op, path, reason },
+    }
+}
+
+/// Maps an I/O error from ssh2's `Read`/`Write` impls (which keep only the
+/// error kind) to the port's error.
+fn map_io(op: &'static str, path: &RemotePath, e: &std::io::Error) -> FileStoreError {
+    let p = path.to_string();
+    match e.kind() {
+        std::io::ErrorKind::NotFound => FileStoreError::NotFound { path: p },
+        std::io::ErrorKind::PermissionDenied => FileStoreError::PermissionDenied { path: p },
+        _ => FileStoreError::Transient {
+            op,
+            path: p,
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// Whether an error means the session should be dropped and reopened.
+pub(crate) fn breaks_connection(e: &FileStoreError) -> bool {
+    matches!(e, FileStoreError::Transient { .. })
+}
+
+pub(crate) fn meta_of(st: &FileStat) -> FileMeta {
+    let kind = match st.perm.map(|p| p & 0o170000) {
+        Some(0o100000) => EntryKind::File,
+        Some(0o040000) => EntryKind::Dir,
+        Some(0o120000) => EntryKind::Symlink,
+        _ => EntryKind::Other,
+    };
+    FileMeta {
+        kind,
+        size: st.size,
+        mtime: st
+            .mtime
+            .and_then(|t| i64::try_from(t).ok())
+            .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0)),
+    }
+}
+
+/// The SHA-256 fingerprint of the server's host key, as OpenSSH prints it.
+fn presented_fingerprint(sess: &Session) -> Option<String> {
+    sess.host_key_hash(HashType::Sha256).map(|h| {
+        format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(h)
+        )
+    })
+}
+
+/// An authenticated session with its SFTP channel.
+pub(crate) struct Conn {
+    // Field order matters: the SFTP channel must close before the session.
+    sftp: Sftp,
+    sess: Session,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Polite close; errors are irrelevant, the socket goes either way.
+        let _ = self.sess.disconnect(None, "bye", None);
+    }
+}
+
+/// Opens, verifies and authenticates a session. The host key is checked
+/// against the pins right after the key exchange, before any credential is
+/// sent; a mismatch fails closed and reports the presented fingerprint.
+pub(crate) fn connect(s: &SftpSettings) -> Result<Conn, FileStoreError> {
+    let target = format!("{}:{}", s.host, s.port);
+    let transient = |reason: String| FileStoreError::Transient {
+        op: "connect",
+        path: target.clone(),
+        reason,
+    };
+    // Name resolution has no timeout of its own in std; Lambda's resolver is
+    // local and fast, and the TCP connect below is bounded.
+    let addrs = (s.host.as_str(), s.port)
+        .to_socket_addrs()
+        .map_err(|e| transient(format!("cannot resolve: {e}")))?;
+    let mut tcp = None;
+    let mut last_err = String::from("no address");
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, s.connect_timeout) {
+            Ok(t) => {
+                tcp = Some(t);
+                break;
+            }
+            Err(e) => last_err = format!("{a}: {e}"),
+        }
+    }
+    let tcp = tcp.ok_or_else(|| transient(last_err))?;
+    // SFTP is request/response; Nagle would delay small requests by an RTT.
+    let _ = tcp.set_nodelay(true);
+
+    let mut sess = Session::new().map_err(|e| transient(e.to_string()))?;
+    sess.set_tcp_stream(tcp);
+    sess.set_timeout(ms(s.connect_timeout));
+    for (kind, name, prefs) in [
+        (MethodType::Kex, "kex", KEX),
+        (MethodType::HostKey, "host key", HOST_KEYS),
+        (MethodType::CryptCs, "cipher", CIPHERS),
+        (MethodType::CryptSc, "cipher", CIPHERS),
+        (MethodType::MacCs, "mac", MACS),
+        (MethodType::MacSc, "mac", MACS),
+    ] {
+        sess.method_pref(kind, prefs)
+            .map_err(|e| FileStoreError::Config(format!("libssh2 refused the {name} list: {e}")))?;
+    }
+    sess.handshake().map_err(|e| match e.code() {
+        ErrorCode::Session(-5) | ErrorCode::Session(ERR_METHOD_NOT_SUPPORTED) => {
+            // -5 = KEX_FAILURE: no common algorithm; retrying will not help.
+            FileStoreError::Failed {
+                op: "handshake",
+                path: target.clone(),
+                reason: format!("no common safe algorithm with the server: {e}"),
+            }
+        }
+        _ => transient(format!("handshake: {e}")),
+    })?;
+
+    let presented = presented_fingerprint(&sess).ok_or_else(|| FileStoreError::Failed {
+        op: "handshake",
+        path: target.clone(),
+        reason: "server host key hash unavailable".into(),
+    })?;
+    if !s.host_key_sha256.iter().any(|p| p.as_str() == presented) {
+        let _ = sess.disconnect(None, "host key mismatch", None);
+        return Err(FileStoreError::HostKeyMismatch {
+            host: target,
+            presented,
+        });
+    }
+
+    let auth_err = |e: ssh2::Error, what: &str| match e.code() {
+        ErrorCode::Session(ERR_FILE) => FileStoreError::Auth {
+            host: target.clone(),
+            user: s.username.clone(),
+            reason: format!(
+                "{what}: the private key could not be decoded (wrong passphrase or format?)"
+            ),
+        },
+        ErrorCode::Session(ERR_AUTHENTICATION_FAILED | ERR_PUBLICKEY_UNVERIFIED) => {
+            FileStoreError::Auth {
+                host: target.clone(),
+                user: s.username.clone(),
+                reason: format!("{what}: refused by the server"),
+            }
+        }
+        _ => transient(format!("{what}: {e}")),
+    };
+    match &s.auth {
+        SftpAuth::Key { pem, passphrase } => sess
+            .userauth_pubkey_memory(
+                &s.username,
+                None,
+                pem.expose_secret(),
+                passphrase.as_ref().map(|p| p.expose_secret()),
+            )
+            .map_err(|e| auth_err(e, "public key authentication"))?,
+        SftpAuth::Password(pw) => sess
+            .userauth_password(&s.username, pw.expose_secret())
+            .map_err(|e| auth_err(e, "password authentication"))?,
+    }
+    if !sess.authenticated() {
+        return Err(FileStoreError::Auth {
+            host: target,
+            user: s.username.clone(),
+            reason: "server did not accept the credentials".into(),
+        });
+    }
+    sess.set_timeout(ms(s.io_timeout));
+    let sftp = sess
+        .sftp()
+        .map_err(|e| transient(format!("opening the sftp subsystem: {e}")))?;
+    Ok(Conn { sftp, sess })
+}
+
+impl Conn {
+    pub(crate) fn stat(&self, path: &RemotePath) -> Result<FileMeta, FileStoreError> {
+        self.sftp
+            .stat(std_path(path))
+            .map(|st| meta_of(&st))
+            .map_err(|e| map_err("stat", path, &e))
+    }
+
+    fn try_stat(&self, path: &RemotePath) -> Result<Option<FileMeta>, FileStoreError> {
+        match self.stat(path) {
+            Ok(m) => Ok(Some(m)),
+            Err(FileStoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens `dir` for listing (see [`list_from`]).
+    pub(crate) fn opendir(&self, dir: &RemotePath) -> Result<ssh2::File, FileStoreError> {
+        self.sftp
+            .opendir(std_path(dir))
+            .map_err(|e| map_err("list", dir, &e))
+    }
+
+    /// Opens `path` for reading and reports its metadata.
+    pub(crate) fn open_read(
+        &self,
+        path: &RemotePath,
+    ) -> Result<(ssh2::File, FileMeta), FileStoreError> {
+        let mut f = self
+            .sftp
+            .open_mode(std_path(path), OpenFlags::READ, 0, OpenType::File)
+            .map_err(|e| map_err("open", path, &e))?;
+        let meta = f
+            .stat()
+            .map(|st| meta_of(&st))
+            .map_err(|e| map_err("stat", path, &e))?;
+        if meta.kind == EntryKind::Dir {
+            return Err(FileStoreError::WrongKind {
+                path: path.to_string(),
+                kind: meta.kind,
+            });
+        }
+        Ok((f, meta))
+    }
+
+    /// Writes the chunks from `rx` to a temporary sibling of `path`, checks
+    /// the size, syncs if the server supports it, and renames into place.
+    /// Removes the temporary file on failure (best effort).
+    pub(crate) fn put_atomic(
+        &self,
+        path: &RemotePath,
+        rx: &mut mpsc::Receiver<Result<Bytes, FileStoreError>>,
+        expected_len: Option<u64>,
+        mode: RenameMode,
+    ) -> Result<PutReceipt, FileStoreError> {
+        // A random suffix keeps two concurrent writers of the same name from
+        // sharing one temporary file; the leading dot keeps listers (which
+        // skip dot-files) from picking it up.
+        let tmp_name = [
+            b".".as_slice(),
+            path.file_name(),
+            format!(".{:08x}.part", fastrand::u32(..)).as_bytes(),
+        ]
+        .concat();
+        let tmp = path
+            .with_name(tmp_name)?
+            .ok_or_else(|| FileStoreError::WrongKind {
+                path: path.to_string(),
+                kind: EntryKind::Dir,
+            })?;
+        let result = self
+            .write_tmp(&tmp, path, rx, expected_len)
+            .and_then(|receipt| {
+                self.rename(&tmp, path, mode)?;
+                Ok(receipt)
+            });
+        if result.is_err() {
+            let _ = self.sftp.unlink(std_path(&tmp));
+        }
+        result
+    }
+
+    fn write_tmp(
+        &self,
+        tmp: &RemotePath,
+        target: &RemotePath,
+        rx: &mut mpsc::Receiver<Result<Bytes, FileStoreError>>,
+        expected_len: Option<u64>,
+    ) -> Result<PutReceipt, FileStoreError> {
+        let mut f = self
+            .sftp
+            .open_mode(
+                std_path(tmp),
+                OpenFlags::WRITE | OpenFlags::TRUNCATE,
+                0o644,
+                OpenType::File,
+            )
+            .map_err(|e| map_err("create", tmp, &e))?;
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        // Coalesce small chunks so each libssh2 write call gets a full block
+        // to pipeline.
+        let mut buf = Vec::with_capacity(IO_BLOCK);
+        while let Some(item) = rx.blocking_recv() {
+            let chunk = item?;
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            if expected_len.is_some_and(|e| size > e) {
+                return Err(FileStoreError::SizeMismatch {
+                    path: target.to_string(),
+                    expected: expected_len.unwrap_or(0),
+                    actual: size,
+                });
+            }
+            let mut rest: &[u8] = &chunk;
+            while !rest.is_empty() {
+                let take = (IO_BLOCK - buf.len()).min(rest.len());
+                buf.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if buf.len() == IO_BLOCK {
+                    f.write_all(&buf).map_err(|e| map_io("write", tmp, &e))?;
+                    buf.clear();
+                }
+            }
+        }
+        if !buf.is_empty() {
+            f.write_all(&buf).map_err(|e| map_io("write", tmp, &e))?;
+        }
+        if let Some(expected) = expected_len
+            && size != expected
+        {
+            return Err(FileStoreError::SizeMismatch {
+                path: target.to_string(),
+                expected,
+                actual: size,
+            });
+        }
+        // fsync@openssh.com where offered; servers without it still get the
+        // remote size check below.
+        let synced = match f.fsync() {
+            Ok(()) => true,
+            Err(e) if e.code() == ErrorCode::SFTP(FX_OP_UNSUPPORTED) => false,
+            Err(e) if e.code() == ErrorCode::Session(-31) => false, // no extension
+            Err(e) => return Err(map_err("fsync", tmp, &e)),
+        };
+        let remote = f.stat().map_err(|e| map_err("stat", tmp, &e))?;
+        drop(f);
+        if remote.size != Some(size) {
+            return Err(FileStoreError::SizeMismatch {
+                path: tmp.to_string(),
+                expected: size,
+                actual: remote.size.unwrap_or(0),
+            });
+        }
+        Ok(PutReceipt {
+            size,
+            sha256: hex::encode(hasher.finalize()),
+            synced,
+        })
+    }
+
+    /// `mkdir -p` below the root.
+    pub(crate) fn mkdir_all(&self, dir: &RemotePath) -> Result<(), FileStoreError> {
+        for p in dir.ancestors_below_root() {
+            match self.try_stat(&p)? {
+                Some(m) if m.kind == EntryKind::Dir => continue,
+                Some(m) => {
+                    return Err(FileStoreError::WrongKind {
+                        path: p.to_string(),
+                        kind: m.kind,
+                    });
+                }
+                None => {}
+            }
+            if let Err(e) = self.sftp.mkdir(std_path(&p), 0o755) {
+                // Lost a race with a concurrent mkdir: fine if it is a dir now.
+                match self.try_stat(&p)? {
+                    Some(m) if m.kind == EntryKind::Dir => {}
+                    _ => return Err(map_err("mkdir", &p, &e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Plain SFTP v3 rename. OpenSSH implements it as link()+unlink() for
+    /// files, so it fails when the target exists: the claim primitive.
+    fn rename_no_replace(&self, from: &RemotePath, to: &RemotePath) -> Result<(), FileStoreError> {
+        match self.sftp.rename(
+            std_path(from),
+            std_path(to),
+            Some(ssh2::RenameFlags::empty()),
+        ) {
+            Ok(()) => Ok(()),
+            Err(e) => match e.code() {
+                ErrorCode::SFTP(FX_NO_SUCH_FILE | FX_NO_SUCH_PATH) => {
+                    Err(FileStoreError::NotFound {
+                        path: from.to_string(),
+                    })
+                }
+                // SFTP v3 has no "exists" status; OpenSSH answers FAILURE.
+                ErrorCode::SFTP(FX_FAILURE | FX_FILE_ALREADY_EXISTS) => {
+                    if self.try_stat(to)?.is_some() {
+                        Err(FileStoreError::AlreadyExists {
+                            path: to.to_string(),
+                        })
+                    } else if self.try_stat(from)?.is_none() {
+                        Err(FileStoreError::NotFound {
+                            path: from.to_string(),
+                        })
+                    } else {
+                        Err(map_err("rename", from, &e))
+                    }
+                }
+                _ => Err(map_err("rename", from, &e)),
+            },
+        }
+    }
+
+    pub(crate) fn rename(
+        &self,
+        from: &RemotePath,
+        to: &RemotePath,
+        mode: RenameMode,
+    ) -> Result<(), FileStoreError> {
+        match mode {
+            RenameMode::NoReplace => self.rename_no_replace(from, to),
+            RenameMode::Replace => self.rename_replace(from, to),
+        }
+    }
+
+    /// Overwriting rename. libssh2 cannot send `posix-rename@openssh.com`
+    /// (no generic extended-request API, and rename flags are ignored on
+    /// SFTP v3), so: try a plain rename; if the target exists, move it aside
+    /// to a dot-name, rename the new file into place, then delete the old
+    /// one. Readers never see a partial file, but between the two renames
+    /// (one round trip) the target name is briefly absent. If the second
+    /// rename fails the old file is put back.
+    fn rename_replace(&self, from: &RemotePath, to: &RemotePath) -> Result<(), FileStoreError> {
+        match self.rename_no_replace(from, to) {
+            Err(FileStoreError::AlreadyExists { .. }) => {}
+            other => return other,
+        }
+        let aside_name = [
+            b".".as_slice(),
+            to.file_name(),
+            format!(".{:08x}.old", fastrand::u32(..)).as_bytes(),
+        ]
+        .concat();
+        let aside = to
+            .with_name(aside_name)?
+            .ok_or_else(|| FileStoreError::WrongKind {
+                path: to.to_string(),
+                kind: EntryKind::Dir,
+            })?;
+        self.rename_no_replace(to, &aside)?;
+        if let Err(e) = self.rename_no_replace(from, to) {
+            let _ = self.rename_no_replace(&aside, to);
+            return Err(e);
+        }
+        if let Err(e) = self.sftp.unlink(std_path(&aside)) {
+            // The delivery succeeded; a leftover dot-file is only clutter.
+            tracing::warn!(path = %aside, error = %e, "could not remove replaced file");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn remove(&self, path: &RemotePath) -> Result<(), FileStoreError> {
+        self.sftp
+            .unlink(std_path(path))
+            .map_err(|e| map_err("remove", path, &e))
+    }
+}
+
+/// Lists an opened directory, sending pages of up to `LIST_PAGE`
+/// entries. Returns early (Ok) if the receiver is gone.
+pub(crate) fn list_from(
+    dir: &RemotePath,
+    mut handle: ssh2::File,
+    tx: &mpsc::Sender<Result<Vec<DirEntry>, FileStoreError>>,
+) -> Result<(), FileStoreError> {
+    let mut page = Vec::with_capacity(LIST_PAGE);
+    loop {
+        match handle.readdir() {
+            Ok((name, st)) => {
+                let raw = name.as_os_str().as_bytes();
+                if raw == b"." || raw == b".." {
+                    continue;
+                }
+                // A server cannot legally send `/` in a name; skip rather
+                // than fail the whole listing.
+                let Ok(path) = dir.join(raw) else {
+                    tracing::warn!(dir = %dir, name = %String::from_utf8_lossy(raw), "skipping unaddressable directory entry");
+                    continue;
+                };
+                page.push(DirEntry {
+                    name: raw.to_vec(),
+                    display_name: String::from_utf8_lossy(raw).into_owned(),
+                    path,
+                    meta: meta_of(&st),
+                });
+                if page.len() >= LIST_PAGE {
+                    let full = std::mem::replace(&mut page, Vec::with_capacity(LIST_PAGE));
+                    if tx.blocking_send(Ok(full)).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            // ssh2 reports the end of the directory as this error.
+            Err(e) if e.code() == ErrorCode::Session(ERR_FILE) => break,
+            Err(e) => return Err(map_err("list", dir, &e)),
+        }
+    }
+    if !page.is_empty() {
+        let _ = tx.blocking_send(Ok(page));
+    }
+    Ok(())
+}
+
+/// Streams an opened file into `tx` in chunks of ≥ `CHUNK_TARGET` bytes.
+/// Every `read` asks for a full `IO_BLOCK` so libssh2 keeps its pipeline
+/// full; memory is one block plus one chunk plus the channel's capacity.
+pub(crate) fn stream_file(
+    path: &RemotePath,
+    mut f: ssh2::File,
+    tx: &mpsc::Sender<Result<Bytes, FileStoreError>>,
+) -> Result<(), FileStoreError> {
+    let mut block = vec![0u8; IO_BLOCK];
+    let mut acc = BytesMut::with_capacity(CHUNK_TARGET + IO_BLOCK);
+    loop {
+        let n = f.read(&mut block).map_err(|e| map_io("read", path, &e))?;
+        if n == 0 {
+            break;
+        }
+        acc.extend_from_slice(&block[..n]);
+        if acc.len() >= CHUNK_TARGET {
+            let chunk = acc.split().freeze();
+            if tx.blocking_send(Ok(chunk)).is_err() {
+                // The reader went away; stop quietly.
+                return Ok(());
+            }
+            acc.reserve(CHUNK_TARGET + IO_BLOCK);
+        }
+    }
+    if !acc.is_empty() {
+        let _ = tx.blocking_send(Ok(acc.freeze()));
+    }
+    Ok(())
+}

@@ -1,0 +1,329 @@
+//! The ssh2 (libssh2) adapter of the `FileStore` port.
+//!
+//! ssh2 is blocking, so the store runs a small pool of OS threads, each
+//! owning at most one SFTP session (opened lazily, reopened after a
+//! connection failure). Async callers send jobs over a bounded channel and
+//! get results back on a oneshot; file bodies flow through bounded channels
+//! of ≈ 1 MiB chunks, so memory per transfer is a few MiB however large the
+//! file. Parallel transfers use parallel sessions, up to `max_sessions`.
+//!
+//! Caveat: a streaming read or put occupies its session until the body is
+//! consumed or dropped. A caller that holds `max_sessions` open reads and
+//! then waits for another operation on the same store would wait forever;
+//! copy flows must keep concurrent transfers below `max_sessions`.
+
+mod conn;
+pub mod settings;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+pub use self::settings::{HostKeyPin, SettingsError, SftpAuth, SftpSettings};
+use crate::domain::paths::{RemotePath, RemoteRoot};
+use crate::ports::file_store::{
+    ByteStream, FileMeta, FileStore, FileStoreError, PageStream, PutReceipt, ReadHandle, RenameMode,
+};
+use conn::Conn;
+
+/// A job runs on a session thread with that thread's (lazy) connection.
+type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+
+/// Chunks in flight between a session thread and async code, per transfer.
+const BODY_CHANNEL: usize = 2;
+
+/// One session thread's state.
+struct Worker {
+    settings: Arc<SftpSettings>,
+    conn: Option<Conn>,
+}
+
+impl Worker {
+    /// Runs `f` on this thread's connection, connecting first if needed. A
+    /// transient failure drops the connection so the next job reconnects.
+    /// `idempotent` operations that fail transiently on a *reused*
+    /// connection (which may have died while idle, e.g. across a Lambda
+    /// freeze) are retried once on a fresh one.
+    fn run<T>(
+        &mut self,
+        idempotent: bool,
+        mut f: impl FnMut(&Conn) -> Result<T, FileStoreError>,
+    ) -> Result<T, FileStoreError> {
+        let reused = self.conn.is_some();
+        let first = self.run_once(&mut f);
+        match first {
+            Err(e) if conn::breaks_connection(&e) && reused && idempotent => {
+                tracing::debug!(error = %e, "retrying on a fresh SFTP session");
+                self.run_once(&mut f)
+            }
+            other => other,
+        }
+    }
+
+    /// Drops the connection after a failure that leaves it suspect.
+    fn after_error(&mut self, e: &FileStoreError) {
+        if conn::breaks_connection(e) {
+            self.conn = None;
+        }
+    }
+
+    fn run_once<T>(
+        &mut self,
+        f: &mut impl FnMut(&Conn) -> Result<T, FileStoreError>,
+    ) -> Result<T, FileStoreError> {
+        let conn = match self.conn.take() {
+            Some(c) => c,
+            None => conn::connect(&self.settings)?,
+        };
+        let r = f(&conn);
+        match &r {
+            Err(e) if conn::breaks_connection(e) => drop(conn),
+            _ => self.conn = Some(conn),
+        }
+        r
+    }
+}
+
+/// The ssh2-backed `FileStore`. Cheap to share (`Arc` it); dropping the last
+/// handle lets the session threads finish their current job and exit.
+pub struct SftpStore {
+    settings: Arc<SftpSettings>,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for SftpStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SftpStore")
+            .field("host", &self.settings.host)
+            .field("port", &self.settings.port)
+            .field("root", &self.settings.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SftpStore {
+    /// Starts `settings.max_sessions` session threads. No connection is made
+    /// until the first operation; use [`SftpStore::check`] to fail fast.
+    pub fn new(settings: SftpSettings) -> Result<Self, FileStoreError> {
+        let settings = Arc::new(settings);
+        let n = settings.max_sessions.max(1);
+        let (tx, rx) = mpsc::channel::<Job>(n * 4);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..n {
+            let rx = Arc::clone(&rx);
+            let mut worker = Worker {
+                settings: Arc::clone(&settings),
+                conn: None,
+            };
+            std::thread::Builder::new()
+                .name(format!("sftp-session-{i}"))
+                .spawn(move || {
+                    loop {
+                        // Only one idle thread waits on the channel at a time;
+                        // the others wait on the mutex. Jobs run unlocked.
+                        let job = {
+                            let mut guard = rx.lock().unwrap_or_else(|p| p.into_inner());
+                            guard.blocking_recv()
+                        };
+                        let Some(job) = job else { break };
+                        // A panicking job must not take the thread (and its
+                        // share of the pool) down; its caller sees the
+                        // dropped oneshot as an error.
+                        if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut worker))).is_err()
+                        {
+                            worker.conn = None;
+                        }
+                    }
+                })
+                .map_err(|e| FileStoreError::Config(format!("cannot start SFTP thread: {e}")))?;
+        }
+        Ok(Self { settings, jobs: tx })
+    }
+
+    pub fn settings(&self) -> &SftpSettings {
+        &self.settings
+    }
+
+    /// Connects (or reuses a session) and stats the root: verifies reach,
+    /// host key and credentials up front.
+    pub async fn check(&self) -> Result<FileMeta, FileStoreError> {
+        let root = self.settings.root.path();
+        self.stat(&root).await
+    }
+
+    fn gone(op: &'static str, path: &RemotePath) -> FileStoreError {
+        FileStoreError::Transient {
+            op,
+            path: path.to_string(),
+            reason: "SFTP session thread stopped".into(),
+        }
+    }
+
+    /// Runs `f` on a session thread and awaits its result.
+    async fn call<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        path: &RemotePath,
+        f: impl FnOnce(&mut Worker) -> Result<T, FileStoreError> + Send + 'static,
+    ) -> Result<T, FileStoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |w| {
+            let _ = tx.send(f(w));
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| Self::gone(op, path))?;
+        rx.await.map_err(|_| Self::gone(op, path))?
+    }
+
+    fn check_within(&self, p: &RemotePath) -> Result<(), FileStoreError> {
+        // Paths are checked against *a* root when built; make sure it is ours
+        // so a path made for one route cannot be used on another's store.
+        self.settings.root.resolve_bytes(p.as_bytes())?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl FileStore for SftpStore {
+    fn root(&self) -> &RemoteRoot {
+        &self.settings.root
+    }
+
+    async fn list_pages(&self, dir: &RemotePath) -> Result<PageStream, FileStoreError> {
+        self.check_within(dir)?;
+        let (tx, rx) = mpsc::channel(BODY_CHANNEL);
+        let d = dir.clone();
+        let (open_tx, open_rx) = oneshot::channel();
+        let job: Job = Box::new(move |w| {
+            // Opening is retried on a stale session; reading the entries is
+            // not, as pages may already have been delivered.
+            let handle = match w.run(true, |c| c.opendir(&d)) {
+                Ok(h) => h,
+                Err(e) => {
+                    let _ = open_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = open_tx.send(Ok(()));
+            let r = conn::list_from(&d, handle, &tx);
+            if let Err(e) = r {
+                w.after_error(&e);
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| Self::gone("list", dir))?;
+        open_rx.await.map_err(|_| Self::gone("list", dir))??;
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    async fn stat(&self, path: &RemotePath) -> Result<FileMeta, FileStoreError> {
+        self.check_within(path)?;
+        let p = path.clone();
+        self.call("stat", path, move |w| w.run(true, |c| c.stat(&p)))
+            .await
+    }
+
+    async fn open_read(&self, path: &RemotePath) -> Result<ReadHandle, FileStoreError> {
+        self.check_within(path)?;
+        let (tx, rx) = mpsc::channel(BODY_CHANNEL);
+        let (meta_tx, meta_rx) = oneshot::channel();
+        let p = path.clone();
+        let job: Job = Box::new(move |w| {
+            let (f, meta) = match w.run(true, |c| c.open_read(&p)) {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = meta_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = meta_tx.send(Ok(meta));
+            if let Err(e) = conn::stream_file(&p, f, &tx) {
+                w.after_error(&e);
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| Self::gone("open", path))?;
+        let meta = meta_rx.await.map_err(|_| Self::gone("open", path))??;
+        Ok(ReadHandle {
+            meta,
+            body: Box::pin(ReceiverStream::new(rx)),
+        })
+    }
+
+    async fn put_atomic(
+        &self,
+        path: &RemotePath,
+        mut body: ByteStream,
+        expected_len: Option<u64>,
+        mode: RenameMode,
+    ) -> Result<PutReceipt, FileStoreError> {
+        self.check_within(path)?;
+        let (tx, mut rx) = mpsc::channel::<Result<Bytes, FileStoreError>>(BODY_CHANNEL);
+        let p = path.clone();
+        let (res_tx, res_rx) = oneshot::channel();
+        let job: Job = Box::new(move |w| {
+            // Not retried: the body is a one-shot stream.
+            let r = w.run(false, |c| c.put_atomic(&p, &mut rx, expected_len, mode));
+            let _ = res_tx.send(r);
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| Self::gone("put", path))?;
+        while let Some(item) = body.next().await {
+            let failed = item.is_err();
+            let item = item.map_err(|e| FileStoreError::source(path, e));
+            // A send error means the session gave up (its error comes on
+            // res_rx); stop pulling the body.
+            if tx.send(item).await.is_err() || failed {
+                break;
+            }
+        }
+        drop(tx);
+        res_rx.await.map_err(|_| Self::gone("put", path))?
+    }
+
+    async fn mkdir_all(&self, dir: &RemotePath) -> Result<(), FileStoreError> {
+        self.check_within(dir)?;
+        let d = dir.clone();
+        self.call("mkdir", dir, move |w| w.run(true, |c| c.mkdir_all(&d)))
+            .await
+    }
+
+    async fn rename(
+        &self,
+        from: &RemotePath,
+        to: &RemotePath,
+        mode: RenameMode,
+    ) -> Result<(), FileStoreError> {
+        self.check_within(from)?;
+        self.check_within(to)?;
+        let (f, t) = (from.clone(), to.clone());
+        // Not retried: after a lost reply the rename may have happened, and
+        // a retry would then report NotFound for a rename that won.
+        self.call("rename", from, move |w| {
+            w.run(false, |c| c.rename(&f, &t, mode))
+        })
+        .await
+    }
+
+    async fn remove(&self, path: &RemotePath) -> Result<(), FileStoreError> {
+        self.check_within(path)?;
+        let p = path.clone();
+        self.call("remove", path, move |w| w.run(false, |c| c.remove(&p)))
+            .await
+    }
+}

@@ -1,5 +1,6 @@
 //! Production adapters of the ports.
 
 pub mod aws;
+pub mod backoff;
 pub mod otcs;
 pub mod sftp;

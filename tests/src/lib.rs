@@ -3,4 +3,6 @@
 //! Lambda Runtime API harness for end-to-end tests.
 
 pub mod lambda;
+pub mod latency_proxy;
 pub mod process;
+pub mod sshd;

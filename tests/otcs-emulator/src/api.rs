@@ -551,6 +551,9 @@ fn create_node_inner(
             ));
         }
         (TYPE_DOCUMENT, Some(_)) | (model::TYPE_FOLDER, None) => {}
+        (model::TYPE_FOLDER, Some(_)) => {
+            return Err(ApiError::bad_request("A folder takes no 'file' part."));
+        }
         (TYPE_WORKSPACE, _) => {
             return Err(ApiError::bad_request(
                 "Business workspaces are created with POST /api/v2/businessworkspaces.",

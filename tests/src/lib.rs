@@ -4,5 +4,7 @@
 
 pub mod lambda;
 pub mod latency_proxy;
+pub mod moto;
 pub mod process;
 pub mod sshd;
+pub mod stack;

@@ -495,6 +495,17 @@ impl Model {
             .ok_or_else(|| ApiError::bad_request(format!("Category {id} does not exist.")))
     }
 
+    /// Validates category values for a create call before anything exists.
+    pub fn check_categories(&self, cats: &BTreeMap<i64, RawValues>) -> Result<(), ApiError> {
+        for (cat, vals) in cats {
+            let def = self.category_def(*cat)?;
+            for (k, v) in vals {
+                validate_attribute(def, k, v)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Applies (assign = true) or updates category values after validating
     /// every key and value against the definition. Returns an approval when
     /// the configured approval attribute became the approved value.

@@ -101,7 +101,8 @@ impl LocalStack {
         let sftp_pw_secret: Value = serde_json::from_str(&sshd.password_secret_json())
             .context("sshd's password secret is not JSON")?;
         moto.put_json_secret(SFTP_SECRET_ID, &sftp_secret).await?;
-        moto.put_json_secret(SFTP_PASSWORD_SECRET_ID, &sftp_pw_secret).await?;
+        moto.put_json_secret(SFTP_PASSWORD_SECRET_ID, &sftp_pw_secret)
+            .await?;
         moto.put_json_secret(ECM_SECRET_ID, &ecm_secret).await?;
         moto.put_json_secret(WEBHOOK_SECRET_ID, &json!({"hmac_keys": [WEBHOOK_HMAC_KEY]}))
             .await?;
@@ -122,7 +123,10 @@ impl LocalStack {
                 ("XECM_SFTP_HOST", sshd.host().to_string()),
                 ("XECM_SFTP_PORT", sshd.port().to_string()),
                 ("XECM_SFTP_REMOTE_ROOT", sshd.remote_root().to_string()),
-                ("XECM_SFTP_DATA_ROOT", sshd.data_root().display().to_string()),
+                (
+                    "XECM_SFTP_DATA_ROOT",
+                    sshd.data_root().display().to_string(),
+                ),
                 ("XECM_ECM_URL", emulator.base_url()),
             ]
             .map(|(k, v)| (k.to_string(), v)),

@@ -15,7 +15,10 @@ use clap::{Parser, Subcommand};
 use xecm_stack::stack::{LocalStack, StackOptions};
 
 #[derive(Parser)]
-#[command(name = "xecm-stack", about = "The xecm-sftp local stack: sshd + moto + Content Server emulator")]
+#[command(
+    name = "xecm-stack",
+    about = "The xecm-sftp local stack: sshd + moto + Content Server emulator"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -126,7 +129,10 @@ fn read_env_file(path: &Path) -> Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading env file {}", path.display()))?;
     let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
         let (k, v) = line
             .split_once('=')
             .with_context(|| format!("{}: not a KEY=value line: {line}", path.display()))?;
@@ -148,7 +154,9 @@ async fn report(env_file: &Path) -> Result<()> {
     println!("SFTP server (data root {}):", data_root.display());
     print_tree(&data_root, &data_root, 1)?;
     let ecm = get("XECM_ECM_URL")?;
-    println!("\nContent Server: {ecm}/ui (read-only view of workspaces, folders, documents, versions, categories, audit)");
+    println!(
+        "\nContent Server: {ecm}/ui (read-only view of workspaces, folders, documents, versions, categories, audit)"
+    );
     Ok(())
 }
 
@@ -161,7 +169,9 @@ fn print_tree(root: &Path, dir: &Path, depth: usize) -> Result<()> {
     for entry in entries {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        let meta = entry.metadata().with_context(|| format!("stat {}", path.display()))?;
+        let meta = entry
+            .metadata()
+            .with_context(|| format!("stat {}", path.display()))?;
         if meta.is_dir() {
             println!("{}{name}/", "  ".repeat(depth));
             print_tree(root, &path, depth + 1)?;

@@ -152,7 +152,7 @@ async fn report(env_file: &Path) -> Result<()> {
     };
     let data_root = PathBuf::from(get("XECM_SFTP_DATA_ROOT")?);
     println!("SFTP server (data root {}):", data_root.display());
-    print_tree(&data_root, &data_root, 1)?;
+    print_tree(&data_root, 1)?;
     let ecm = get("XECM_ECM_URL")?;
     println!(
         "\nContent Server: {ecm}/ui (read-only view of workspaces, folders, documents, versions, categories, audit)"
@@ -160,7 +160,7 @@ async fn report(env_file: &Path) -> Result<()> {
     Ok(())
 }
 
-fn print_tree(root: &Path, dir: &Path, depth: usize) -> Result<()> {
+fn print_tree(dir: &Path, depth: usize) -> Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("listing {}", dir.display()))?
         .filter_map(|e| e.ok())
@@ -174,7 +174,7 @@ fn print_tree(root: &Path, dir: &Path, depth: usize) -> Result<()> {
             .with_context(|| format!("stat {}", path.display()))?;
         if meta.is_dir() {
             println!("{}{name}/", "  ".repeat(depth));
-            print_tree(root, &path, depth + 1)?;
+            print_tree(&path, depth + 1)?;
         } else {
             println!("{}{name}  ({} bytes)", "  ".repeat(depth), meta.len());
         }

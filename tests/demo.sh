@@ -30,7 +30,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 log "starting the local stack (sshd + Content Server emulator + moto)"
-"$BIN/xecm-stack" up --dir "$WORK/stack" --env-file "$WORK/stack.env" --demo >"$WORK/stack.log" 2>&1 &
+"$BIN/xecm-stack" up --env-file "$WORK/stack.env" >"$WORK/stack.log" 2>&1 &
 STACK_PID=$!
 for _ in $(seq 1 600); do
     [ -s "$WORK/stack.env" ] && break
@@ -50,8 +50,8 @@ log "stack up: SFTP 127.0.0.1:$XECM_SFTP_PORT, Content Server $XECM_ECM_URL, AWS
 
 "$XECM_ROOT/tests/demo/drop.sh" "$XECM_SFTP_DATA_ROOT"
 
-log "invoking sftp-ingest locally with events/ingest-scheduled.json"
-"$BIN/sftp-ingest" --event "$XECM_ROOT/events/ingest-scheduled.json" | tee "$WORK/ingest-result.json"
+log "invoking sftp-ingest locally with events/ingest-demo.json"
+"$BIN/sftp-ingest" --event "$XECM_ROOT/events/ingest-demo.json" | tee "$WORK/ingest-result.json"
 
 "$BIN/xecm-stack" report --env-file "$WORK/stack.env"
 

@@ -98,5 +98,8 @@ put "$stage/notes.txt" notes-for-accounting.txt
 printf 'MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff' >"$stage/fake.pdf"
 put "$stage/fake.pdf" INV-004713_0000100001.pdf
 
+# The SFTP account must be able to claim (rename) what we wrote as root.
+chown -R --reference="$root" "$root/inbound"
+
 echo "drop: $(find "$dir" -maxdepth 1 -type f | wc -l) files in $dir"
 ls -l "$dir"

@@ -19,6 +19,9 @@ use xecm_core::runtime::{FunctionError, Invocation};
 /// Built once per cold start, borrowed by every invocation.
 pub struct State {
     pub config: Config,
+    /// The SFTP directory routes' `source_dir` is relative to
+    /// (`XECM_SFTP_REMOTE_ROOT`, default `/`; the local stack's chroot uses `/data`).
+    pub sftp_root: String,
     pub secrets: Arc<dyn Secrets>,
     pub ecm: Arc<dyn Ecm>,
     pub events: Arc<dyn EventSink>,
@@ -46,7 +49,11 @@ async fn open_store(state: &State, route: &Route) -> Result<SftpStore, FunctionE
         }
     })?;
     let mut settings = SftpSettings::from_secret_json(secret_id, json.expose_secret())
-        .map_err(|e| FunctionError::permanent("SecretInvalid", e.to_string()))?;
+        .map_err(|e| FunctionError::permanent("SecretInvalid", e.to_string()))?
+        .with_root(&state.sftp_root)
+        .map_err(|e| {
+            FunctionError::permanent("InvalidConfig", format!("XECM_SFTP_REMOTE_ROOT: {e}"))
+        })?;
     settings.max_sessions = route.limits().parallelism as usize + SPARE_SESSIONS;
     let host = format!("{}:{}", settings.host, settings.port);
     let store = SftpStore::new(settings).map_err(|e| store_error(e, &host))?;
@@ -127,6 +134,7 @@ mod tests {
         .unwrap();
         State {
             config,
+            sftp_root: "/".into(),
             secrets: Arc::new(secrets),
             ecm: Arc::new(MemoryEcm::new()),
             events: Arc::new(MemoryEvents::new()),

@@ -33,8 +33,13 @@ async fn init() -> Result<handler::State, FunctionError> {
     let ecm = OtcsClient::new(settings, OtcsOptions::default())
         .map_err(|e| FunctionError::permanent("EcmClient", e.to_string()))?;
     let events = EventBridgeSink::new(&sdk, config.event_bus.clone());
+    let sftp_root = std::env::var("XECM_SFTP_REMOTE_ROOT")
+        .ok()
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| "/".into());
     Ok(handler::State {
         config,
+        sftp_root,
         secrets,
         ecm: Arc::new(ecm),
         events: Arc::new(events),

@@ -1281,7 +1281,10 @@ impl Run<'_> {
         let content = Content {
             stream: ecm_stream(stream),
             length: size,
-            file_name: plan.original_name.clone(),
+            // The sanitised name: a partner's raw name may hold control
+            // characters that break the multipart header (the original is
+            // kept in transfer history).
+            file_name: name.clone(),
             mime_type: plan.mime_type.to_owned(),
         };
 
@@ -1425,9 +1428,19 @@ impl Run<'_> {
     /// document does not have it yet (a document created by someone else).
     async fn set_history(&self, node: NodeId, values: &CategoryValues) -> Result<(), EcmError> {
         let cat = self.route.config.transfer_history.category_id;
-        match self.deps.ecm.update_category(node, cat, values).await {
-            Err(e) if e.is_not_found() => self.deps.ecm.apply_category(node, cat, values).await,
-            other => other,
+        // Servers answer an update of an unassigned category with 400 or 404;
+        // asking first keeps the refusal of a bad value a refusal.
+        let assigned = self
+            .deps
+            .ecm
+            .categories(node)
+            .await?
+            .iter()
+            .any(|c| c.category_id == cat);
+        if assigned {
+            self.deps.ecm.update_category(node, cat, values).await
+        } else {
+            self.deps.ecm.apply_category(node, cat, values).await
         }
     }
 

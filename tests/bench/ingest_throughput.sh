@@ -91,7 +91,7 @@ route_event() { # route_event NAME SOURCE FOLDER_TEMPLATE
   "rules": [], "fallback": {"place": {"workspace": {"by": "node", "node_id": 540101},
      "folder": "$3", "name": "{name}", "on_existing": "fail"}},
   "post_action": {"action": "archive", "dir": "archive/{yyyy-mm-dd}/"},
-  "limits": {"max_files": 100000, "max_bytes": 17179869184, "parallelism": 4, "max_attempts": 5, "lease_secs": 1800},
+  "limits": {"max_files": 100000, "max_bytes": 17179869184, "parallelism": 8, "max_attempts": 5, "lease_secs": 1800},
   "transfer_history": {"category_id": 9002, "attributes": {"route": 2, "host": 3, "source_path": 4, "size": 5,
      "sha256": 6, "received_at": 7, "ingested_at": 8, "invocation_id": 9, "idempotency_key": 10, "original_name": 11}}}}
 EOF

@@ -374,6 +374,11 @@ struct Run<'a> {
     stopped: std::sync::atomic::AtomicBool,
     /// Workspaces found or created in this run, by their rendered target.
     workspaces: tokio::sync::Mutex<BTreeMap<String, NodeId>>,
+    /// Folders found or created in this run (many files share a folder;
+    /// one walk each instead of one per file).
+    folders: tokio::sync::Mutex<BTreeMap<(NodeId, Vec<String>), NodeId>>,
+    /// SFTP directories known to exist (claim, archive and failed folders).
+    dirs: std::sync::Mutex<BTreeSet<Vec<u8>>>,
 }
 
 /// Runs one scheduled ingest of `route`.
@@ -416,6 +421,8 @@ pub async fn run(
             claimed_bytes: AtomicU64::new(0),
             stopped: std::sync::atomic::AtomicBool::new(false),
             workspaces: tokio::sync::Mutex::new(BTreeMap::new()),
+            folders: tokio::sync::Mutex::new(BTreeMap::new()),
+            dirs: std::sync::Mutex::new(BTreeSet::new()),
         };
         let src_text = run.src.to_string();
         let list_err = |source| IngestError::List {
@@ -901,8 +908,7 @@ impl Run<'_> {
             .map_err(|e| e.to_string())?;
         let to = join_all(&dir, &l.segs).map_err(|e| e.to_string())?;
         if let Some(parent) = to.parent() {
-            store
-                .mkdir_all(&parent)
+            self.mkdir(&parent)
                 .await
                 .map_err(|e| format!("cannot create the claim directory: {e}"))?;
         }
@@ -1151,7 +1157,7 @@ impl Run<'_> {
         let rule = plan.rule.clone();
 
         let ws = self.workspace(&plan).await?;
-        let folder = ecm.ensure_folder_path(ws, &plan.folder).await?;
+        let folder = self.folder(ws, &plan.folder).await?;
         let ecm_path = format!("node {ws}/{}", plan.folder.join("/"));
         let mut body: Option<ByteStream> = Some(handle.body);
 
@@ -1396,9 +1402,16 @@ impl Run<'_> {
             k(th.attributes.ingested_at),
             serde_json::Value::String(Self::rfc3339(self.now())),
         );
-        self.set_history(node, &v).await?;
+        // A document this run created (or just marked for its new version)
+        // has the category; one it created has no RM classification yet.
+        let fresh = outcome == IngestOutcome::Created;
+        if fresh || outcome == IngestOutcome::VersionAdded {
+            ecm.update_category(node, th.category_id, &v).await?;
+        } else {
+            self.set_history(node, &v).await?;
+        }
         if let Some(class) = plan.rm_classification
-            && !ecm.rm_classifications(node).await?.contains(&class)
+            && (fresh || !ecm.rm_classifications(node).await?.contains(&class))
         {
             ecm.apply_rm_classification(node, class).await?;
         }
@@ -1442,6 +1455,33 @@ impl Run<'_> {
         } else {
             self.deps.ecm.apply_category(node, cat, values).await
         }
+    }
+
+    async fn folder(&self, ws: NodeId, segments: &[String]) -> Result<NodeId, EcmError> {
+        let mut cache = self.folders.lock().await;
+        let key = (ws, segments.to_vec());
+        if let Some(id) = cache.get(&key) {
+            return Ok(*id);
+        }
+        let id = self.deps.ecm.ensure_folder_path(ws, segments).await?;
+        cache.insert(key, id);
+        Ok(id)
+    }
+
+    async fn mkdir(&self, dir: &RemotePath) -> Result<(), FileStoreError> {
+        let known = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(dir.as_bytes());
+        if !known {
+            self.deps.store.mkdir_all(dir).await?;
+            self.dirs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(dir.as_bytes().to_vec());
+        }
+        Ok(())
     }
 
     async fn history(&self, node: NodeId) -> Result<History, EcmError> {
@@ -1633,7 +1673,7 @@ impl Run<'_> {
             Ok(Some(target)) => {
                 let to = join_text(&self.src, &target)?;
                 if let Some(parent) = to.parent() {
-                    store.mkdir_all(&parent).await?;
+                    self.mkdir(&parent).await?;
                 }
                 let mut n = 1;
                 loop {
@@ -1675,7 +1715,7 @@ impl Run<'_> {
         warn!(kind = ?kind, reason, "file failed");
         let mut failed_rel = None;
         if let Ok(dir) = self.src.join(FAILED_DIR) {
-            let _ = store.mkdir_all(&dir).await;
+            let _ = self.mkdir(&dir).await;
         }
         for n in 1..=50 {
             let (file, report_path) = claim::failed_paths(&c.rel, n);

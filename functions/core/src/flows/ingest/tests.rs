@@ -704,3 +704,44 @@ async fn given_sidecar_and_index_when_run_then_metadata_used_and_all_archived() 
     }
     assert_eq!(rep.files.len(), 2, "{rep:#?}");
 }
+
+#[tokio::test]
+async fn given_failed_file_when_manual_retry_then_back_in_intake_without_report_and_ingested_next()
+{
+    let w = World::new();
+    let r = route(serde_json::json!([]), "fail");
+    // No rule matches the name at first: it fails.
+    w.store
+        .put("in/INV-47_0000100001.pdf", &pdf("x"), NOW - 3600);
+    let first = w.run(&r, "req-1").await;
+    assert_eq!(first.counts.failed, 1);
+    assert!(
+        w.store
+            .read("/in/failed/INV-47_0000100001.pdf.error.json")
+            .is_some()
+    );
+
+    let deps = IngestDeps {
+        store: &w.store,
+        ecm: &w.ecm,
+        events: &w.events,
+        clock: &w.clock,
+        sftp_host: "h".into(),
+    };
+    let ctx = RunContext::new("req-2", Duration::from_secs(60));
+    let rep = retry(
+        &r,
+        &[
+            "INV-47_0000100001.pdf".to_string(),
+            "missing.pdf".to_string(),
+        ],
+        &deps,
+        &ctx,
+    )
+    .await
+    .unwrap();
+    assert_eq!(rep.counts.requeued, 1, "{rep:#?}");
+    assert_eq!(rep.files[1].outcome, FileOutcome::Failed);
+    assert!(w.store.read("/in/INV-47_0000100001.pdf").is_some());
+    assert!(w.store.files_under("/in/failed/").is_empty());
+}

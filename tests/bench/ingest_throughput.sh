@@ -26,9 +26,14 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-export CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_DEBUG=0
-cargo build -q --release -p sftp-ingest -p xecm-stack
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+if [ -n "${XECM_BENCH_BIN_DIR:-}" ]; then
+    # Prebuilt binaries (e.g. a debug build for a quick smoke run of this script).
+    BIN=$XECM_BENCH_BIN_DIR
+else
+    export CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_DEBUG=0
+    cargo build -q --release -p sftp-ingest -p xecm-stack
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+fi
 
 WORK=$(mktemp -d -t xecm-ingest-bench.XXXXXX)
 STACK_PID=
@@ -56,7 +61,8 @@ DATA=$XECM_SFTP_DATA_ROOT
 KEY=$(cd "$DATA/../.." && pwd)/client_key
 OWNER=$(stat -c %u:%g "$DATA")
 SFTP=(sftp -q -i "$KEY" -P "$XECM_SFTP_PORT" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
-    -o LogLevel=ERROR "xecm-sftp@127.0.0.1")
+    -o LogLevel=ERROR -b -)
+DEST="xecm-sftp@127.0.0.1"
 API="$XECM_ECM_URL/cs/cs/api"
 
 now() { date +%s.%N; }
@@ -108,9 +114,9 @@ bench_set() { # bench_set small|large FILES BYTES
     local t0 t1
     t0=$(now)
     if [ "$set" = small ]; then
-        printf 'get -r %s %s\n' "/data/$src" "$WORK/get/" | "${SFTP[@]}" -b - >/dev/null
+        printf 'get -r %s %s\n' "/data/$src" "$WORK/get/" | "${SFTP[@]}" "$DEST" >/dev/null
     else
-        printf 'get %s %s\n' "/data/$src/big-$LARGE_MIB.bin" "$WORK/get/" | "${SFTP[@]}" -b - >/dev/null
+        printf 'get %s %s\n' "/data/$src/big-$LARGE_MIB.bin" "$WORK/get/" | "${SFTP[@]}" "$DEST" >/dev/null
     fi
     t1=$(now)
     T[$set.sftp]=$(echo "$t1 - $t0" | bc -l)
@@ -122,7 +128,7 @@ bench_set() { # bench_set small|large FILES BYTES
     fid=$(folder "$tk" "script-$set")
     t0=$(now)
     mkdir -p "$WORK/stage"
-    printf 'get -r %s %s\n' "/data/$src" "$WORK/stage/" | "${SFTP[@]}" -b - >/dev/null
+    printf 'get -r %s %s\n' "/data/$src" "$WORK/stage/" | "${SFTP[@]}" "$DEST" >/dev/null
     find "$WORK/stage" -type f -print0 | while IFS= read -r -d '' f; do
         curl -fsS -o /dev/null -H "OTCSTicket: $tk" "$API/v2/nodes" \
             -F "body={\"type\":144,\"parent_id\":$fid,\"name\":\"$(basename "$f")\"}" \

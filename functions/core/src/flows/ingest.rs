@@ -379,7 +379,13 @@ struct Run<'a> {
     folders: tokio::sync::Mutex<BTreeMap<(NodeId, Vec<String>), NodeId>>,
     /// SFTP directories known to exist (claim, archive and failed folders).
     dirs: std::sync::Mutex<BTreeSet<Vec<u8>>>,
+    /// Events not yet published: sent in batches of [`EVENT_BATCH`] (one
+    /// PutEvents call each) and the rest at the end of the run.
+    events: tokio::sync::Mutex<Vec<Event>>,
 }
+
+/// PutEvents takes at most 10 entries.
+const EVENT_BATCH: usize = 10;
 
 /// Runs one scheduled ingest of `route`.
 pub async fn run(
@@ -423,6 +429,7 @@ pub async fn run(
             workspaces: tokio::sync::Mutex::new(BTreeMap::new()),
             folders: tokio::sync::Mutex::new(BTreeMap::new()),
             dirs: std::sync::Mutex::new(BTreeSet::new()),
+            events: tokio::sync::Mutex::new(Vec::new()),
         };
         let src_text = run.src.to_string();
         let list_err = |source| IngestError::List {
@@ -515,6 +522,7 @@ pub async fn run(
             }
             run.post_action_index(&index_rel, &segs).await;
         }
+        run.flush_events().await;
         Ok::<_, IngestError>(())
     }
     .instrument(span)
@@ -1791,15 +1799,34 @@ impl Run<'_> {
         r
     }
 
+    /// Queues an event; a full batch goes out at once. Events are published
+    /// after the transfer they describe is complete, so a crash can lose at
+    /// most one batch of audit events, never a transfer (the rerun reports
+    /// the file as `already-ingested` again).
     async fn publish(&self, detail_type: DetailType, detail: serde_json::Value) {
-        let report = self
-            .deps
-            .events
-            .publish(&[Event {
+        let batch = {
+            let mut q = self.events.lock().await;
+            q.push(Event {
                 detail_type,
                 detail,
-            }])
-            .await;
+            });
+            if q.len() < EVENT_BATCH {
+                return;
+            }
+            std::mem::take(&mut *q)
+        };
+        self.send_events(&batch).await;
+    }
+
+    async fn flush_events(&self) {
+        let batch = std::mem::take(&mut *self.events.lock().await);
+        if !batch.is_empty() {
+            self.send_events(&batch).await;
+        }
+    }
+
+    async fn send_events(&self, batch: &[Event]) {
+        let report = self.deps.events.publish(batch).await;
         // A lost audit event must not undo a finished transfer; it is logged.
         for u in report.undelivered {
             warn!(detail_type = ?u.detail_type, code = %u.error_code, message = %u.message, "event not delivered");

@@ -366,6 +366,18 @@ impl Clock for Ahead {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_upload_before_archive_then_rerun_makes_exactly_one_document() {
+    // Over the small-file limit (256 KiB): the upload streams and the
+    // document first carries the pending key.
+    crash_and_rerun(1024 * 1024).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_upload_of_a_small_file_then_rerun_makes_exactly_one_document() {
+    // Small: created with its final key; the crash hits RM and verification.
+    crash_and_rerun(0).await;
+}
+
+async fn crash_and_rerun(padding: usize) {
     let env = Env::start().await;
     let r = simple_route(
         "crash",
@@ -374,7 +386,8 @@ async fn crash_after_upload_before_archive_then_rerun_makes_exactly_one_document
         json!({"min_age_secs": 1}),
         "fail",
     );
-    let body = pdf("daily transactions 2026-11-26");
+    let mut body = pdf("daily transactions 2026-11-26");
+    body.extend(std::iter::repeat_n(b'%', padding));
     env.drop_file(
         b"inbound/crash/ledger-2026-11-26.pdf",
         &body,
@@ -416,6 +429,11 @@ async fn crash_after_upload_before_archive_then_rerun_makes_exactly_one_document
     assert_eq!(env.children_named(540101, "ledger-2026-11-26.pdf").await, 1);
     let node = NodeId::new(f.node_id.unwrap_or(0)).expect("node");
     assert_eq!(env.ecm.versions(node).await.expect("versions").len(), 1);
+    assert_eq!(
+        env.ecm.rm_classifications(node).await.expect("rm"),
+        vec![7004],
+        "RM classification applied by the rerun"
+    );
     let h = env.history(node.get()).await;
     assert_eq!(h["9002_6"], json!(sha_hex(&body)));
     assert!(h["9002_10"].as_str().unwrap_or("").starts_with("ik1-"));

@@ -38,6 +38,12 @@
 //! ingested. Received time is the file's mtime (not the claim time) so that
 //! date folders (`Invoices/{yyyy}/{mm}`) render the same on a rerun.
 //!
+//! Files up to 256 KiB are the exception: they are read whole when opened
+//! (bounded: parallelism x 256 KiB), so their SHA-256 and final key go into
+//! the creation request and no category update follows; a rerun then finds
+//! the final key (same origin and SHA-256) and counts the file as already
+//! ingested.
+//!
 //! Conflict policies need our SHA-256 only when the name is taken:
 //! `skip-if-identical` hashes first (and never uploads after that), and
 //! `add-version` hashes first only when the existing document has the same
@@ -383,6 +389,9 @@ struct Run<'a> {
     /// PutEvents call each) and the rest at the end of the run.
     events: tokio::sync::Mutex<Vec<Event>>,
 }
+
+/// Files up to this size are read whole before the upload (module docs).
+const SMALL_FILE_BYTES: u64 = 256 * 1024;
 
 /// PutEvents takes at most 10 entries.
 const EVENT_BATCH: usize = 10;
@@ -1124,7 +1133,25 @@ impl Run<'_> {
 
         let mut handle = store.open_read(&c.path).await?;
         let size = handle.meta.size.unwrap_or(c.size);
-        let head_chunks = read_head(&mut handle).await?;
+        let mut head_chunks = read_head(&mut handle).await?;
+        // Small files are read whole right here: their SHA-256 is then known
+        // before the upload, so the document is created with its final
+        // transfer history (no pending key, no category update afterwards).
+        let mut known_sha: Option<String> = None;
+        let mut body: Option<ByteStream> = Some(handle.body);
+        if size <= SMALL_FILE_BYTES
+            && let Some(mut rest) = body.take()
+        {
+            while let Some(chunk) = rest.next().await {
+                head_chunks.push(chunk?);
+            }
+            let mut h = Sha256::new();
+            for c in &head_chunks {
+                h.update(c);
+            }
+            known_sha = Some(hex::encode(h.finalize()));
+            body = Some(Box::pin(futures_util::stream::empty()));
+        }
         let head: Vec<u8> = head_chunks
             .iter()
             .flat_map(|b| b.iter().copied())
@@ -1167,10 +1194,7 @@ impl Run<'_> {
         let ws = self.workspace(&plan).await?;
         let folder = self.folder(ws, &plan.folder).await?;
         let ecm_path = format!("node {ws}/{}", plan.folder.join("/"));
-        let mut body: Option<ByteStream> = Some(handle.body);
-
         let existing = ecm.child_by_name(folder, &plan.document_name).await?;
-        let mut known_sha: Option<String> = None;
         let mut name = plan.document_name.clone();
         let mut add_version_to: Option<(NodeId, u32)> = None;
 
@@ -1191,8 +1215,14 @@ impl Run<'_> {
             {
                 // A crashed run of this very file.
                 if latest >= v {
-                    let (sha, _) =
-                        hash_rest(&head_chunks, body.take().ok_or_else(no_body)?).await?;
+                    let sha = match known_sha.clone() {
+                        Some(s) => s,
+                        None => {
+                            hash_rest(&head_chunks, body.take().ok_or_else(no_body)?)
+                                .await?
+                                .0
+                        }
+                    };
                     info!(node = %node.id, version = v, "finishing a document a crashed run uploaded");
                     return self
                         .complete(
@@ -1203,6 +1233,7 @@ impl Run<'_> {
                             v,
                             sha,
                             IngestOutcome::AlreadyIngested,
+                            false,
                             rule,
                             ecm_path,
                         )
@@ -1217,7 +1248,7 @@ impl Run<'_> {
                 let needs_hash = same_origin
                     || plan.on_existing == ConflictPolicy::SkipIfIdentical
                     || (plan.on_existing == ConflictPolicy::AddVersion && node.size == Some(size));
-                if needs_hash {
+                if needs_hash && known_sha.is_none() {
                     let (sha, _) =
                         hash_rest(&head_chunks, body.take().ok_or_else(no_body)?).await?;
                     known_sha = Some(sha);
@@ -1229,16 +1260,22 @@ impl Run<'_> {
                     let sha = known_sha.clone().unwrap_or_default();
                     let key = idempotency_key(self.route.name(), &c.rel, size, &sha);
                     if hist.key.as_deref() == Some(key.as_str()) {
-                        return Ok(Done {
-                            outcome: IngestOutcome::AlreadyIngested,
-                            rule,
-                            node_id: node.id,
-                            version: latest,
-                            document_name: node.name,
-                            ecm_path,
-                            sha256: sha,
-                            key,
-                        });
+                        // Ingested before; a run that died after the upload
+                        // may not have applied RM and hold or verified it.
+                        return self
+                            .complete(
+                                &plan,
+                                c,
+                                size,
+                                node.id,
+                                latest,
+                                sha,
+                                IngestOutcome::AlreadyIngested,
+                                true,
+                                rule,
+                                ecm_path,
+                            )
+                            .await;
                     }
                 }
                 let taken: BTreeSet<String> = if plan.on_existing == ConflictPolicy::Rename {
@@ -1334,10 +1371,22 @@ impl Run<'_> {
             }
             None => {
                 if let Some(h) = plan.categories.get_mut(&th.category_id) {
-                    h.insert(
-                        th_key(th.attributes.idempotency_key),
-                        pending_key(self.route.name(), &c.rel, size, c.mtime, 1),
-                    );
+                    match &known_sha {
+                        Some(sha) => {
+                            h.insert(th_key(th.attributes.sha256), sha.clone());
+                            h.insert(
+                                th_key(th.attributes.idempotency_key),
+                                idempotency_key(self.route.name(), &c.rel, size, sha),
+                            );
+                            h.insert(th_key(th.attributes.ingested_at), Self::rfc3339(self.now()));
+                        }
+                        None => {
+                            h.insert(
+                                th_key(th.attributes.idempotency_key),
+                                pending_key(self.route.name(), &c.rel, size, c.mtime, 1),
+                            );
+                        }
+                    }
                 }
                 let r = ecm
                     .upload(UploadRequest {
@@ -1352,7 +1401,11 @@ impl Run<'_> {
                 (r.node_id, r.version.unwrap_or(1), r)
             }
         };
-        if receipt.size != size {
+        if receipt.size != size
+            || known_sha
+                .as_deref()
+                .is_some_and(|s| !s.eq_ignore_ascii_case(&receipt.sha256))
+        {
             return Err(Failure::Transient(format!(
                 "uploaded {} bytes but the file has {size}",
                 receipt.size
@@ -1364,6 +1417,7 @@ impl Run<'_> {
         } else {
             IngestOutcome::Created
         };
+        let history_final = outcome == IngestOutcome::Created && known_sha.is_some();
         self.complete(
             &plan,
             c,
@@ -1372,6 +1426,7 @@ impl Run<'_> {
             version,
             receipt.sha256,
             outcome,
+            history_final,
             rule,
             ecm_path,
         )
@@ -1390,6 +1445,7 @@ impl Run<'_> {
         version: u32,
         sha256: String,
         outcome: IngestOutcome,
+        history_final: bool,
         rule: Option<String>,
         ecm_path: String,
     ) -> Result<Done, Failure> {
@@ -1413,7 +1469,9 @@ impl Run<'_> {
         // A document this run created (or just marked for its new version)
         // has the category; one it created has no RM classification yet.
         let fresh = outcome == IngestOutcome::Created;
-        if fresh || outcome == IngestOutcome::VersionAdded {
+        if history_final {
+            // Created with it (small files).
+        } else if fresh || outcome == IngestOutcome::VersionAdded {
             ecm.update_category(node, th.category_id, &v).await?;
         } else {
             self.set_history(node, &v).await?;

@@ -37,7 +37,9 @@ fi
 
 WORK=$(mktemp -d -t xecm-ingest-bench.XXXXXX)
 STACK_PID=
+STUB_PID=
 cleanup() {
+    if [ -n "$STUB_PID" ]; then kill "$STUB_PID" 2>/dev/null || true; fi
     if [ -n "$STACK_PID" ] && kill -0 "$STACK_PID" 2>/dev/null; then
         kill -TERM "$STACK_PID" 2>/dev/null || true
         wait "$STACK_PID" 2>/dev/null || true
@@ -57,6 +59,32 @@ set -a
 # shellcheck disable=SC1091
 . "$WORK/stack.env"
 set +a
+# moto's PutEvents costs ~150 ms per entry (it forwards each to SQS), which
+# would time moto rather than us (the script publishes nothing). EventBridge
+# calls go to a stub that accepts every entry; set XECM_BENCH_MOTO_EVENTS=1
+# to publish to moto anyway.
+if [ -z "${XECM_BENCH_MOTO_EVENTS:-}" ]; then
+    STUB_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    python3 - "$STUB_PORT" <<'PY' &
+import json, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        n = len(body.get("Entries", []))
+        out = json.dumps({"FailedEntryCount": 0, "Entries": [{"EventId": f"stub-{i}"} for i in range(n)]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+    STUB_PID=$!
+    export AWS_ENDPOINT_URL_EVENTBRIDGE="http://127.0.0.1:$STUB_PORT"
+fi
 DATA=$XECM_SFTP_DATA_ROOT
 KEY=$(cd "$DATA/../.." && pwd)/client_key
 OWNER=$(stat -c %u:%g "$DATA")

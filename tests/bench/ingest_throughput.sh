@@ -8,7 +8,7 @@
 # Prints files/s, MB/s, the ratios and the peak RSS of sftp-ingest.
 # Needs root (the stack starts a chrooted sshd).
 #
-#   tests/bench/ingest_throughput.sh [--small N] [--large-mib M]
+#   tests/bench/ingest_throughput.sh [--small N] [--large-mib M] [--parallelism P]
 #
 # Built with the release profile minus fat LTO / one codegen unit (they only
 # shrink the Lambda binary and triple the build time).
@@ -18,11 +18,13 @@ ROOT=$(pwd)
 
 SMALL=2000
 LARGE_MIB=1024
+PARALLELISM=8
 while [ $# -gt 0 ]; do
     case $1 in
     --small) SMALL=$2; shift 2 ;;
     --large-mib) LARGE_MIB=$2; shift 2 ;;
-    *) echo "usage: $0 [--small N] [--large-mib M]" >&2; exit 2 ;;
+    --parallelism) PARALLELISM=$2; shift 2 ;;
+    *) echo "usage: $0 [--small N] [--large-mib M] [--parallelism P]" >&2; exit 2 ;;
     esac
 done
 
@@ -125,7 +127,7 @@ route_event() { # route_event NAME SOURCE FOLDER_TEMPLATE
   "rules": [], "fallback": {"place": {"workspace": {"by": "node", "node_id": 540101},
      "folder": "$3", "name": "{name}", "on_existing": "fail"}},
   "post_action": {"action": "archive", "dir": "archive/{yyyy-mm-dd}/"},
-  "limits": {"max_files": 100000, "max_bytes": 17179869184, "parallelism": 8, "max_attempts": 5, "lease_secs": 1800},
+  "limits": {"max_files": 100000, "max_bytes": 17179869184, "parallelism": $PARALLELISM, "max_attempts": 5, "lease_secs": 1800},
   "transfer_history": {"category_id": 9002, "attributes": {"route": 2, "host": 3, "source_path": 4, "size": 5,
      "sha256": 6, "received_at": 7, "ingested_at": 8, "invocation_id": 9, "idempotency_key": 10, "original_name": 11}}}}
 EOF

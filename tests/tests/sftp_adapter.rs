@@ -547,6 +547,25 @@ async fn a_dropped_connection_is_reopened_transparently_for_idempotent_calls() -
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_died_while_idle_is_replaced_before_a_rename() -> Result<()> {
+    let sshd = Sshd::start()?;
+    let mut settings = settings_from(&sshd.sftp_secret_json());
+    settings.max_sessions = 1;
+    settings.idle_probe_after = Duration::from_millis(50);
+    let s = SftpStore::new(settings)?;
+    s.write_small(&p(&s, "a"), Bytes::from_static(b"x"), RenameMode::NoReplace)
+        .await?;
+    sshd.kill_connections();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Renames are never retried blindly; the idle probe finds the dead
+    // session and reconnects first.
+    s.rename(&p(&s, "a"), &p(&s, "b"), RenameMode::NoReplace)
+        .await?;
+    assert!(sshd.data_root().join("b").exists());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_reads_use_parallel_sessions() -> Result<()> {
     let sshd = Sshd::start()?;
     let s = Arc::new(store(&sshd));

@@ -149,6 +149,7 @@ pub(crate) struct Conn {
     // Field order matters: the SFTP channel must close before the session.
     sftp: Sftp,
     sess: Session,
+    last_used: std::time::Instant,
 }
 
 impl Drop for Conn {
@@ -268,10 +269,29 @@ pub(crate) fn connect(s: &SftpSettings) -> Result<Conn, FileStoreError> {
     let sftp = sess
         .sftp()
         .map_err(|e| transient(format!("opening the sftp subsystem: {e}")))?;
-    Ok(Conn { sftp, sess })
+    Ok(Conn {
+        sftp,
+        sess,
+        last_used: std::time::Instant::now(),
+    })
 }
 
 impl Conn {
+    /// Whether a connection idle for a while still answers. Sessions die
+    /// silently while a Lambda sandbox is frozen or when a server drops idle
+    /// clients; probing before reuse lets non-idempotent operations (rename,
+    /// put) run on a live session instead of failing on a dead one.
+    pub(crate) fn is_alive_after_idle(&self, idle: Duration) -> bool {
+        if self.last_used.elapsed() < idle {
+            return true;
+        }
+        self.sftp.realpath(Path::new(".")).is_ok()
+    }
+
+    pub(crate) fn touch(&mut self) {
+        self.last_used = std::time::Instant::now();
+    }
+
     pub(crate) fn stat(&self, path: &RemotePath) -> Result<FileMeta, FileStoreError> {
         self.sftp
             .stat(std_path(path))

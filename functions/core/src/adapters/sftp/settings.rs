@@ -85,11 +85,16 @@ pub struct SftpSettings {
     pub root: RemoteRoot,
     /// Sessions (one per blocking thread) the store may open in parallel.
     pub max_sessions: usize,
+    /// A pooled session idle for longer is probed (one round trip) before
+    /// reuse, so a session that died while idle (Lambda freeze, server idle
+    /// timeout) is replaced before a non-idempotent operation runs on it.
+    pub idle_probe_after: Duration,
 }
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_SESSIONS: usize = 4;
+pub const DEFAULT_IDLE_PROBE_AFTER: Duration = Duration::from_secs(10);
 
 fn opt_str<'a>(
     m: &'a Map<String, Value>,
@@ -214,6 +219,7 @@ impl SftpSettings {
             io_timeout: DEFAULT_IO_TIMEOUT,
             root: RemoteRoot::parse("/")?,
             max_sessions: DEFAULT_MAX_SESSIONS,
+            idle_probe_after: DEFAULT_IDLE_PROBE_AFTER,
         })
     }
 

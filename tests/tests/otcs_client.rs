@@ -654,3 +654,81 @@ async fn windows_base_path_works_too() {
     .unwrap();
     assert_eq!(c.node(f).await.unwrap().name, "Renamed");
 }
+
+/// Peak resident set size of this process (client and embedded emulator), KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Throughput and memory of a streamed upload and download through the
+/// client (the emulator streams content to and from disk). Size from
+/// `XECM_BENCH_MIB` (default 256). Run with
+/// `cargo test -p xecm-stack --release --test otcs_client -- --ignored --nocapture bench_`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn bench_streamed_upload_and_download() {
+    let mib: u64 = std::env::var("XECM_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let s = emulator().await;
+    let c = s.client();
+    let block = pseudo_random(1024 * 1024, 42);
+    let chunk = 256 * 1024;
+    let total = mib * 1024 * 1024;
+    let chunks = total / chunk as u64;
+    let stream = futures_util::stream::iter((0..chunks).map(move |i| {
+        let off = (i as usize * chunk) % block.len();
+        Ok::<_, std::io::Error>(block.slice(off..off + chunk))
+    }));
+    let rss_before = peak_rss_kib();
+    let t = std::time::Instant::now();
+    let r = c
+        .upload(UploadRequest {
+            parent: id(ENTERPRISE),
+            name: "bench.bin".into(),
+            description: None,
+            categories: vec![],
+            classifications: vec![],
+            content: Content {
+                stream: Box::pin(stream),
+                length: total,
+                file_name: "bench.bin".into(),
+                mime_type: "application/octet-stream".into(),
+            },
+        })
+        .await
+        .unwrap();
+    let up = t.elapsed();
+    assert_eq!(r.size, total);
+    let t = std::time::Instant::now();
+    let d = c.download(r.node_id, None).await.unwrap();
+    let mut hasher = Sha256::new();
+    let mut n = 0u64;
+    let mut st = d.stream;
+    while let Some(b) = st.next().await {
+        let b = b.unwrap();
+        n += b.len() as u64;
+        hasher.update(&b);
+    }
+    let down = t.elapsed();
+    assert_eq!(n, total);
+    assert_eq!(hex::encode(hasher.finalize()), r.sha256);
+    let mb = total as f64 / 1e6;
+    println!(
+        "BENCH {mib} MiB: upload {:.0} MB/s ({:.2} s, SHA-256 on the way), download+hash {:.0} MB/s ({:.2} s), peak RSS {} MiB before, {} MiB after",
+        mb / up.as_secs_f64(),
+        up.as_secs_f64(),
+        mb / down.as_secs_f64(),
+        down.as_secs_f64(),
+        rss_before / 1024,
+        peak_rss_kib() / 1024
+    );
+}

@@ -283,6 +283,24 @@ async fn unknown_node_is_not_found_and_bad_names_are_invalid() {
     let err = c.node(id(987_654_321)).await.unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
     assert!(err.to_string().contains("987654321"));
+    let err = c
+        .upload(upload_req(
+            id(987_654_321),
+            "orphan.pdf",
+            Bytes::from_static(b"x"),
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EcmError::NotFound {
+                op: "upload document",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let err = c.create_folder(id(ENTERPRISE), "a:b").await.unwrap_err();
     assert!(matches!(err, EcmError::Invalid { .. }), "{err:?}");
 }

@@ -667,7 +667,26 @@ impl Ecm for OtcsClient {
             false,
         );
         check(&call, &request.name)?;
-        self.preflight(&call, request.parent).await?;
+        // The name check before streaming: a server may answer a collision
+        // before reading the body, which would surface as a broken pipe
+        // (transient) instead of the conflict it is. It also refreshes the
+        // ticket and proves the parent exists.
+        let existing = self
+            .child_by_name(request.parent, &request.name)
+            .await
+            .map_err(|e| match e {
+                EcmError::NotFound { .. } => EcmError::NotFound {
+                    op: call.op,
+                    target: format!("{} (node {} does not exist)", call.target, request.parent),
+                },
+                other => other,
+            })?;
+        if existing.is_some() {
+            return Err(EcmError::Conflict {
+                op: call.op,
+                target: call.target,
+            });
+        }
         let body = wire::upload_body(
             request.parent,
             &request.name,

@@ -162,6 +162,23 @@ async fn expired_ticket_is_renewed_once_and_the_call_succeeds() {
     assert!(page.items.iter().any(|n| n.name == "Business Workspaces"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_after_ticket_expiry_all_succeed() {
+    let s = emulator().await;
+    let c = std::sync::Arc::new(s.client());
+    c.node(id(ENTERPRISE)).await.unwrap();
+    s.control("expire-tickets", json!({})).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.node(id(ENTERPRISE)).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().id.get(), ENTERPRISE);
+    }
+}
+
 #[tokio::test]
 async fn ticket_expired_before_an_upload_is_renewed_by_the_preflight() {
     let s = emulator().await;

@@ -163,7 +163,8 @@ async fn eventbridge_batch_of_25_events_is_delivered() {
     assert_eq!(report.delivered, 25, "{report:?}");
     assert!(report.all_delivered(), "{report:?}");
 
-    let got = capture.receive(25, Duration::from_secs(20)).await.unwrap();
+    // Generous: returns as soon as all 25 arrived, but a loaded CI box can be slow.
+    let got = capture.receive(25, Duration::from_secs(90)).await.unwrap();
     assert_eq!(got.len(), 25, "captured {} of 25", got.len());
     let mut paths: Vec<String> = got
         .iter()
@@ -223,4 +224,30 @@ fn moto_is_stopped_when_the_guard_drops() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "moto still listens on {port} after drop"
     );
+}
+
+#[tokio::test]
+async fn events_to_a_missing_bus_are_reported_undelivered() {
+    let moto = Moto::start().unwrap();
+    let sink = EventBridgeSink::new(&moto.sdk_config().await, "no-such-bus");
+    let events = vec![
+        Event {
+            detail_type: DetailType::TransferIngested,
+            detail: json!({"n": 1}),
+        };
+        3
+    ];
+    let report = sink.publish(&events).await;
+    assert_eq!(report.delivered, 0, "{report:?}");
+    assert_eq!(
+        report
+            .undelivered
+            .iter()
+            .map(|u| u.index)
+            .collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    let u = &report.undelivered[0];
+    assert_eq!(u.error_code, "ResourceNotFoundException");
+    assert!(u.message.contains("no-such-bus"), "{u:?}");
 }

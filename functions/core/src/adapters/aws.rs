@@ -228,7 +228,13 @@ impl PutEvents for aws_sdk_eventbridge::Client {
             .await
             .map_err(|e| {
                 let code = e.code().unwrap_or("RequestFailed").to_string();
-                (code, error_chain(&e))
+                // The service's own message when there is one; otherwise the
+                // transport error chain (timeouts, connection failures).
+                let message = e
+                    .message()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| error_chain(&e));
+                (code, message)
             })?;
         let results: EntryResults = out
             .entries()
@@ -260,6 +266,7 @@ fn is_permanent_entry_error(code: &str) -> bool {
         code,
         "MalformedDetail"
             | "InvalidArgument"
+            | "ResourceNotFoundException"
             | "ValidationException"
             | "AccessDeniedException"
             | "NotAuthorizedForSourceException"

@@ -8,8 +8,9 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use xecm_core::adapters::aws::{EventBridgeSink, SecretsManagerSecrets};
 use xecm_core::adapters::otcs::EcmSettings;
+use xecm_core::adapters::sftp::{SettingsError, SftpSettings};
 use xecm_core::ports::events::{DetailType, Event, EventSink, TransferEvent};
-use xecm_core::ports::secrets::{Secrets, SecretsError, SftpSecret, get_parsed};
+use xecm_core::ports::secrets::{Secrets, SecretsError, get_parsed};
 use xecm_stack::moto::Moto;
 
 #[tokio::test]
@@ -24,7 +25,7 @@ async fn typed_secrets_are_read_from_secrets_manager() {
     .unwrap();
     moto.put_json_secret(
         "xecm/sftp",
-        &json!({"host":"127.0.0.1","port":2222,"username":"xecm","host_key_sha256":["SHA256:abc","SHA256:def"],"private_key":"-----BEGIN OPENSSH PRIVATE KEY-----\nx","passphrase":null,"password":null}),
+        &json!({"host":"127.0.0.1","port":2222,"username":"xecm","host_key_sha256":["SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU","SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"],"private_key":"-----BEGIN OPENSSH PRIVATE KEY-----\nx","passphrase":null,"password":null}),
     )
     .await
     .unwrap();
@@ -36,9 +37,8 @@ async fn typed_secrets_are_read_from_secrets_manager() {
     assert_eq!(ecm.base_path, "/cs/cs");
     assert_eq!(ecm.password.expose_secret(), "admin-pw");
 
-    let sftp = get_parsed(&secrets, "xecm/sftp", SftpSecret::from_json)
-        .await
-        .unwrap();
+    let raw = secrets.get("xecm/sftp").await.unwrap();
+    let sftp = SftpSettings::from_secret_json("xecm/sftp", raw.expose_secret()).unwrap();
     assert_eq!(sftp.port, 2222);
     assert_eq!(sftp.host_key_sha256.len(), 2);
 }
@@ -53,19 +53,17 @@ async fn secret_missing_field_names_secret_and_field() {
     .await
     .unwrap();
     let secrets = SecretsManagerSecrets::new(&moto.sdk_config().await);
-    let err = get_parsed(&secrets, "xecm/sftp-broken", SftpSecret::from_json)
-        .await
-        .unwrap_err();
+    let raw = secrets.get("xecm/sftp-broken").await.unwrap();
+    let err = SftpSettings::from_secret_json("xecm/sftp-broken", raw.expose_secret()).unwrap_err();
     match &err {
-        SecretsError::MissingField { secret_id, field } => {
+        SettingsError::Missing { secret_id, field } => {
             assert_eq!(
-                (secret_id.as_str(), field.as_str()),
+                (secret_id.as_str(), *field),
                 ("xecm/sftp-broken", "username")
             );
         }
-        other => panic!("expected MissingField, got {other:?}"),
+        other => panic!("expected Missing, got {other:?}"),
     }
-    assert!(!err.is_retryable());
     assert!(err.to_string().contains("xecm/sftp-broken") && err.to_string().contains("username"));
 }
 

@@ -8,6 +8,7 @@
 //! - our `open_read` streamed to a sink and `put_atomic` from an in-memory
 //!   generator, each in a child process of this binary so its peak RSS
 //!   (VmHWM) is its own. Our cipher is the adapter's default preference.
+//!
 //! Also prints client CPU seconds per GiB (children's utime+stime), which
 //! stays comparable when other work shares the cores.
 //!

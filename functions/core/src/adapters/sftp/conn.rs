@@ -38,10 +38,14 @@ const CHUNK_TARGET: usize = 1024 * 1024;
 /// Entries per listing page.
 pub(crate) const LIST_PAGE: usize = 1000;
 
-/// Ciphers ordered by measured libssh2 speed (OpenSSL backend): chacha20 and
-/// aes-ctr (with an EtM MAC) beat aes-gcm in libssh2, the reverse of
-/// OpenSSH. CBC, 3DES, arcfour and `none` are left out on purpose.
-const CIPHERS: &str = "chacha20-poly1305@openssh.com,aes128-ctr,aes256-ctr,aes192-ctr,\
+/// Ciphers ordered by measured libssh2 speed (OpenSSL backend): aes-ctr
+/// (with an EtM SHA-2 MAC, both in hardware on x86-64 and arm64) and
+/// chacha20-poly1305 beat aes-gcm in libssh2, the reverse of OpenSSH.
+/// Measured here (1 GiB, loopback, client CPU per GiB): aes128-ctr 3.25 s
+/// get / 3.61 s put, chacha20-poly1305 3.39 s / 3.83 s. chacha20 is
+/// libssh2's portable C code, so aes128-ctr goes first. CBC, 3DES, arcfour
+/// and `none` are left out on purpose.
+const CIPHERS: &str = "aes128-ctr,chacha20-poly1305@openssh.com,aes256-ctr,aes192-ctr,\
 aes128-gcm@openssh.com,aes256-gcm@openssh.com";
 /// Encrypt-then-MAC first; no SHA-1 or MD5 MACs.
 const MACS: &str = "hmac-sha2-256-etm@openssh.com,hmac-sha2-512-etm@openssh.com,\

@@ -1,22 +1,58 @@
-//! The sftp-ingest Lambda function (to be wired).
+//! The sftp-ingest Lambda function: wiring only. State (configuration, the
+//! Secrets Manager cache, the Content Server client, the EventBridge sink)
+//! is built once per cold start; `handler` translates each invocation.
+
+mod handler;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use xecm_core::runtime::{self, FunctionError, Invocation};
+use secrecy::ExposeSecret;
+use xecm_core::adapters::aws::{EventBridgeSink, SecretsManagerSecrets, load_sdk_config};
+use xecm_core::adapters::otcs::{EcmSettings, OtcsClient, OtcsOptions};
+use xecm_core::config::Config;
+use xecm_core::ports::secrets::Secrets;
+use xecm_core::runtime::{self, FunctionError};
 
-async fn handle(
-    event: serde_json::Value,
-    invocation: Invocation,
-) -> Result<serde_json::Value, FunctionError> {
-    let _ = invocation;
-    Err(FunctionError::permanent(
-        "NotImplemented",
-        format!("event {event} not handled yet"),
-    ))
+const NAME: &str = "sftp-ingest";
+
+async fn init() -> Result<handler::State, FunctionError> {
+    let config =
+        Config::from_env().map_err(|e| FunctionError::permanent("InvalidConfig", e.to_string()))?;
+    let sdk = load_sdk_config().await;
+    let secrets = Arc::new(SecretsManagerSecrets::new(&sdk));
+    let ecm_json = secrets.get(&config.ecm_secret_id).await.map_err(|e| {
+        if e.is_retryable() {
+            FunctionError::transient("SecretUnavailable", e.to_string())
+        } else {
+            FunctionError::permanent("SecretInvalid", e.to_string())
+        }
+    })?;
+    let settings = EcmSettings::from_secret_json(&config.ecm_secret_id, ecm_json.expose_secret())
+        .map_err(|e| FunctionError::permanent("SecretInvalid", e.to_string()))?;
+    let ecm = OtcsClient::new(settings, OtcsOptions::default())
+        .map_err(|e| FunctionError::permanent("EcmClient", e.to_string()))?;
+    let events = EventBridgeSink::new(&sdk, config.event_bus.clone());
+    let sftp_root = std::env::var("XECM_SFTP_REMOTE_ROOT")
+        .ok()
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| "/".into());
+    Ok(handler::State {
+        config,
+        sftp_root,
+        secrets,
+        ecm: Arc::new(ecm),
+        events: Arc::new(events),
+    })
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     runtime::init_tracing();
-    runtime::serve("sftp-ingest", handle).await
+    let state = match init().await {
+        Ok(s) => s,
+        Err(e) => return runtime::fail_init(NAME, &e),
+    };
+    let state = &state;
+    runtime::serve(NAME, |event, inv| handler::handle(state, event, inv)).await
 }

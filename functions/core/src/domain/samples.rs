@@ -40,6 +40,7 @@ fn given_events_dir_when_listed_then_every_sample_is_covered_by_a_test() {
         "export-manual-resend.json",
         "export-routes.json",
         "export-webhook-approved.json",
+        "ingest-demo.json",
         "ingest-manual-retry.json",
         "ingest-scheduled.json",
     ];
@@ -49,6 +50,16 @@ fn given_events_dir_when_listed_then_every_sample_is_covered_by_a_test() {
         .collect();
     found.sort();
     assert_eq!(found, covered, "add a test for each new sample");
+}
+
+#[test]
+fn given_demo_ingest_sample_when_parsed_then_valid_with_the_local_sftp_secret() {
+    let IngestEvent::Scheduled(route) = parse_ingest_event(json("ingest-demo.json")).unwrap()
+    else {
+        panic!("not a scheduled event");
+    };
+    assert_eq!(route.config.sftp_secret, "xecm/local/sftp");
+    assert_eq!(route.rules.len(), 4);
 }
 
 #[test]

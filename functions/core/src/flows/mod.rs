@@ -1,1 +1,2 @@
 //! Flows: orchestration over the ports, deadline-aware.
+pub mod ingest;

@@ -1,0 +1,1880 @@
+//! The ingest flow (DESIGN.md §3–4): one scheduled run of a route moves ready
+//! files from a partner's SFTP directory into Content Server, exactly once.
+//!
+//! A run: recover stale claims in `.inflight/`, list the source directory,
+//! decide readiness (a second listing after `settle_secs` when the route asks
+//! for it), then for each ready document, with bounded parallelism: claim it
+//! by one atomic rename, read its sidecar, open it once, classify it on its
+//! first bytes, plan the placement, find or create workspace and folders, and
+//! stream the rest of the bytes straight into the upload. Verified documents
+//! are archived or deleted; permanent failures go to `failed/` with a report;
+//! transient ones leave the claim for a later run (quarantine after
+//! `max_attempts`). Claiming stops when the deadline is near.
+//!
+//! # Exactly once while streaming
+//!
+//! The SHA-256 is known only after the bytes have streamed, but the upload's
+//! metadata (with the categories) precedes the file part, and a large file
+//! must not be read twice. So:
+//!
+//! 1. At creation the transfer-history category holds what is known up front
+//!    (route, host, source path, size, received time, invocation id) and, in
+//!    the idempotency-key attribute, a *pending key*:
+//!    `pending-<claim identity>-v<version>`. The claim identity hashes route,
+//!    source path, size and the file's mtime, all of which survive the claim
+//!    rename and a takeover, so a rerun computes the same identity.
+//! 2. The bytes stream once, hashed by the ECM adapter on their way out.
+//! 3. The category is updated with the SHA-256, the final idempotency key
+//!    (`ik1-…` over route, path, size, SHA-256) and the ingest time. Then the
+//!    node is verified (size) and only then is the source archived/deleted.
+//!
+//! Before any upload the planned document (exact name in the target folder)
+//! is looked up. A pending key equal to ours means a crashed run of this
+//! file: if the document already has the pending version, only step 3 is
+//! redone (the source is hashed, a second read that only crash recovery
+//! pays); otherwise the version is added. A final key with the same route,
+//! path and size means the file was ingested and the run died before the
+//! archive: the source is hashed and, if identical, counted as already
+//! ingested. Received time is the file's mtime (not the claim time) so that
+//! date folders (`Invoices/{yyyy}/{mm}`) render the same on a rerun.
+//!
+//! Conflict policies need our SHA-256 only when the name is taken:
+//! `skip-if-identical` hashes first (and never uploads after that), and
+//! `add-version` hashes first only when the existing document has the same
+//! size (different sizes cannot be identical content); if it then differs,
+//! the file is opened a second time for the upload.
+//!
+//! Known gaps: a crash between a `rename`-policy create and the archive makes
+//! the rerun create one more numbered copy (numbered siblings are not
+//! searched for the pending key); empty claim directories are left behind
+//! (the `FileStore` port has no rmdir).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use futures_util::StreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::domain::audit::{EventDetail, IngestOutcome, TransferFailed, TransferIngested};
+use crate::domain::claim::{
+    self, AfterTransient, ClaimTag, ExistingClaim, FailureKind, FailureReport,
+};
+use crate::domain::classify::{self, Candidate, HEAD_LEN, MAX_INDEX_BYTES, MAX_SIDECAR_BYTES};
+use crate::domain::names::{SFTP_NAME_MAX_BYTES, escape_non_utf8, numbered};
+use crate::domain::paths::{PathError, RemotePath};
+use crate::domain::placement::{self, ConflictPolicy, PlacementPlan, WorkspaceTarget};
+use crate::domain::readiness::{self, Evidence, Observation, Readiness};
+use crate::domain::route::{
+    EntryRole, FAILED_DIR, INFLIGHT_DIR, PostActionConfig, Route, SidecarFormat,
+};
+use crate::domain::transfer::{TransferFacts, idempotency_key};
+use crate::ports::ecm::{
+    self as ecm_port, AppliedCategory, BusinessObject, CategoryValues, Content, CreateWorkspace,
+    Ecm, EcmError, NodeId, UploadRequest,
+};
+use crate::ports::events::{DetailType, Event, EventSink};
+use crate::ports::file_store::{
+    ByteStream, EntryKind, FileStore, FileStoreError, ReadHandle, RenameMode,
+};
+
+/// Deepest directory level a recursive route walks (guards against loops
+/// through server-side symlinked directories).
+const MAX_DEPTH: usize = 16;
+
+/// Wall-clock source, injected so tests can pin dates.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The real clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// The ports one run talks to.
+pub struct IngestDeps<'a> {
+    /// The partner's server, rooted where the route's `source_dir` is relative to.
+    pub store: &'a dyn FileStore,
+    pub ecm: &'a dyn Ecm,
+    pub events: &'a dyn EventSink,
+    pub clock: &'a dyn Clock,
+    /// Recorded in transfer history (`SFTP Host`).
+    pub sftp_host: String,
+}
+
+/// The invocation as the flow sees it.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub invocation_id: String,
+    /// When the invocation is cut off.
+    pub deadline: Instant,
+    /// No new claim is made when less than this is left: an upload started
+    /// must have time to finish and be archived.
+    pub stop_margin: Duration,
+}
+
+impl RunContext {
+    /// The margin for an invocation of `budget`: a fifth of it, within 2..=60 s.
+    pub fn new(invocation_id: impl Into<String>, budget: Duration) -> Self {
+        let margin = (budget / 5).clamp(Duration::from_secs(2), Duration::from_secs(60));
+        Self {
+            invocation_id: invocation_id.into(),
+            deadline: Instant::now() + budget,
+            stop_margin: margin,
+        }
+    }
+
+    fn near_deadline(&self) -> bool {
+        self.deadline.saturating_duration_since(Instant::now()) <= self.stop_margin
+    }
+}
+
+/// Run-level failures (the per-file ones end up in the report).
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("route {route}: source_dir {dir:?} is not a valid path on the SFTP server: {source}")]
+    SourceDir {
+        route: String,
+        dir: String,
+        #[source]
+        source: PathError,
+    },
+    #[error("route {route}: listing {dir} failed: {source}")]
+    List {
+        route: String,
+        dir: String,
+        #[source]
+        source: FileStoreError,
+    },
+}
+
+impl IngestError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            IngestError::SourceDir { .. } => false,
+            IngestError::List { source, .. } => {
+                source.is_retryable() || matches!(source, FileStoreError::NotFound { .. })
+            }
+        }
+    }
+}
+
+/// What became of one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileOutcome {
+    Created,
+    VersionAdded,
+    SkippedIdentical,
+    AlreadyIngested,
+    Failed,
+    Quarantined,
+    /// Not ready, claimed by someone else, left for a later run (deadline,
+    /// limits) or failed transiently.
+    Deferred,
+    /// A manual retry moved it from `failed/` back into intake.
+    Requeued,
+}
+
+/// One file in the response.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileReport {
+    pub source_path: String,
+    pub outcome: FileOutcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// Where it went in Content Server: workspace node and folder path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ecm_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// `failed/...`, `archive/...` or `deleted`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved_to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl FileReport {
+    fn new(source_path: &str, outcome: FileOutcome) -> Self {
+        Self {
+            source_path: source_path.to_owned(),
+            outcome,
+            rule: None,
+            node_id: None,
+            version: None,
+            ecm_path: None,
+            size: None,
+            sha256: None,
+            moved_to: None,
+            reason: None,
+        }
+    }
+
+    fn deferred(source_path: &str, reason: impl Into<String>) -> Self {
+        let mut r = Self::new(source_path, FileOutcome::Deferred);
+        r.reason = Some(reason.into());
+        r
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub ingested: u32,
+    pub skipped: u32,
+    pub failed: u32,
+    pub deferred: u32,
+    pub requeued: u32,
+}
+
+/// The response of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestReport {
+    pub route: String,
+    pub invocation_id: String,
+    pub counts: Counts,
+    /// Ready files not claimed because the deadline or a limit was reached.
+    pub left_for_next_run: u32,
+    pub stopped_early: bool,
+    pub files: Vec<FileReport>,
+}
+
+impl IngestReport {
+    fn new(route: &str, invocation_id: &str) -> Self {
+        Self {
+            route: route.to_owned(),
+            invocation_id: invocation_id.to_owned(),
+            counts: Counts::default(),
+            left_for_next_run: 0,
+            stopped_early: false,
+            files: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, f: FileReport) {
+        match f.outcome {
+            FileOutcome::Created | FileOutcome::VersionAdded => self.counts.ingested += 1,
+            FileOutcome::SkippedIdentical | FileOutcome::AlreadyIngested => {
+                self.counts.skipped += 1
+            }
+            FileOutcome::Failed | FileOutcome::Quarantined => self.counts.failed += 1,
+            FileOutcome::Deferred => self.counts.deferred += 1,
+            FileOutcome::Requeued => self.counts.requeued += 1,
+        }
+        self.files.push(f);
+    }
+}
+
+// ---------------------------------------------------------------- listing
+
+/// A listed file: raw segments below `source_dir` (names need not be UTF-8)
+/// and the `%XX`-escaped text the domain decides on.
+#[derive(Debug, Clone)]
+struct Listed {
+    segs: Vec<Vec<u8>>,
+    rel: String,
+    size: u64,
+    mtime: i64,
+}
+
+fn rel_text(segs: &[Vec<u8>]) -> String {
+    segs.iter()
+        .map(|s| escape_non_utf8(s))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn join_all(base: &RemotePath, segs: &[Vec<u8>]) -> Result<RemotePath, PathError> {
+    segs.iter().try_fold(base.clone(), |p, s| p.join(s))
+}
+
+fn join_text(base: &RemotePath, rel: &str) -> Result<RemotePath, PathError> {
+    rel.split('/').try_fold(base.clone(), |p, s| p.join(s))
+}
+
+/// Lists `dir` (recursively when asked), skipping dot-entries and, at the
+/// top level, the route's work folders.
+async fn walk(
+    store: &dyn FileStore,
+    dir: &RemotePath,
+    recursive: bool,
+    skip_top: &BTreeSet<&[u8]>,
+) -> Result<Vec<Listed>, FileStoreError> {
+    let mut out = Vec::new();
+    let mut stack: Vec<(RemotePath, Vec<Vec<u8>>)> = vec![(dir.clone(), Vec::new())];
+    while let Some((d, prefix)) = stack.pop() {
+        for e in store.list(&d).await? {
+            if e.name.first() == Some(&b'.') {
+                continue;
+            }
+            let mut segs = prefix.clone();
+            segs.push(e.name.clone());
+            match e.meta.kind {
+                EntryKind::Dir
+                    if recursive
+                        && prefix.len() + 1 < MAX_DEPTH
+                        && !(prefix.is_empty() && skip_top.contains(e.name.as_slice())) =>
+                {
+                    stack.push((e.path.clone(), segs));
+                }
+                EntryKind::File => out.push(Listed {
+                    rel: rel_text(&segs),
+                    segs,
+                    size: e.meta.size.unwrap_or(0),
+                    mtime: e.meta.mtime.map(|t| t.timestamp()).unwrap_or(0),
+                }),
+                // Symlinks and specials are not documents a partner drops.
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- the run
+
+/// A document to process, already claimed.
+#[derive(Debug, Clone)]
+struct Claimed {
+    /// Original path below `source_dir`, escaped text.
+    rel: String,
+    tag: ClaimTag,
+    /// The claimed file (under `.inflight/<tag>/`).
+    path: RemotePath,
+    sidecar: Option<(SidecarFormat, RemotePath, Vec<Vec<u8>>)>,
+    size: u64,
+    mtime: i64,
+}
+
+struct Run<'a> {
+    route: &'a Route,
+    deps: &'a IngestDeps<'a>,
+    ctx: &'a RunContext,
+    src: RemotePath,
+    inflight: RemotePath,
+    index_rows: BTreeMap<String, classify::Metadata>,
+    claimed_files: AtomicU32,
+    claimed_bytes: AtomicU64,
+    stopped: std::sync::atomic::AtomicBool,
+    /// Workspaces found or created in this run, by their rendered target.
+    workspaces: tokio::sync::Mutex<BTreeMap<String, NodeId>>,
+    /// Folders found or created in this run (many files share a folder;
+    /// one walk each instead of one per file).
+    folders: tokio::sync::Mutex<BTreeMap<(NodeId, Vec<String>), NodeId>>,
+    /// SFTP directories known to exist (claim, archive and failed folders).
+    dirs: std::sync::Mutex<BTreeSet<Vec<u8>>>,
+}
+
+/// Runs one scheduled ingest of `route`.
+pub async fn run(
+    route: &Route,
+    deps: &IngestDeps<'_>,
+    ctx: &RunContext,
+) -> Result<IngestReport, IngestError> {
+    let cfg = &route.config;
+    let src = if cfg.source_dir.trim_matches('/').is_empty() {
+        deps.store.root().path()
+    } else {
+        deps.store
+            .root()
+            .resolve(cfg.source_dir.trim_end_matches('/'))
+            .map_err(|source| IngestError::SourceDir {
+                route: cfg.name.clone(),
+                dir: cfg.source_dir.clone(),
+                source,
+            })?
+    };
+    let inflight = src
+        .join(INFLIGHT_DIR)
+        .map_err(|source| IngestError::SourceDir {
+            route: cfg.name.clone(),
+            dir: cfg.source_dir.clone(),
+            source,
+        })?;
+    let mut report = IngestReport::new(&cfg.name, &ctx.invocation_id);
+    let span = info_span!("ingest", route = %cfg.name, invocation = %ctx.invocation_id);
+    async {
+        let mut run = Run {
+            route,
+            deps,
+            ctx,
+            src,
+            inflight,
+            index_rows: BTreeMap::new(),
+            claimed_files: AtomicU32::new(0),
+            claimed_bytes: AtomicU64::new(0),
+            stopped: std::sync::atomic::AtomicBool::new(false),
+            workspaces: tokio::sync::Mutex::new(BTreeMap::new()),
+            folders: tokio::sync::Mutex::new(BTreeMap::new()),
+            dirs: std::sync::Mutex::new(BTreeSet::new()),
+        };
+        let src_text = run.src.to_string();
+        let list_err = |source| IngestError::List {
+            route: cfg.name.clone(),
+            dir: src_text.clone(),
+            source,
+        };
+
+        // 1. Claims left by earlier runs.
+        let recovered = run.recover_claims(&mut report).await;
+
+        // 2. Listing, indexes, readiness.
+        let archive_root = archive_root(route);
+        let mut skip_top: BTreeSet<&[u8]> = BTreeSet::new();
+        skip_top.insert(FAILED_DIR.as_bytes());
+        if let Some(a) = &archive_root {
+            skip_top.insert(a.as_bytes());
+        }
+        let first = walk(deps.store, &run.src, cfg.recursive, &skip_top)
+            .await
+            .map_err(list_err)?;
+        let first_at = deps.clock.now().timestamp();
+        let indexes = run.load_indexes(&first, &mut report).await;
+        let mut ready = Vec::new();
+        let mut waiting = Vec::new();
+        let observed = assess_all(route, &first, None, first_at, &mut ready, &mut waiting);
+        if cfg.readiness.settle_secs.is_some() && !waiting.is_empty() {
+            let wait = waiting.iter().filter_map(|(_, w)| *w).max().unwrap_or(0);
+            let left = ctx
+                .deadline
+                .saturating_duration_since(Instant::now())
+                .saturating_sub(ctx.stop_margin);
+            if wait > 0 && Duration::from_secs(wait) < left {
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                let second = walk(deps.store, &run.src, cfg.recursive, &skip_top)
+                    .await
+                    .map_err(list_err)?;
+                let now = deps.clock.now().timestamp();
+                ready.clear();
+                waiting.clear();
+                assess_all(
+                    route,
+                    &second,
+                    Some((&observed, first_at)),
+                    now,
+                    &mut ready,
+                    &mut waiting,
+                );
+            }
+        }
+        for (l, _) in &waiting {
+            report.push(FileReport::deferred(&l.0, l.1.clone()));
+        }
+
+        // 3. Claim and process, recovered claims first.
+        let run = &run;
+        let parallelism = cfg.limits.parallelism.max(1) as usize;
+        let recovered_work = futures_util::stream::iter(recovered)
+            .map(|c| async move { run.process_claimed(c).await })
+            .buffer_unordered(parallelism)
+            .collect::<Vec<_>>()
+            .await;
+        for f in recovered_work {
+            report.push(f);
+        }
+
+        let results = futures_util::stream::iter(ready)
+            .map(|(l, sidecar)| async move { run.claim_and_process(l, sidecar).await })
+            .buffer_unordered(parallelism)
+            .collect::<Vec<_>>()
+            .await;
+        let mut remaining: BTreeSet<String> = waiting.iter().map(|(l, _)| l.0.clone()).collect();
+        for r in results {
+            match r {
+                Some(f) => {
+                    if f.outcome == FileOutcome::Deferred {
+                        remaining.insert(f.source_path.clone());
+                    }
+                    report.push(f)
+                }
+                None => report.left_for_next_run += 1,
+            }
+        }
+        report.stopped_early = run.stopped.load(Ordering::Relaxed);
+
+        // 4. Index files whose documents are all gone from intake are done.
+        for (index_rel, segs, rows) in indexes {
+            if rows.iter().any(|r| remaining.contains(r)) || report.left_for_next_run > 0 {
+                continue;
+            }
+            run.post_action_index(&index_rel, &segs).await;
+        }
+        Ok::<_, IngestError>(())
+    }
+    .instrument(span)
+    .await?;
+    info!(
+        route = %cfg.name,
+        ingested = report.counts.ingested,
+        skipped = report.counts.skipped,
+        failed = report.counts.failed,
+        deferred = report.counts.deferred,
+        left = report.left_for_next_run,
+        "ingest run finished"
+    );
+    Ok(report)
+}
+
+/// The first segment of the archive directory: a work folder that listings skip.
+fn archive_root(route: &Route) -> Option<String> {
+    match &route.config.post_action {
+        PostActionConfig::Archive { dir } => dir
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .filter(|s| !s.is_empty() && !s.contains('{'))
+            .map(str::to_owned),
+        PostActionConfig::Delete => None,
+    }
+}
+
+type Waiting = ((String, String), Option<u64>);
+type ReadyDoc = (Listed, Option<(SidecarFormat, Listed)>);
+
+/// Sorts listed entries into ready documents (with their sidecars) and
+/// waiting ones (with the seconds to wait for a second look, if that is what
+/// they need). Returns the observations for a later second look.
+fn assess_all(
+    route: &Route,
+    listed: &[Listed],
+    earlier: Option<(&BTreeMap<String, Observation>, i64)>,
+    now: i64,
+    ready: &mut Vec<ReadyDoc>,
+    waiting: &mut Vec<Waiting>,
+) -> BTreeMap<String, Observation> {
+    let mut markers = BTreeSet::new();
+    let mut sidecars: BTreeMap<String, (SidecarFormat, Listed)> = BTreeMap::new();
+    let mut docs = Vec::new();
+    for l in listed {
+        match route.entry_role(&l.rel) {
+            EntryRole::Document => docs.push(l),
+            EntryRole::Marker { document } => {
+                markers.insert(document);
+            }
+            EntryRole::Sidecar { document, format } => {
+                // The first configured format wins when both exist.
+                sidecars.entry(document).or_insert((format, l.clone()));
+            }
+            EntryRole::Index | EntryRole::Ignored(_) => {}
+        }
+    }
+    let mut observed = BTreeMap::new();
+    for l in docs {
+        let current = Observation {
+            size: l.size,
+            mtime: l.mtime,
+        };
+        observed.insert(l.rel.clone(), current);
+        let ev = Evidence {
+            now,
+            current,
+            earlier: earlier.and_then(|(m, at)| m.get(&l.rel).map(|o| (*o, at))),
+            marker_present: markers.contains(&l.rel),
+        };
+        match readiness::assess(route.readiness(), &ev) {
+            Readiness::Ready => ready.push((l.clone(), sidecars.remove(&l.rel))),
+            Readiness::NotYet(why) => {
+                let wait = match why {
+                    readiness::NotReady::NeedsSecondLook { wait_secs } => Some(wait_secs),
+                    _ => None,
+                };
+                waiting.push((
+                    (l.rel.clone(), format!("not ready: {}", why.reason())),
+                    wait,
+                ));
+            }
+        }
+    }
+    observed
+}
+
+/// A permanent or transient failure of one file.
+#[derive(Debug)]
+enum Failure {
+    Permanent(String),
+    Transient(String),
+}
+
+impl From<EcmError> for Failure {
+    fn from(e: EcmError) -> Self {
+        if e.is_retryable() {
+            Failure::Transient(e.to_string())
+        } else {
+            Failure::Permanent(e.to_string())
+        }
+    }
+}
+
+impl From<FileStoreError> for Failure {
+    fn from(e: FileStoreError) -> Self {
+        if e.is_retryable() {
+            Failure::Transient(e.to_string())
+        } else {
+            Failure::Permanent(e.to_string())
+        }
+    }
+}
+
+impl From<PathError> for Failure {
+    fn from(e: PathError) -> Self {
+        Failure::Permanent(e.to_string())
+    }
+}
+
+/// What a successful ingest did.
+#[derive(Debug)]
+struct Done {
+    outcome: IngestOutcome,
+    rule: Option<String>,
+    node_id: NodeId,
+    version: u32,
+    document_name: String,
+    ecm_path: String,
+    sha256: String,
+    key: String,
+}
+
+/// The transfer-history values of an existing document.
+#[derive(Debug, Default)]
+struct History {
+    route: Option<String>,
+    source_path: Option<String>,
+    size: Option<u64>,
+    sha256: Option<String>,
+    key: Option<String>,
+}
+
+fn text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Array(a) => a.first().and_then(text),
+        _ => None,
+    }
+}
+
+/// `pending-<claim identity>-v<version>`; see the module docs.
+fn pending_key(route: &str, rel: &str, size: u64, mtime: i64, version: u32) -> String {
+    let mut h = Sha256::new();
+    for f in [route.as_bytes(), rel.as_bytes()] {
+        h.update((f.len() as u64).to_be_bytes());
+        h.update(f);
+    }
+    h.update(size.to_be_bytes());
+    h.update(mtime.to_be_bytes());
+    format!("pending-{}-v{version}", &hex::encode(h.finalize())[..32])
+}
+
+/// The claim-identity part of a pending key (without the version).
+fn pending_identity(key: &str) -> Option<(&str, u32)> {
+    let rest = key.strip_prefix("pending-")?;
+    let (id, v) = rest.rsplit_once("-v")?;
+    Some((id, v.parse().ok()?))
+}
+
+fn to_applied(map: &placement::CategoryMap) -> Vec<AppliedCategory> {
+    map.iter()
+        .map(|(id, attrs)| AppliedCategory {
+            category_id: *id,
+            values: attrs
+                .iter()
+                // An empty value is "not set"; typed attributes (dates,
+                // integers) would refuse an empty string.
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+        })
+        .filter(|c| !c.values.is_empty())
+        .collect()
+}
+
+fn ecm_stream(body: ByteStream) -> ecm_port::ByteStream {
+    Box::pin(body.map(|r| r.map_err(std::io::Error::other)))
+}
+
+/// Reads the first bytes of a body for classification without losing them.
+async fn read_head(h: &mut ReadHandle) -> Result<Vec<Bytes>, FileStoreError> {
+    let mut chunks = Vec::new();
+    let mut n = 0;
+    while n < HEAD_LEN {
+        match h.body.next().await {
+            Some(c) => {
+                let c = c?;
+                n += c.len();
+                chunks.push(c);
+            }
+            None => break,
+        }
+    }
+    Ok(chunks)
+}
+
+async fn hash_rest(head: &[Bytes], mut body: ByteStream) -> Result<(String, u64), FileStoreError> {
+    let mut h = Sha256::new();
+    let mut n = 0u64;
+    for c in head {
+        h.update(c);
+        n += c.len() as u64;
+    }
+    while let Some(c) = body.next().await {
+        let c = c?;
+        h.update(&c);
+        n += c.len() as u64;
+    }
+    Ok((hex::encode(h.finalize()), n))
+}
+
+impl Run<'_> {
+    fn now(&self) -> DateTime<Utc> {
+        self.deps.clock.now()
+    }
+
+    fn rfc3339(t: DateTime<Utc>) -> String {
+        t.to_rfc3339_opts(SecondsFormat::Secs, true)
+    }
+
+    // ------------------------------------------------------------ claims
+
+    /// Looks at `.inflight/`: takes over expired claims of this route,
+    /// quarantines those out of attempts, reports held ones as deferred.
+    async fn recover_claims(&self, report: &mut IngestReport) -> Vec<Claimed> {
+        let mut out = Vec::new();
+        let entries = match self.deps.store.list(&self.inflight).await {
+            Ok(e) => e,
+            Err(FileStoreError::NotFound { .. }) => return out,
+            Err(e) => {
+                warn!(error = %e, "cannot list claims; they wait for the next run");
+                return out;
+            }
+        };
+        let now = self.now().timestamp();
+        let limits = self.route.limits();
+        for e in entries {
+            if e.meta.kind != EntryKind::Dir {
+                continue;
+            }
+            let Some(tag) = ClaimTag::parse(&e.display_name) else {
+                continue;
+            };
+            match claim::decide_existing(
+                &tag,
+                self.route.name(),
+                now,
+                limits.lease_secs,
+                limits.max_attempts,
+                &self.ctx.invocation_id,
+            ) {
+                ExistingClaim::ForeignRoute => {}
+                ExistingClaim::Held { expires_in } => {
+                    for c in self.claimed_in(&e.path, &tag).await {
+                        report.push(FileReport::deferred(
+                            &c.rel,
+                            format!("claimed by another run; lease ends in {expires_in} s"),
+                        ));
+                    }
+                }
+                ExistingClaim::TakeOver(new_tag) => {
+                    let Ok(new_dir) = self.inflight.join(new_tag.dir_name()) else {
+                        continue;
+                    };
+                    match self
+                        .deps
+                        .store
+                        .rename(&e.path, &new_dir, RenameMode::NoReplace)
+                        .await
+                    {
+                        Ok(()) => {
+                            let files = self.claimed_in(&new_dir, &new_tag).await;
+                            info!(claim = %e.display_name, files = files.len(), "took over an expired claim");
+                            out.extend(files);
+                        }
+                        // Another run won the takeover.
+                        Err(err) => {
+                            info!(claim = %e.display_name, error = %err, "takeover lost")
+                        }
+                    }
+                }
+                ExistingClaim::Quarantine { attempts } => {
+                    for c in self.claimed_in(&e.path, &tag).await {
+                        let reason = format!(
+                            "quarantined after {attempts} attempts that did not finish (lease of {} s expired each time)",
+                            limits.lease_secs
+                        );
+                        let f = self.fail(&c, FailureKind::Quarantined, &reason, None).await;
+                        report.push(f);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The documents (with sidecars) inside a claim directory.
+    async fn claimed_in(&self, dir: &RemotePath, tag: &ClaimTag) -> Vec<Claimed> {
+        let files = match walk(self.deps.store, dir, true, &BTreeSet::new()).await {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(dir = %dir, error = %e, "cannot list a claim directory");
+                return Vec::new();
+            }
+        };
+        let mut sidecars = BTreeMap::new();
+        let mut docs = Vec::new();
+        for l in files {
+            match self.route.entry_role(&l.rel) {
+                EntryRole::Sidecar { document, format } => {
+                    sidecars.insert(document, (format, l));
+                }
+                EntryRole::Marker { .. } | EntryRole::Index => {}
+                _ => docs.push(l),
+            }
+        }
+        docs.into_iter()
+            .filter_map(|l| {
+                let path = join_all(dir, &l.segs).ok()?;
+                let sidecar = sidecars
+                    .remove(&l.rel)
+                    .and_then(|(f, s)| join_all(dir, &s.segs).ok().map(|p| (f, p, s.segs.clone())));
+                Some(Claimed {
+                    rel: l.rel,
+                    tag: tag.clone(),
+                    path,
+                    sidecar,
+                    size: l.size,
+                    mtime: l.mtime,
+                })
+            })
+            .collect()
+    }
+
+    /// Claims one ready document (and its sidecar), then processes it.
+    /// `None`: not claimed because of the deadline or a limit.
+    async fn claim_and_process(
+        &self,
+        l: Listed,
+        sidecar: Option<(SidecarFormat, Listed)>,
+    ) -> Option<FileReport> {
+        let limits = self.route.limits();
+        if self.ctx.near_deadline() {
+            self.stopped.store(true, Ordering::Relaxed);
+            return None;
+        }
+        if self.claimed_files.fetch_add(1, Ordering::SeqCst) >= limits.max_files {
+            return None;
+        }
+        let before = self.claimed_bytes.fetch_add(l.size, Ordering::SeqCst);
+        if before > 0 && before + l.size > limits.max_bytes {
+            return None;
+        }
+        let now = self.now().timestamp();
+        let tag = ClaimTag::new(self.route.name(), 1, now, &self.ctx.invocation_id);
+        let claimed = match self
+            .claim(&l, sidecar.as_ref().map(|(f, s)| (*f, s)), &tag)
+            .await
+        {
+            Ok(c) => c,
+            Err(reason) => return Some(FileReport::deferred(&l.rel, reason)),
+        };
+        Some(self.process_claimed(claimed).await)
+    }
+
+    async fn claim(
+        &self,
+        l: &Listed,
+        sidecar: Option<(SidecarFormat, &Listed)>,
+        tag: &ClaimTag,
+    ) -> Result<Claimed, String> {
+        let store = self.deps.store;
+        let from = join_all(&self.src, &l.segs).map_err(|e| e.to_string())?;
+        let dir = self
+            .inflight
+            .join(tag.dir_name())
+            .map_err(|e| e.to_string())?;
+        let to = join_all(&dir, &l.segs).map_err(|e| e.to_string())?;
+        if let Some(parent) = to.parent() {
+            self.mkdir(&parent)
+                .await
+                .map_err(|e| format!("cannot create the claim directory: {e}"))?;
+        }
+        store
+            .rename(&from, &to, RenameMode::NoReplace)
+            .await
+            .map_err(|e| format!("claimed by another run ({e})"))?;
+        // The sidecar travels with its document; losing it to a concurrent
+        // run only means that run will find no document for it.
+        let sidecar = match sidecar {
+            Some((format, s)) => {
+                let sfrom = join_all(&self.src, &s.segs).ok();
+                let sto = join_all(&dir, &s.segs).ok();
+                match (sfrom, sto) {
+                    (Some(a), Some(b)) => match store.rename(&a, &b, RenameMode::NoReplace).await {
+                        Ok(()) => Some((format, b, s.segs.clone())),
+                        Err(e) => {
+                            warn!(sidecar = %s.rel, error = %e, "sidecar could not be claimed");
+                            None
+                        }
+                    },
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        // The done marker has served its purpose once the file is claimed.
+        if let Some(m) = &self.route.readiness().done_marker {
+            let mut segs = l.segs.clone();
+            if let Some(last) = segs.last_mut() {
+                last.extend_from_slice(m.as_bytes());
+            }
+            if let Ok(p) = join_all(&self.src, &segs) {
+                let _ = store.remove(&p).await;
+            }
+        }
+        Ok(Claimed {
+            rel: l.rel.clone(),
+            tag: tag.clone(),
+            path: to,
+            sidecar,
+            size: l.size,
+            mtime: l.mtime,
+        })
+    }
+
+    // ------------------------------------------------------------ indexes
+
+    /// Parses the CSV index files in the listing. A broken index that is
+    /// complete (readiness) goes to `failed/`; one still arriving is ignored.
+    async fn load_indexes(
+        &mut self,
+        listed: &[Listed],
+        report: &mut IngestReport,
+    ) -> Vec<(String, Vec<Vec<u8>>, Vec<String>)> {
+        let mut out = Vec::new();
+        let Some(index) = self.route.index.clone() else {
+            return out;
+        };
+        for l in listed {
+            if self.route.entry_role(&l.rel) != EntryRole::Index {
+                continue;
+            }
+            let parsed = async {
+                let p = join_all(&self.src, &l.segs).map_err(|e| e.to_string())?;
+                let bytes = self
+                    .deps
+                    .store
+                    .read_small(&p, MAX_INDEX_BYTES as u64)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                classify::parse_csv_index(&l.rel, &bytes, &index).map_err(|e| e.to_string())
+            }
+            .await;
+            match parsed {
+                Ok(rows) => {
+                    let rows = classify::index_rows_by_path(&l.rel, rows);
+                    let names: Vec<String> = rows.keys().cloned().collect();
+                    self.index_rows.extend(rows);
+                    out.push((l.rel.clone(), l.segs.clone(), names));
+                }
+                Err(reason) => {
+                    let now = self.now().timestamp();
+                    let complete = matches!(
+                        readiness::assess(
+                            &crate::domain::route::ReadinessConfig {
+                                done_marker: None,
+                                ..self.route.readiness().clone()
+                            },
+                            &Evidence {
+                                now,
+                                current: Observation {
+                                    size: l.size,
+                                    mtime: l.mtime,
+                                },
+                                earlier: Some((
+                                    Observation {
+                                        size: l.size,
+                                        mtime: l.mtime,
+                                    },
+                                    0,
+                                )),
+                                marker_present: true,
+                            }
+                        ),
+                        Readiness::Ready
+                    );
+                    if complete {
+                        let tag = ClaimTag::new(self.route.name(), 1, now, &self.ctx.invocation_id);
+                        if let Ok(c) = self.claim(l, None, &tag).await {
+                            let f = self
+                                .fail(
+                                    &c,
+                                    FailureKind::Permanent,
+                                    &format!("index file is invalid: {reason}"),
+                                    None,
+                                )
+                                .await;
+                            report.push(f);
+                        }
+                    } else {
+                        report.push(FileReport::deferred(
+                            &l.rel,
+                            format!("index not readable yet: {reason}"),
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    async fn post_action_index(&self, rel: &str, segs: &[Vec<u8>]) {
+        let Ok(from) = join_all(&self.src, segs) else {
+            return;
+        };
+        if let Err(e) = self.post_action(&from, rel).await {
+            warn!(index = %rel, error = %e, "index file could not be archived");
+        }
+    }
+
+    // ------------------------------------------------------------ one file
+
+    async fn process_claimed(&self, c: Claimed) -> FileReport {
+        let span = info_span!("file", path = %c.rel, attempt = c.tag.attempt);
+        async {
+            let started = Instant::now();
+            match self.ingest(&c).await {
+                Ok(done) => self.finish_source(&c, done, started).await,
+                Err(Failure::Permanent(reason)) => {
+                    self.fail(&c, FailureKind::Permanent, &reason, None).await
+                }
+                Err(Failure::Transient(reason)) => {
+                    match claim::after_transient_failure(
+                        c.tag.attempt,
+                        self.route.limits().max_attempts,
+                    ) {
+                        AfterTransient::Quarantine => {
+                            let r = format!(
+                                "quarantined after {} attempts; last error: {reason}",
+                                c.tag.attempt
+                            );
+                            self.fail(&c, FailureKind::Quarantined, &r, None).await
+                        }
+                        AfterTransient::LeaveClaimed => {
+                            warn!(error = %reason, "transient failure; the claim stays for a later run");
+                            FileReport::deferred(
+                                &c.rel,
+                                format!("transient failure, retried after the lease: {reason}"),
+                            )
+                        }
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn ingest(&self, c: &Claimed) -> Result<Done, Failure> {
+        let store = self.deps.store;
+        let ecm = self.deps.ecm;
+        let th = &self.route.config.transfer_history;
+        let th_key = |id: u32| format!("{}_{id}", th.category_id);
+
+        // Metadata first: the sidecar is small, and reading it before the
+        // document keeps one SFTP session per file.
+        let sidecar_bytes = match &c.sidecar {
+            Some((format, p, segs)) => Some((
+                *format,
+                rel_text(segs),
+                store.read_small(p, MAX_SIDECAR_BYTES as u64).await?,
+            )),
+            None => None,
+        };
+        let meta = classify::gather_metadata(
+            self.route,
+            &c.rel,
+            sidecar_bytes
+                .as_ref()
+                .map(|(f, p, b)| (*f, p.as_str(), b.as_ref())),
+            self.index_rows.get(&c.rel),
+        )
+        .map_err(|e| Failure::Permanent(format!("invalid metadata: {e}")))?;
+
+        let mut handle = store.open_read(&c.path).await?;
+        let size = handle.meta.size.unwrap_or(c.size);
+        let head_chunks = read_head(&mut handle).await?;
+        let head: Vec<u8> = head_chunks
+            .iter()
+            .flat_map(|b| b.iter().copied())
+            .take(HEAD_LEN)
+            .collect();
+        let classification = classify::classify(
+            self.route,
+            &Candidate {
+                rel_path: &c.rel,
+                size,
+                head: &head,
+                meta: &meta,
+            },
+        )
+        .map_err(|r| Failure::Permanent(r.to_string()))?;
+
+        let received_at = Utc
+            .timestamp_opt(c.mtime, 0)
+            .single()
+            .unwrap_or_else(|| self.now());
+        let facts = TransferFacts {
+            route: self.route.name().to_owned(),
+            host: self.deps.sftp_host.clone(),
+            source_path: c.rel.clone(),
+            size,
+            sha256: String::new(),
+            received_at,
+            ingested_at: self.now(),
+            invocation_id: self.ctx.invocation_id.clone(),
+        };
+        let mut plan = placement::plan(self.route, &classification, &facts, &meta)
+            .map_err(|e| Failure::Permanent(e.to_string()))?;
+        // Not known yet: set after the bytes have streamed (module docs).
+        if let Some(h) = plan.categories.get_mut(&th.category_id) {
+            h.remove(&th_key(th.attributes.sha256));
+            h.remove(&th_key(th.attributes.ingested_at));
+        }
+        let rule = plan.rule.clone();
+
+        let ws = self.workspace(&plan).await?;
+        let folder = self.folder(ws, &plan.folder).await?;
+        let ecm_path = format!("node {ws}/{}", plan.folder.join("/"));
+        let mut body: Option<ByteStream> = Some(handle.body);
+
+        let existing = ecm.child_by_name(folder, &plan.document_name).await?;
+        let mut known_sha: Option<String> = None;
+        let mut name = plan.document_name.clone();
+        let mut add_version_to: Option<(NodeId, u32)> = None;
+
+        if let Some(node) = existing {
+            if node.node_type != ecm_port::node_type::DOCUMENT {
+                return Err(Failure::Permanent(format!(
+                    "{:?} in {ecm_path} exists and is not a document (type {})",
+                    plan.document_name, node.node_type
+                )));
+            }
+            let hist = self.history(node.id).await?;
+            let versions = ecm.versions(node.id).await?;
+            let latest = versions.iter().map(|v| v.number).max().unwrap_or(1);
+            let ours = pending_key(self.route.name(), &c.rel, size, c.mtime, 0);
+            let ours_id = pending_identity(&ours).map(|(i, _)| i.to_owned());
+            if let Some((id, v)) = hist.key.as_deref().and_then(pending_identity)
+                && Some(id.to_owned()) == ours_id
+            {
+                // A crashed run of this very file.
+                if latest >= v {
+                    let (sha, _) =
+                        hash_rest(&head_chunks, body.take().ok_or_else(no_body)?).await?;
+                    info!(node = %node.id, version = v, "finishing a document a crashed run uploaded");
+                    return self
+                        .complete(
+                            &plan,
+                            c,
+                            size,
+                            node.id,
+                            v,
+                            sha,
+                            IngestOutcome::AlreadyIngested,
+                            rule,
+                            ecm_path,
+                        )
+                        .await;
+                }
+                add_version_to = Some((node.id, v));
+            } else {
+                let same_origin = hist.route.as_deref() == Some(self.route.name())
+                    && hist.source_path.as_deref() == Some(c.rel.as_str())
+                    && hist.size == Some(size)
+                    && hist.sha256.is_some();
+                let needs_hash = same_origin
+                    || plan.on_existing == ConflictPolicy::SkipIfIdentical
+                    || (plan.on_existing == ConflictPolicy::AddVersion && node.size == Some(size));
+                if needs_hash {
+                    let (sha, _) =
+                        hash_rest(&head_chunks, body.take().ok_or_else(no_body)?).await?;
+                    known_sha = Some(sha);
+                }
+                if same_origin
+                    && known_sha.is_some()
+                    && hist.sha256.as_deref().map(str::to_ascii_lowercase) == known_sha
+                {
+                    let sha = known_sha.clone().unwrap_or_default();
+                    let key = idempotency_key(self.route.name(), &c.rel, size, &sha);
+                    if hist.key.as_deref() == Some(key.as_str()) {
+                        return Ok(Done {
+                            outcome: IngestOutcome::AlreadyIngested,
+                            rule,
+                            node_id: node.id,
+                            version: latest,
+                            document_name: node.name,
+                            ecm_path,
+                            sha256: sha,
+                            key,
+                        });
+                    }
+                }
+                let taken: BTreeSet<String> = if plan.on_existing == ConflictPolicy::Rename {
+                    self.child_names(folder).await?
+                } else {
+                    BTreeSet::new()
+                };
+                let existing_doc = placement::ExistingDocument {
+                    node_id: node.id.get(),
+                    sha256: hist.sha256.clone(),
+                };
+                match placement::resolve_conflict(
+                    plan.on_existing,
+                    &plan.document_name,
+                    Some(&existing_doc),
+                    known_sha.as_deref().unwrap_or(""),
+                    &taken,
+                ) {
+                    placement::ConflictAction::Create { name: n } => name = n,
+                    placement::ConflictAction::AddVersion { .. } => {
+                        add_version_to = Some((node.id, latest + 1))
+                    }
+                    placement::ConflictAction::Skip { .. } => {
+                        let sha = known_sha.clone().unwrap_or_default();
+                        return Ok(Done {
+                            outcome: IngestOutcome::SkippedIdentical,
+                            rule,
+                            node_id: node.id,
+                            version: latest,
+                            document_name: node.name,
+                            ecm_path,
+                            key: idempotency_key(self.route.name(), &c.rel, size, &sha),
+                            sha256: sha,
+                        });
+                    }
+                    placement::ConflictAction::Fail { reason } => {
+                        return Err(Failure::Permanent(format!("on_existing: {reason}")));
+                    }
+                }
+            }
+        }
+
+        // The body was consumed for hashing: open the file again (only the
+        // add-version-with-equal-size and rename-after-hash paths get here).
+        let (first, rest): (Vec<Bytes>, ByteStream) = match body.take() {
+            Some(b) => (head_chunks, b),
+            None => {
+                let h = store.open_read(&c.path).await?;
+                (Vec::new(), h.body)
+            }
+        };
+        let stream: ByteStream =
+            Box::pin(futures_util::stream::iter(first.into_iter().map(Ok)).chain(rest));
+        let content = Content {
+            stream: ecm_stream(stream),
+            length: size,
+            // The sanitised name: a partner's raw name may hold control
+            // characters that break the multipart header (the original is
+            // kept in transfer history).
+            file_name: name.clone(),
+            mime_type: plan.mime_type.to_owned(),
+        };
+
+        let (node_id, version, receipt) = match add_version_to {
+            Some((node, v)) => {
+                // Mark the document first, so a crash during the upload is
+                // recognised on the rerun (pending key with the version).
+                let mut hist = CategoryValues::new();
+                for (k, val) in plan.categories.get(&th.category_id).into_iter().flatten() {
+                    if !val.is_empty() {
+                        hist.insert(k.clone(), serde_json::Value::String(val.clone()));
+                    }
+                }
+                hist.insert(
+                    th_key(th.attributes.idempotency_key),
+                    serde_json::Value::String(pending_key(
+                        self.route.name(),
+                        &c.rel,
+                        size,
+                        c.mtime,
+                        v,
+                    )),
+                );
+                hist.insert(
+                    th_key(th.attributes.sha256),
+                    serde_json::Value::String("-".into()),
+                );
+                self.set_history(node, &hist).await?;
+                let r = ecm
+                    .add_version(node, plan.description.as_deref(), content)
+                    .await?;
+                (node, r.version.unwrap_or(v), r)
+            }
+            None => {
+                if let Some(h) = plan.categories.get_mut(&th.category_id) {
+                    h.insert(
+                        th_key(th.attributes.idempotency_key),
+                        pending_key(self.route.name(), &c.rel, size, c.mtime, 1),
+                    );
+                }
+                let r = ecm
+                    .upload(UploadRequest {
+                        parent: folder,
+                        name: name.clone(),
+                        description: plan.description.clone(),
+                        categories: to_applied(&plan.categories),
+                        classifications: Vec::new(),
+                        content,
+                    })
+                    .await?;
+                (r.node_id, r.version.unwrap_or(1), r)
+            }
+        };
+        if receipt.size != size {
+            return Err(Failure::Transient(format!(
+                "uploaded {} bytes but the file has {size}",
+                receipt.size
+            )));
+        }
+        plan.document_name = name;
+        let outcome = if add_version_to.is_some() {
+            IngestOutcome::VersionAdded
+        } else {
+            IngestOutcome::Created
+        };
+        self.complete(
+            &plan,
+            c,
+            size,
+            node_id,
+            version,
+            receipt.sha256,
+            outcome,
+            rule,
+            ecm_path,
+        )
+        .await
+    }
+
+    /// Step 3 of the module docs: SHA-256, final key, ingest time; RM and
+    /// hold; then verify the node.
+    #[allow(clippy::too_many_arguments)]
+    async fn complete(
+        &self,
+        plan: &PlacementPlan,
+        c: &Claimed,
+        size: u64,
+        node: NodeId,
+        version: u32,
+        sha256: String,
+        outcome: IngestOutcome,
+        rule: Option<String>,
+        ecm_path: String,
+    ) -> Result<Done, Failure> {
+        let ecm = self.deps.ecm;
+        let th = &self.route.config.transfer_history;
+        let k = |id: u32| format!("{}_{id}", th.category_id);
+        let key = idempotency_key(self.route.name(), &c.rel, size, &sha256);
+        let mut v = CategoryValues::new();
+        v.insert(
+            k(th.attributes.sha256),
+            serde_json::Value::String(sha256.clone()),
+        );
+        v.insert(
+            k(th.attributes.idempotency_key),
+            serde_json::Value::String(key.clone()),
+        );
+        v.insert(
+            k(th.attributes.ingested_at),
+            serde_json::Value::String(Self::rfc3339(self.now())),
+        );
+        // A document this run created (or just marked for its new version)
+        // has the category; one it created has no RM classification yet.
+        let fresh = outcome == IngestOutcome::Created;
+        if fresh || outcome == IngestOutcome::VersionAdded {
+            ecm.update_category(node, th.category_id, &v).await?;
+        } else {
+            self.set_history(node, &v).await?;
+        }
+        if let Some(class) = plan.rm_classification
+            && (fresh || !ecm.rm_classifications(node).await?.contains(&class))
+        {
+            ecm.apply_rm_classification(node, class).await?;
+        }
+        if let Some(hold) = plan.hold {
+            ecm.apply_hold(node, hold).await?;
+        }
+        let n = ecm.node(node).await?;
+        if n.size.is_some_and(|s| s != size) {
+            return Err(Failure::Transient(format!(
+                "verification: node {node} reports {} bytes, the file has {size}",
+                n.size.unwrap_or(0)
+            )));
+        }
+        Ok(Done {
+            outcome,
+            rule,
+            node_id: node,
+            version,
+            document_name: n.name,
+            ecm_path,
+            sha256,
+            key,
+        })
+    }
+
+    /// Updates the transfer-history category, applying it first if the
+    /// document does not have it yet (a document created by someone else).
+    async fn set_history(&self, node: NodeId, values: &CategoryValues) -> Result<(), EcmError> {
+        let cat = self.route.config.transfer_history.category_id;
+        // Servers answer an update of an unassigned category with 400 or 404;
+        // asking first keeps the refusal of a bad value a refusal.
+        let assigned = self
+            .deps
+            .ecm
+            .categories(node)
+            .await?
+            .iter()
+            .any(|c| c.category_id == cat);
+        if assigned {
+            self.deps.ecm.update_category(node, cat, values).await
+        } else {
+            self.deps.ecm.apply_category(node, cat, values).await
+        }
+    }
+
+    async fn folder(&self, ws: NodeId, segments: &[String]) -> Result<NodeId, EcmError> {
+        let mut cache = self.folders.lock().await;
+        let key = (ws, segments.to_vec());
+        if let Some(id) = cache.get(&key) {
+            return Ok(*id);
+        }
+        let id = self.deps.ecm.ensure_folder_path(ws, segments).await?;
+        cache.insert(key, id);
+        Ok(id)
+    }
+
+    async fn mkdir(&self, dir: &RemotePath) -> Result<(), FileStoreError> {
+        let known = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(dir.as_bytes());
+        if !known {
+            self.deps.store.mkdir_all(dir).await?;
+            self.dirs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(dir.as_bytes().to_vec());
+        }
+        Ok(())
+    }
+
+    async fn history(&self, node: NodeId) -> Result<History, EcmError> {
+        let th = &self.route.config.transfer_history;
+        let k = |id: u32| format!("{}_{id}", th.category_id);
+        let cats = self.deps.ecm.categories(node).await?;
+        let Some(cat) = cats.into_iter().find(|c| c.category_id == th.category_id) else {
+            return Ok(History::default());
+        };
+        let get = |id: u32| cat.values.get(&k(id)).and_then(text);
+        Ok(History {
+            route: get(th.attributes.route),
+            source_path: get(th.attributes.source_path),
+            size: get(th.attributes.size).and_then(|s| s.parse().ok()),
+            sha256: get(th.attributes.sha256).filter(|s| s.len() == 64),
+            key: get(th.attributes.idempotency_key),
+        })
+    }
+
+    async fn child_names(&self, folder: NodeId) -> Result<BTreeSet<String>, EcmError> {
+        let mut names = BTreeSet::new();
+        let mut page = 1;
+        loop {
+            let p = self
+                .deps
+                .ecm
+                .children(folder, &ecm_port::ChildFilter::default(), page, 500)
+                .await?;
+            names.extend(p.items.iter().map(|n| n.name.clone()));
+            if !p.has_next() || page >= 100 {
+                break;
+            }
+            page += 1;
+        }
+        Ok(names)
+    }
+
+    /// Finds (or creates from its template) the target workspace.
+    async fn workspace(&self, plan: &PlacementPlan) -> Result<NodeId, Failure> {
+        let ecm = self.deps.ecm;
+        let cache_key = format!("{:?}", plan.workspace);
+        // One lookup (and at most one create) per workspace per run, also
+        // when parallel files go to the same new workspace.
+        let mut cache = self.workspaces.lock().await;
+        if let Some(id) = cache.get(&cache_key) {
+            return Ok(*id);
+        }
+        let create_from = |c: &placement::WorkspaceCreate, bo: Option<BusinessObject>| {
+            CreateWorkspace {
+                template_id: NodeId::new(c.template_id)
+                    .ok_or_else(|| Failure::Permanent(format!("template id {}", c.template_id)))?,
+                type_id: c.type_id,
+                name: c.name.clone(),
+                parent: c.parent_id.and_then(NodeId::new),
+                business_object: bo,
+                categories: to_applied(&c.categories),
+            }
+            .pipe(Ok::<_, Failure>)
+        };
+        let id = match &plan.workspace {
+            WorkspaceTarget::Node { node_id } => NodeId::new(*node_id)
+                .ok_or_else(|| Failure::Permanent(format!("workspace node id {node_id}")))?,
+            WorkspaceTarget::BusinessObject {
+                type_id,
+                ext_system,
+                bo_type,
+                bo_id,
+                create,
+            } => {
+                let bo = BusinessObject {
+                    ext_system_id: ext_system.clone(),
+                    bo_type: bo_type.clone(),
+                    bo_id: bo_id.clone(),
+                };
+                match ecm.workspace_by_business_object(&bo).await? {
+                    Some(w) => w.id,
+                    None => match create {
+                        Some(c) => match ecm
+                            .create_workspace(&create_from(c, Some(bo.clone()))?)
+                            .await
+                        {
+                            Ok(id) => id,
+                            Err(e) if e.is_conflict() => ecm
+                                .workspace_by_business_object(&bo)
+                                .await?
+                                .map(|w| w.id)
+                                .ok_or(Failure::from(e))?,
+                            Err(e) => return Err(e.into()),
+                        },
+                        None => {
+                            return Err(Failure::Permanent(format!(
+                                "no workspace of type {type_id} for business object {ext_system}/{bo_type}/{bo_id} and the rule does not create one"
+                            )));
+                        }
+                    },
+                }
+            }
+            WorkspaceTarget::Name {
+                type_id,
+                name,
+                create,
+            } => match ecm.find_workspaces(*type_id, name).await?.first() {
+                Some(w) => w.id,
+                None => match create {
+                    Some(c) => match ecm.create_workspace(&create_from(c, None)?).await {
+                        Ok(id) => id,
+                        Err(e) if e.is_conflict() => ecm
+                            .find_workspaces(*type_id, name)
+                            .await?
+                            .first()
+                            .map(|w| w.id)
+                            .ok_or(Failure::from(e))?,
+                        Err(e) => return Err(e.into()),
+                    },
+                    None => {
+                        return Err(Failure::Permanent(format!(
+                            "no workspace of type {type_id} named {name:?} and the rule does not create one"
+                        )));
+                    }
+                },
+            },
+        };
+        cache.insert(cache_key, id);
+        Ok(id)
+    }
+
+    // ------------------------------------------------------------ endings
+
+    /// Archives or deletes the claimed file (and sidecar) after a verified
+    /// ingest, then publishes `Transfer Ingested`.
+    async fn finish_source(&self, c: &Claimed, done: Done, started: Instant) -> FileReport {
+        let moved = self.post_action(&c.path, &c.rel).await;
+        if let Some((_, p, segs)) = &c.sidecar {
+            let _ = self.post_action(p, &rel_text(segs)).await;
+        }
+        let now = self.now();
+        let detail = TransferIngested {
+            route: self.route.name().to_owned(),
+            rule: done.rule.clone(),
+            host: self.deps.sftp_host.clone(),
+            source_path: c.rel.clone(),
+            node_id: done.node_id.get(),
+            version: done.version,
+            document_name: done.document_name.clone(),
+            size: c.size,
+            sha256: done.sha256.clone(),
+            idempotency_key: done.key.clone(),
+            outcome: done.outcome,
+            received_at: Utc.timestamp_opt(c.mtime, 0).single().unwrap_or(now),
+            ingested_at: now,
+            duration_ms: started.elapsed().as_millis() as u64,
+            invocation_id: self.ctx.invocation_id.clone(),
+        };
+        self.publish(DetailType::TransferIngested, detail.detail())
+            .await;
+        let outcome = match done.outcome {
+            IngestOutcome::Created => FileOutcome::Created,
+            IngestOutcome::VersionAdded => FileOutcome::VersionAdded,
+            IngestOutcome::SkippedIdentical => FileOutcome::SkippedIdentical,
+            IngestOutcome::AlreadyIngested => FileOutcome::AlreadyIngested,
+        };
+        let mut r = FileReport::new(&c.rel, outcome);
+        r.rule = done.rule;
+        r.node_id = Some(done.node_id.get());
+        r.version = Some(done.version);
+        r.ecm_path = Some(format!("{}/{}", done.ecm_path, done.document_name));
+        r.size = Some(c.size);
+        r.sha256 = Some(done.sha256);
+        match moved {
+            Ok(m) => r.moved_to = Some(m),
+            Err(e) => {
+                // The document is in the ECM; the claim stays and a later
+                // run recognises it (same origin and SHA-256) and archives it.
+                r.reason = Some(format!("ingested, but the source could not be moved: {e}"));
+            }
+        }
+        info!(node = %r.node_id.unwrap_or(0), outcome = ?outcome, "ingested");
+        r
+    }
+
+    /// Archive (unique name) or delete; returns where it went.
+    async fn post_action(&self, from: &RemotePath, rel: &str) -> Result<String, FileStoreError> {
+        let store = self.deps.store;
+        match claim::archive_path(self.route, rel, self.now()) {
+            Ok(None) => {
+                store.remove(from).await?;
+                Ok("deleted".into())
+            }
+            Ok(Some(target)) => {
+                let to = join_text(&self.src, &target)?;
+                if let Some(parent) = to.parent() {
+                    self.mkdir(&parent).await?;
+                }
+                let mut n = 1;
+                loop {
+                    let dest = if n == 1 {
+                        to.clone()
+                    } else {
+                        let name = numbered(&to.file_name_lossy(), n, SFTP_NAME_MAX_BYTES);
+                        match to.with_name(name.as_bytes())? {
+                            Some(p) => p,
+                            None => to.clone(),
+                        }
+                    };
+                    match store.rename(from, &dest, RenameMode::NoReplace).await {
+                        Ok(()) => return Ok(dest.relative_to_root()),
+                        Err(FileStoreError::AlreadyExists { .. }) if n < 50 => n += 1,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Err(e) => Err(FileStoreError::Failed {
+                op: "archive",
+                path: rel.to_owned(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Moves a claimed file to `failed/` with its `.error.json`, publishes
+    /// `Transfer Failed`.
+    async fn fail(
+        &self,
+        c: &Claimed,
+        kind: FailureKind,
+        reason: &str,
+        sha256: Option<String>,
+    ) -> FileReport {
+        let store = self.deps.store;
+        let now = self.now();
+        warn!(kind = ?kind, reason, "file failed");
+        let mut failed_rel = None;
+        if let Ok(dir) = self.src.join(FAILED_DIR) {
+            let _ = self.mkdir(&dir).await;
+        }
+        for n in 1..=50 {
+            let (file, report_path) = claim::failed_paths(&c.rel, n);
+            let Ok(to) = join_text(&self.src, &file) else {
+                break;
+            };
+            match store.rename(&c.path, &to, RenameMode::NoReplace).await {
+                Ok(()) => {
+                    let name = file.trim_start_matches("failed/").to_owned();
+                    let mut rep = FailureReport::new(
+                        self.route.name(),
+                        &c.rel,
+                        &name,
+                        kind,
+                        reason,
+                        c.tag.attempt,
+                        now,
+                        &self.ctx.invocation_id,
+                    );
+                    rep.size = Some(c.size);
+                    rep.sha256 = sha256.clone();
+                    if let (Ok(rp), Ok(json)) = (
+                        join_text(&self.src, &report_path),
+                        serde_json::to_vec_pretty(&rep),
+                    ) && let Err(e) = store
+                        .write_small(&rp, Bytes::from(json), RenameMode::Replace)
+                        .await
+                    {
+                        warn!(error = %e, "error report could not be written");
+                    }
+                    if let Some((_, sp, _)) = &c.sidecar
+                        && let Ok(Some(sto)) = to.with_name(
+                            format!("{name}{}", sidecar_suffix(&sp.file_name_lossy())).as_bytes(),
+                        )
+                    {
+                        let _ = store.rename(sp, &sto, RenameMode::NoReplace).await;
+                    }
+                    failed_rel = Some(file);
+                    break;
+                }
+                Err(FileStoreError::AlreadyExists { .. }) => continue,
+                Err(e) => {
+                    warn!(error = %e, "could not move the file to failed/; the claim stays");
+                    break;
+                }
+            }
+        }
+        let detail = TransferFailed {
+            route: self.route.name().to_owned(),
+            host: self.deps.sftp_host.clone(),
+            source_path: c.rel.clone(),
+            failed_path: failed_rel.clone(),
+            kind,
+            reason: reason.to_owned(),
+            attempts: c.tag.attempt,
+            size: Some(c.size),
+            sha256,
+            failed_at: now,
+            invocation_id: self.ctx.invocation_id.clone(),
+        };
+        self.publish(DetailType::TransferFailed, detail.detail())
+            .await;
+        let mut r = FileReport::new(
+            &c.rel,
+            match kind {
+                FailureKind::Permanent => FileOutcome::Failed,
+                FailureKind::Quarantined => FileOutcome::Quarantined,
+            },
+        );
+        r.size = Some(c.size);
+        r.moved_to = failed_rel;
+        r.reason = Some(reason.to_owned());
+        r
+    }
+
+    async fn publish(&self, detail_type: DetailType, detail: serde_json::Value) {
+        let report = self
+            .deps
+            .events
+            .publish(&[Event {
+                detail_type,
+                detail,
+            }])
+            .await;
+        // A lost audit event must not undo a finished transfer; it is logged.
+        for u in report.undelivered {
+            warn!(detail_type = ?u.detail_type, code = %u.error_code, message = %u.message, "event not delivered");
+        }
+    }
+}
+
+fn sidecar_suffix(name: &str) -> &'static str {
+    if name.ends_with(".xml") {
+        ".xml"
+    } else {
+        ".json"
+    }
+}
+
+fn no_body() -> Failure {
+    Failure::Transient("internal: body already consumed".into())
+}
+
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl<T> Pipe for T {}
+
+// ---------------------------------------------------------------- retry
+
+/// A manual retry: moves `failed/<name>` back into the source directory and
+/// removes its report, so the next scheduled run ingests it.
+pub async fn retry(
+    route: &Route,
+    files: &[String],
+    deps: &IngestDeps<'_>,
+    ctx: &RunContext,
+) -> Result<IngestReport, IngestError> {
+    let cfg = &route.config;
+    let src_err = |source| IngestError::SourceDir {
+        route: cfg.name.clone(),
+        dir: cfg.source_dir.clone(),
+        source,
+    };
+    let src = if cfg.source_dir.trim_matches('/').is_empty() {
+        deps.store.root().path()
+    } else {
+        deps.store
+            .root()
+            .resolve(cfg.source_dir.trim_end_matches('/'))
+            .map_err(src_err)?
+    };
+    let mut report = IngestReport::new(&cfg.name, &ctx.invocation_id);
+    for name in files {
+        let (file, err_report, target) = claim::retry_paths(name);
+        let r = async {
+            let from = join_text(&src, &file)?;
+            let to = join_text(&src, &target)?;
+            deps.store.rename(&from, &to, RenameMode::NoReplace).await?;
+            if let Ok(p) = join_text(&src, &err_report) {
+                let _ = deps.store.remove(&p).await;
+            }
+            Ok::<_, Failure>(())
+        }
+        .await;
+        let mut f = FileReport::new(&file, FileOutcome::Requeued);
+        match r {
+            Ok(()) => f.moved_to = Some(target),
+            Err(Failure::Permanent(e)) | Err(Failure::Transient(e)) => {
+                f.outcome = FileOutcome::Failed;
+                f.reason = Some(format!("cannot move back into intake: {e}"));
+            }
+        }
+        report.push(f);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests;

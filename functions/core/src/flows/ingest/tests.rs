@@ -1,0 +1,747 @@
+//! Unit tests of the ingest flow over in-memory doubles: a small in-memory
+//! `FileStore` (below), `MemoryEcm` and `MemoryEvents`. The same behaviours
+//! run against real sshd + emulator in `tests/tests/ingest_*.rs`.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, TimeZone, Utc};
+use futures_util::StreamExt;
+
+use super::*;
+use crate::domain::paths::{RemotePath, RemoteRoot};
+use crate::domain::route::{IngestEvent, parse_ingest_event};
+use crate::ports::ecm::memory::MemoryEcm;
+use crate::ports::events::MemoryEvents;
+use crate::ports::file_store::{
+    ByteStream, DirEntry, EntryKind, FileMeta, FileStore, FileStoreError, PageStream, PutReceipt,
+    ReadHandle, RenameMode,
+};
+
+#[derive(Clone)]
+enum Node {
+    Dir,
+    File { data: Vec<u8>, mtime: i64 },
+}
+
+/// A file tree in memory with the port's rename semantics.
+struct MemStore {
+    root: RemoteRoot,
+    nodes: Mutex<BTreeMap<Vec<u8>, Node>>,
+}
+
+impl MemStore {
+    fn new() -> Self {
+        let mut nodes = BTreeMap::new();
+        nodes.insert(b"/".to_vec(), Node::Dir);
+        Self {
+            root: RemoteRoot::parse("/").unwrap(),
+            nodes: Mutex::new(nodes),
+        }
+    }
+
+    fn put(&self, path: &str, data: &[u8], mtime: i64) {
+        let mut n = self.nodes.lock().unwrap();
+        let mut cur = String::new();
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        for p in &parts[..parts.len() - 1] {
+            cur.push('/');
+            cur.push_str(p);
+            n.entry(cur.clone().into_bytes()).or_insert(Node::Dir);
+        }
+        n.insert(
+            format!("/{}", path.trim_start_matches('/')).into_bytes(),
+            Node::File {
+                data: data.to_vec(),
+                mtime,
+            },
+        );
+    }
+
+    fn files_under(&self, prefix: &str) -> Vec<String> {
+        let n = self.nodes.lock().unwrap();
+        n.iter()
+            .filter(|(k, v)| matches!(v, Node::File { .. }) && k.starts_with(prefix.as_bytes()))
+            .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+            .collect()
+    }
+
+    fn read(&self, path: &str) -> Option<Vec<u8>> {
+        match self.nodes.lock().unwrap().get(path.as_bytes()) {
+            Some(Node::File { data, .. }) => Some(data.clone()),
+            _ => None,
+        }
+    }
+}
+
+fn nf(p: &RemotePath) -> FileStoreError {
+    FileStoreError::NotFound {
+        path: p.to_string(),
+    }
+}
+
+#[async_trait]
+impl FileStore for MemStore {
+    fn root(&self) -> &RemoteRoot {
+        &self.root
+    }
+
+    async fn list_pages(&self, dir: &RemotePath) -> Result<PageStream, FileStoreError> {
+        let n = self.nodes.lock().unwrap();
+        if !matches!(n.get(dir.as_bytes()), Some(Node::Dir)) {
+            return Err(nf(dir));
+        }
+        let mut prefix = dir.as_bytes().to_vec();
+        if prefix != b"/" {
+            prefix.push(b'/');
+        }
+        let mut out = Vec::new();
+        for (k, v) in n.iter() {
+            if k.len() <= prefix.len() || !k.starts_with(&prefix) {
+                continue;
+            }
+            let name = &k[prefix.len()..];
+            if name.contains(&b'/') {
+                continue;
+            }
+            let (kind, size, mtime) = match v {
+                Node::Dir => (EntryKind::Dir, None, None),
+                Node::File { data, mtime } => (
+                    EntryKind::File,
+                    Some(data.len() as u64),
+                    Utc.timestamp_opt(*mtime, 0).single(),
+                ),
+            };
+            out.push(DirEntry {
+                name: name.to_vec(),
+                display_name: String::from_utf8_lossy(name).into_owned(),
+                path: dir.join(name)?,
+                meta: FileMeta { kind, size, mtime },
+            });
+        }
+        Ok(Box::pin(futures_util::stream::iter([Ok(out)])))
+    }
+
+    async fn stat(&self, path: &RemotePath) -> Result<FileMeta, FileStoreError> {
+        match self.nodes.lock().unwrap().get(path.as_bytes()) {
+            Some(Node::Dir) => Ok(FileMeta {
+                kind: EntryKind::Dir,
+                size: None,
+                mtime: None,
+            }),
+            Some(Node::File { data, mtime }) => Ok(FileMeta {
+                kind: EntryKind::File,
+                size: Some(data.len() as u64),
+                mtime: Utc.timestamp_opt(*mtime, 0).single(),
+            }),
+            None => Err(nf(path)),
+        }
+    }
+
+    async fn open_read(&self, path: &RemotePath) -> Result<ReadHandle, FileStoreError> {
+        let meta = self.stat(path).await?;
+        let data = self.read(&path.to_string_lossy()).ok_or_else(|| nf(path))?;
+        // Small chunks, so the head is assembled from several of them.
+        let chunks: Vec<Result<Bytes, FileStoreError>> = data
+            .chunks(100)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        Ok(ReadHandle {
+            meta,
+            body: Box::pin(futures_util::stream::iter(chunks)),
+        })
+    }
+
+    async fn put_atomic(
+        &self,
+        path: &RemotePath,
+        mut body: ByteStream,
+        _expected_len: Option<u64>,
+        mode: RenameMode,
+    ) -> Result<PutReceipt, FileStoreError> {
+        let mut data = Vec::new();
+        while let Some(c) = body.next().await {
+            data.extend_from_slice(&c?);
+        }
+        let mut n = self.nodes.lock().unwrap();
+        if mode == RenameMode::NoReplace && n.contains_key(path.as_bytes()) {
+            return Err(FileStoreError::AlreadyExists {
+                path: path.to_string(),
+            });
+        }
+        let size = data.len() as u64;
+        n.insert(path.as_bytes().to_vec(), Node::File { data, mtime: 0 });
+        Ok(PutReceipt {
+            size,
+            sha256: String::new(),
+            synced: true,
+        })
+    }
+
+    async fn mkdir_all(&self, dir: &RemotePath) -> Result<(), FileStoreError> {
+        let mut n = self.nodes.lock().unwrap();
+        for a in dir.ancestors_below_root() {
+            n.entry(a.as_bytes().to_vec()).or_insert(Node::Dir);
+        }
+        Ok(())
+    }
+
+    async fn rename(
+        &self,
+        from: &RemotePath,
+        to: &RemotePath,
+        mode: RenameMode,
+    ) -> Result<(), FileStoreError> {
+        let mut n = self.nodes.lock().unwrap();
+        if !n.contains_key(from.as_bytes()) {
+            return Err(nf(from));
+        }
+        if mode == RenameMode::NoReplace && n.contains_key(to.as_bytes()) {
+            return Err(FileStoreError::AlreadyExists {
+                path: to.to_string(),
+            });
+        }
+        if let Some(p) = to.parent()
+            && !n.contains_key(p.as_bytes())
+        {
+            return Err(nf(&p));
+        }
+        // Move the entry and everything below it (directories too).
+        let mut prefix = from.as_bytes().to_vec();
+        prefix.push(b'/');
+        let moved: Vec<Vec<u8>> = n
+            .keys()
+            .filter(|k| k.as_slice() == from.as_bytes() || k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for k in moved {
+            if let Some(v) = n.remove(&k) {
+                let mut nk = to.as_bytes().to_vec();
+                nk.extend_from_slice(&k[from.as_bytes().len()..]);
+                n.insert(nk, v);
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, path: &RemotePath) -> Result<(), FileStoreError> {
+        match self.nodes.lock().unwrap().remove(path.as_bytes()) {
+            Some(_) => Ok(()),
+            None => Err(nf(path)),
+        }
+    }
+}
+
+struct FixedClock(DateTime<Utc>);
+impl Clock for FixedClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.0
+    }
+}
+
+/// The id MemoryEcm gives the one template seeded in `World::new` (its
+/// first node after the Enterprise volume).
+const TEMPLATE: i64 = 10_001;
+
+const NOW: i64 = 1_795_000_000; // 2026-11-18T11:06:40Z
+
+fn pdf(body: &str) -> Vec<u8> {
+    format!("%PDF-1.7\n{body}\n%%EOF\n").into_bytes()
+}
+
+fn route(extra_rules: serde_json::Value, on_existing: &str) -> Route {
+    let mut rules = vec![serde_json::json!({
+        "name": "supplier-invoice",
+        "match": {
+            "regex": "INV-(?P<invoice_no>[0-9]{4,10})_(?P<vendor_id>[0-9]{10})\\.pdf",
+            "file_types": ["pdf"]
+        },
+        "place": {
+            "workspace": {"by": "business_object", "type_id": 100, "ext_system": "SAP",
+                          "bo_type": "LFA1", "bo_id": "{vendor_id}",
+                          "create": {"template_id": TEMPLATE, "name": "Supplier {vendor_id}"}},
+            "folder": "Invoices/{yyyy}/{mm}",
+            "name": "Invoice {invoice_no}.{ext}",
+            "categories": [{"category_id": 9005, "attributes": {"2": "{invoice_no}"}}],
+            "rm_classification": 7002,
+            "on_existing": on_existing
+        }
+    })];
+    if let serde_json::Value::Array(a) = extra_rules {
+        rules.extend(a);
+    }
+    let ev = serde_json::json!({"route": {
+        "name": "acme",
+        "sftp_secret": "xecm/local/sftp",
+        "source_dir": "in",
+        "readiness": {"min_age_secs": 60},
+        "rules": rules,
+        "fallback": "fail",
+        "limits": {"max_files": 100, "max_bytes": 1_000_000_000u64, "parallelism": 3,
+                   "max_attempts": 3, "lease_secs": 1800},
+        "transfer_history": {"category_id": 9002, "attributes": {
+            "route": 2, "host": 3, "source_path": 4, "size": 5, "sha256": 6,
+            "received_at": 7, "ingested_at": 8, "invocation_id": 9,
+            "idempotency_key": 10, "original_name": 11}}
+    }});
+    match parse_ingest_event(ev).unwrap() {
+        IngestEvent::Scheduled(r) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+struct World {
+    store: MemStore,
+    ecm: MemoryEcm,
+    events: MemoryEvents,
+    clock: FixedClock,
+}
+
+impl World {
+    fn new() -> Self {
+        let ecm = MemoryEcm::new();
+        ecm.add_workspace_type(100, "Supplier", &["Supplier template"]);
+        Self {
+            store: MemStore::new(),
+            ecm,
+            events: MemoryEvents::new(),
+            clock: FixedClock(Utc.timestamp_opt(NOW, 0).unwrap()),
+        }
+    }
+
+    async fn run(&self, route: &Route, id: &str) -> IngestReport {
+        let deps = IngestDeps {
+            store: &self.store,
+            ecm: &self.ecm,
+            events: &self.events,
+            clock: &self.clock,
+            sftp_host: "sftp.test".into(),
+        };
+        let ctx = RunContext::new(id, Duration::from_secs(300));
+        run(route, &deps, &ctx).await.unwrap()
+    }
+
+    async fn doc(&self, node: i64) -> (String, Vec<u32>, BTreeMap<String, String>) {
+        let id = NodeId::new(node).unwrap();
+        let n = self.ecm.node(id).await.unwrap();
+        let versions = self
+            .ecm
+            .versions(id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|v| v.number)
+            .collect();
+        let hist = self
+            .ecm
+            .categories(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.category_id == 9002)
+            .map(|c| {
+                c.values
+                    .iter()
+                    .filter_map(|(k, v)| text(v).map(|t| (k.clone(), t)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (n.name, versions, hist)
+    }
+}
+
+fn sha_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+#[tokio::test]
+async fn given_ready_invoice_when_run_then_created_with_history_and_archived() {
+    let w = World::new();
+    let body = pdf("invoice 4711");
+    w.store.put("in/INV-4711_0000100001.pdf", &body, NOW - 3600);
+    let r = route(serde_json::json!([]), "fail");
+
+    let rep = w.run(&r, "req-1").await;
+
+    assert_eq!(rep.counts.ingested, 1, "{rep:#?}");
+    let f = &rep.files[0];
+    assert_eq!(f.outcome, FileOutcome::Created);
+    let (name, versions, hist) = w.doc(f.node_id.unwrap()).await;
+    assert_eq!(name, "Invoice 4711.pdf");
+    assert_eq!(versions, vec![1]);
+    assert_eq!(hist["9002_6"], sha_hex(&body));
+    assert_eq!(
+        hist["9002_10"],
+        idempotency_key(
+            "acme",
+            "INV-4711_0000100001.pdf",
+            body.len() as u64,
+            &sha_hex(&body)
+        )
+    );
+    assert_eq!(hist["9002_4"], "INV-4711_0000100001.pdf");
+    assert_eq!(hist["9002_9"], "req-1");
+    assert_eq!(
+        w.ecm
+            .rm_classifications(NodeId::new(f.node_id.unwrap()).unwrap())
+            .await
+            .unwrap(),
+        vec![7002]
+    );
+    // Received in the month of the file's mtime: 2026/11.
+    assert!(
+        f.ecm_path.as_deref().unwrap().contains("Invoices/2026/11"),
+        "{f:?}"
+    );
+    assert!(w.store.files_under("/in/INV").is_empty());
+    assert_eq!(
+        w.store.files_under("/in/archive/2026-11-18/"),
+        vec!["/in/archive/2026-11-18/INV-4711_0000100001.pdf".to_string()]
+    );
+    let evs = w.events.events();
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0].detail_type, DetailType::TransferIngested);
+    assert_eq!(evs[0].detail["sha256"], sha_hex(&body));
+}
+
+#[tokio::test]
+async fn given_young_file_when_run_then_deferred_and_left_in_place() {
+    let w = World::new();
+    w.store
+        .put("in/INV-4711_0000100001.pdf", &pdf("x"), NOW - 10);
+    let rep = w.run(&route(serde_json::json!([]), "fail"), "req-1").await;
+    assert_eq!(rep.counts.deferred, 1);
+    assert_eq!(rep.counts.ingested, 0);
+    assert_eq!(w.store.files_under("/in/INV").len(), 1);
+}
+
+#[tokio::test]
+async fn given_fake_pdf_and_unmatched_file_when_run_then_both_failed_with_reports() {
+    let w = World::new();
+    w.store.put(
+        "in/INV-4712_0000100001.pdf",
+        b"MZ\x90\x00 not a pdf",
+        NOW - 3600,
+    );
+    w.store.put("in/holiday.txt", b"hello", NOW - 3600);
+    let rep = w.run(&route(serde_json::json!([]), "fail"), "req-1").await;
+
+    assert_eq!(rep.counts.failed, 2, "{rep:#?}");
+    let failed = w.store.files_under("/in/failed/");
+    assert!(failed.contains(&"/in/failed/INV-4712_0000100001.pdf".to_string()));
+    let report: serde_json::Value = serde_json::from_slice(
+        &w.store
+            .read("/in/failed/INV-4712_0000100001.pdf.error.json")
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(report["reason"].as_str().unwrap().contains("promises pdf"));
+    let report: serde_json::Value =
+        serde_json::from_slice(&w.store.read("/in/failed/holiday.txt.error.json").unwrap())
+            .unwrap();
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no rule matches")
+    );
+    assert!(
+        w.events
+            .events()
+            .iter()
+            .all(|e| e.detail_type == DetailType::TransferFailed)
+    );
+}
+
+#[tokio::test]
+async fn given_same_name_again_when_policy_add_version_then_version_two() {
+    let w = World::new();
+    let r = route(serde_json::json!([]), "add-version");
+    w.store
+        .put("in/INV-4711_0000100001.pdf", &pdf("draft"), NOW - 3600);
+    let first = w.run(&r, "req-1").await;
+    let node = first.files[0].node_id.unwrap();
+    w.store
+        .put("in/INV-4711_0000100001.pdf", &pdf("redline v2"), NOW - 1800);
+    let second = w.run(&r, "req-2").await;
+
+    assert_eq!(
+        second.files[0].outcome,
+        FileOutcome::VersionAdded,
+        "{second:#?}"
+    );
+    assert_eq!(second.files[0].node_id, Some(node));
+    let (_, versions, hist) = w.doc(node).await;
+    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(hist["9002_6"], sha_hex(&pdf("redline v2")));
+}
+
+#[tokio::test]
+async fn given_identical_file_again_when_skip_if_identical_then_skipped_else_failed() {
+    let w = World::new();
+    let r = route(serde_json::json!([]), "skip-if-identical");
+    w.store
+        .put("in/INV-4711_0000100001.pdf", &pdf("same"), NOW - 3600);
+    w.run(&r, "req-1").await;
+    // Same bytes, another mtime (a re-drop).
+    w.store
+        .put("in/INV-4711_0000100001.pdf", &pdf("same"), NOW - 1000);
+    let again = w.run(&r, "req-2").await;
+    assert!(
+        matches!(
+            again.files[0].outcome,
+            FileOutcome::SkippedIdentical | FileOutcome::AlreadyIngested
+        ),
+        "{again:#?}"
+    );
+    w.store
+        .put("in/INV-4711_0000100001.pdf", &pdf("other"), NOW - 1000);
+    let other = w.run(&r, "req-3").await;
+    assert_eq!(other.files[0].outcome, FileOutcome::Failed, "{other:#?}");
+}
+
+#[tokio::test]
+async fn given_taken_name_when_policy_rename_then_numbered_copy() {
+    let w = World::new();
+    let r = route(serde_json::json!([]), "rename");
+    w.store
+        .put("in/INV-4711_0000100001.pdf", &pdf("one"), NOW - 3600);
+    w.run(&r, "req-1").await;
+    w.store
+        .put("in/INV-4711_0000100001.pdf", &pdf("two"), NOW - 1000);
+    let rep = w.run(&r, "req-2").await;
+    let (name, _, _) = w.doc(rep.files[0].node_id.unwrap()).await;
+    assert_eq!(name, "Invoice 4711 (2).pdf");
+}
+
+#[tokio::test]
+async fn given_crash_after_upload_when_rerun_after_lease_then_one_document_and_archived() {
+    let w = World::new();
+    let r = route(serde_json::json!([]), "fail");
+    let body = pdf("crash");
+    // What a crashed run leaves: the file claimed (old tag, lease expired)
+    // and a document carrying the pending key, without SHA-256.
+    let tag = ClaimTag::new("acme", 1, NOW - 4000, "crashed-run");
+    let rel = "INV-4711_0000100001.pdf";
+    w.store.put(
+        &format!("in/.inflight/{}/{rel}", tag.dir_name()),
+        &body,
+        NOW - 5000,
+    );
+    let ws = w
+        .ecm
+        .create_workspace(&CreateWorkspace {
+            template_id: NodeId::new(TEMPLATE).unwrap(),
+            type_id: 100,
+            name: "Supplier 0000100001".into(),
+            parent: None,
+            business_object: Some(BusinessObject {
+                ext_system_id: "SAP".into(),
+                bo_type: "LFA1".into(),
+                bo_id: "0000100001".into(),
+            }),
+            categories: vec![],
+        })
+        .await
+        .unwrap();
+    let folder = w
+        .ecm
+        .ensure_folder_path(ws, &["Invoices".into(), "2026".into(), "11".into()])
+        .await
+        .unwrap();
+    let mut vals = CategoryValues::new();
+    vals.insert(
+        "9002_10".into(),
+        serde_json::json!(pending_key("acme", rel, body.len() as u64, NOW - 5000, 1)),
+    );
+    let bytes = Bytes::from(body.clone());
+    let receipt = w
+        .ecm
+        .upload(UploadRequest {
+            parent: folder,
+            name: "Invoice 4711.pdf".into(),
+            description: None,
+            categories: vec![AppliedCategory {
+                category_id: 9002,
+                values: vals,
+            }],
+            classifications: vec![],
+            content: Content {
+                stream: Box::pin(futures_util::stream::iter([Ok(bytes)])),
+                length: body.len() as u64,
+                file_name: rel.into(),
+                mime_type: "application/pdf".into(),
+            },
+        })
+        .await
+        .unwrap();
+
+    let rep = w.run(&r, "req-2").await;
+
+    assert_eq!(rep.counts.skipped + rep.counts.ingested, 1, "{rep:#?}");
+    assert_eq!(rep.files[0].node_id, Some(receipt.node_id.get()));
+    let (_, versions, hist) = w.doc(receipt.node_id.get()).await;
+    assert_eq!(versions, vec![1], "no second upload");
+    assert_eq!(hist["9002_6"], sha_hex(&body));
+    assert!(hist["9002_10"].starts_with("ik1-"));
+    assert_eq!(
+        w.store.files_under("/in/archive/").len(),
+        1,
+        "archived after finishing"
+    );
+    // And a further run does nothing.
+    let again = w.run(&r, "req-3").await;
+    assert!(again.files.is_empty(), "{again:#?}");
+}
+
+#[tokio::test]
+async fn given_held_claim_when_run_then_deferred_and_expired_last_attempt_quarantined() {
+    let w = World::new();
+    let r = route(serde_json::json!([]), "fail");
+    let held = ClaimTag::new("acme", 1, NOW - 10, "other-run");
+    w.store.put(
+        &format!("in/.inflight/{}/INV-1111_0000100001.pdf", held.dir_name()),
+        &pdf("a"),
+        NOW - 100,
+    );
+    let spent = ClaimTag::new("acme", 3, NOW - 4000, "third-run");
+    w.store.put(
+        &format!("in/.inflight/{}/INV-2222_0000100001.pdf", spent.dir_name()),
+        &pdf("b"),
+        NOW - 5000,
+    );
+    let rep = w.run(&r, "req-4").await;
+    let by_path: BTreeMap<_, _> = rep
+        .files
+        .iter()
+        .map(|f| (f.source_path.as_str(), f.outcome))
+        .collect();
+    assert_eq!(by_path["INV-1111_0000100001.pdf"], FileOutcome::Deferred);
+    assert_eq!(by_path["INV-2222_0000100001.pdf"], FileOutcome::Quarantined);
+    assert!(w.store.read("/in/failed/INV-2222_0000100001.pdf").is_some());
+}
+
+#[tokio::test]
+async fn given_passed_deadline_when_run_then_nothing_claimed_and_count_reported() {
+    let w = World::new();
+    for i in 0..3 {
+        w.store.put(
+            &format!("in/INV-100{i}_0000100001.pdf"),
+            &pdf("x"),
+            NOW - 3600,
+        );
+    }
+    let deps = IngestDeps {
+        store: &w.store,
+        ecm: &w.ecm,
+        events: &w.events,
+        clock: &w.clock,
+        sftp_host: "h".into(),
+    };
+    let ctx = RunContext {
+        invocation_id: "req".into(),
+        deadline: Instant::now() + Duration::from_secs(5),
+        stop_margin: Duration::from_secs(10),
+    };
+    let rep = run(&route(serde_json::json!([]), "fail"), &deps, &ctx)
+        .await
+        .unwrap();
+    assert_eq!(rep.left_for_next_run, 3);
+    assert!(rep.stopped_early);
+    assert_eq!(w.store.files_under("/in/INV").len(), 3);
+}
+
+#[tokio::test]
+async fn given_sidecar_and_index_when_run_then_metadata_used_and_all_archived() {
+    let w = World::new();
+    let ev = serde_json::json!({"route": {
+        "name": "qms",
+        "sftp_secret": "s",
+        "source_dir": "q",
+        "readiness": {"min_age_secs": 60},
+        "index": {"pattern": "index-*.csv", "file_column": "file", "delimiter": ";"},
+        "rules": [{
+            "name": "report",
+            "match": {"glob": "*.pdf", "meta": {"type": "audit"}},
+            "place": {"workspace": {"by": "node", "node_id": 5301},
+                      "folder": "Reports/{meta.period}",
+                      "name": "{meta.title}.{ext}"}
+        }],
+        "fallback": "fail",
+        "transfer_history": {"category_id": 9002, "attributes": {
+            "route": 2, "host": 3, "source_path": 4, "size": 5, "sha256": 6,
+            "received_at": 7, "ingested_at": 8, "invocation_id": 9, "idempotency_key": 10}}
+    }});
+    let IngestEvent::Scheduled(r) = parse_ingest_event(ev).unwrap() else {
+        panic!()
+    };
+    w.ecm
+        .create_folder(NodeId::new(2000).unwrap(), "ws")
+        .await
+        .ok();
+    w.store.put(
+        "q/index-2026.csv",
+        b"file;type;period;title\na.pdf;audit;2026-Q3;Audit A\n",
+        NOW - 3600,
+    );
+    w.store.put("q/a.pdf", &pdf("a"), NOW - 3600);
+    w.store.put("q/b.pdf", &pdf("b"), NOW - 3600);
+    w.store.put(
+        "q/b.pdf.json",
+        br#"{"type":"audit","period":"2026-Q4","title":"Audit B"}"#,
+        NOW - 3600,
+    );
+    let rep = w.run(&r, "req").await;
+    // Node 5301 does not exist in MemoryEcm: both fail the same way, but
+    // after classification (metadata matched the rule).
+    for f in &rep.files {
+        assert!(
+            f.reason.as_deref().unwrap_or("").contains("5301") || f.outcome == FileOutcome::Created,
+            "{f:?}"
+        );
+    }
+    assert_eq!(rep.files.len(), 2, "{rep:#?}");
+}
+
+#[tokio::test]
+async fn given_failed_file_when_manual_retry_then_back_in_intake_without_report_and_ingested_next()
+{
+    let w = World::new();
+    let r = route(serde_json::json!([]), "fail");
+    // No rule matches the name at first: it fails.
+    w.store
+        .put("in/INV-47_0000100001.pdf", &pdf("x"), NOW - 3600);
+    let first = w.run(&r, "req-1").await;
+    assert_eq!(first.counts.failed, 1);
+    assert!(
+        w.store
+            .read("/in/failed/INV-47_0000100001.pdf.error.json")
+            .is_some()
+    );
+
+    let deps = IngestDeps {
+        store: &w.store,
+        ecm: &w.ecm,
+        events: &w.events,
+        clock: &w.clock,
+        sftp_host: "h".into(),
+    };
+    let ctx = RunContext::new("req-2", Duration::from_secs(60));
+    let rep = retry(
+        &r,
+        &[
+            "INV-47_0000100001.pdf".to_string(),
+            "missing.pdf".to_string(),
+        ],
+        &deps,
+        &ctx,
+    )
+    .await
+    .unwrap();
+    assert_eq!(rep.counts.requeued, 1, "{rep:#?}");
+    assert_eq!(rep.files[1].outcome, FileOutcome::Failed);
+    assert!(w.store.read("/in/INV-47_0000100001.pdf").is_some());
+    assert!(w.store.files_under("/in/failed/").is_empty());
+}

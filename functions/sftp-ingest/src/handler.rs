@@ -1,0 +1,190 @@
+//! Translates an `sftp-ingest` invocation to the ingest flow and back:
+//! event → validated route, route's SFTP secret → a store rooted at `/`,
+//! flow report → response JSON, failures → permanent/transient errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use xecm_core::adapters::sftp::{SftpSettings, SftpStore};
+use xecm_core::config::Config;
+use xecm_core::domain::route::{IngestEvent, Route, parse_ingest_event};
+use xecm_core::flows::ingest::{self, IngestDeps, RunContext, SystemClock};
+use xecm_core::ports::ecm::Ecm;
+use xecm_core::ports::events::EventSink;
+use xecm_core::ports::secrets::Secrets;
+use xecm_core::runtime::{FunctionError, Invocation};
+
+/// Built once per cold start, borrowed by every invocation.
+pub struct State {
+    pub config: Config,
+    /// The SFTP directory routes' `source_dir` is relative to
+    /// (`XECM_SFTP_REMOTE_ROOT`, default `/`; the local stack's chroot uses `/data`).
+    pub sftp_root: String,
+    pub secrets: Arc<dyn Secrets>,
+    pub ecm: Arc<dyn Ecm>,
+    pub events: Arc<dyn EventSink>,
+}
+
+/// SFTP sessions beyond the route's parallelism: listings and renames must
+/// not wait behind streaming reads (see the adapter's module docs).
+const SPARE_SESSIONS: usize = 1;
+
+fn store_error(e: xecm_core::ports::file_store::FileStoreError, host: &str) -> FunctionError {
+    if e.is_retryable() {
+        FunctionError::transient("SftpUnavailable", format!("SFTP server {host}: {e}"))
+    } else {
+        FunctionError::permanent("SftpRefused", format!("SFTP server {host}: {e}"))
+    }
+}
+
+async fn open_store(state: &State, route: &Route) -> Result<SftpStore, FunctionError> {
+    let secret_id = state.config.sftp_secret_id(&route.config.sftp_secret);
+    let json = state.secrets.get(secret_id).await.map_err(|e| {
+        if e.is_retryable() {
+            FunctionError::transient("SecretUnavailable", e.to_string())
+        } else {
+            FunctionError::permanent("SecretInvalid", e.to_string())
+        }
+    })?;
+    let mut settings = SftpSettings::from_secret_json(secret_id, json.expose_secret())
+        .map_err(|e| FunctionError::permanent("SecretInvalid", e.to_string()))?
+        .with_root(&state.sftp_root)
+        .map_err(|e| {
+            FunctionError::permanent("InvalidConfig", format!("XECM_SFTP_REMOTE_ROOT: {e}"))
+        })?;
+    settings.max_sessions = route.limits().parallelism as usize + SPARE_SESSIONS;
+    let host = format!("{}:{}", settings.host, settings.port);
+    let store = SftpStore::new(settings).map_err(|e| store_error(e, &host))?;
+    // Fail the invocation (not each file) when the server is unreachable or
+    // refuses our key.
+    store.check().await.map_err(|e| store_error(e, &host))?;
+    Ok(store)
+}
+
+/// One invocation: a scheduled run or a manual retry.
+pub async fn handle(
+    state: &State,
+    event: Value,
+    invocation: Invocation,
+) -> Result<Value, FunctionError> {
+    let event = parse_ingest_event(event)
+        .map_err(|e| FunctionError::permanent("InvalidEvent", e.to_string()))?;
+    let route = match &event {
+        IngestEvent::Scheduled(r) => r,
+        IngestEvent::Retry { route, .. } => route,
+    };
+    let store = open_store(state, route).await?;
+    let host = store.settings().host.clone();
+    if let IngestEvent::Scheduled(_) = &event {
+        // The ECM is needed for every file: check it once up front.
+        state.ecm.enterprise_volume().await.map_err(|e| {
+            if e.is_retryable() {
+                FunctionError::transient("EcmUnavailable", e.to_string())
+            } else {
+                FunctionError::permanent("EcmRefused", e.to_string())
+            }
+        })?;
+    }
+    let clock = SystemClock;
+    let deps = IngestDeps {
+        store: &store,
+        ecm: state.ecm.as_ref(),
+        events: state.events.as_ref(),
+        clock: &clock,
+        sftp_host: host,
+    };
+    let ctx = RunContext::new(
+        invocation.request_id.clone(),
+        invocation.remaining().max(Duration::from_secs(1)),
+    );
+    let report = match &event {
+        IngestEvent::Scheduled(route) => ingest::run(route, &deps, &ctx).await,
+        IngestEvent::Retry { route, files } => ingest::retry(route, files, &deps, &ctx).await,
+    }
+    .map_err(|e| {
+        if e.is_retryable() {
+            FunctionError::transient("IngestUnavailable", e.to_string())
+        } else {
+            FunctionError::permanent("IngestFailed", e.to_string())
+        }
+    })?;
+    serde_json::to_value(&report)
+        .map_err(|e| FunctionError::permanent("Internal", format!("report not serialisable: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use xecm_core::ports::ecm::memory::MemoryEcm;
+    use xecm_core::ports::events::MemoryEvents;
+    use xecm_core::ports::secrets::MemorySecrets;
+    use xecm_core::runtime::Retry;
+
+    use super::*;
+
+    fn state(secrets: MemorySecrets) -> State {
+        let config = Config::from_lookup(|k| match k {
+            "XECM_ECM_SECRET_ID" => Some("ecm".into()),
+            "XECM_EVENT_BUS" => Some("bus".into()),
+            _ => None,
+        })
+        .unwrap();
+        State {
+            config,
+            sftp_root: "/".into(),
+            secrets: Arc::new(secrets),
+            ecm: Arc::new(MemoryEcm::new()),
+            events: Arc::new(MemoryEvents::new()),
+        }
+    }
+
+    fn inv() -> Invocation {
+        Invocation {
+            request_id: "req-1".into(),
+            deadline: SystemTime::now() + Duration::from_secs(60),
+            function_arn: "local:sftp-ingest".into(),
+        }
+    }
+
+    fn sample() -> Value {
+        let text = include_str!("../../../events/ingest-scheduled.json");
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn invalid_route_is_permanent_and_names_the_field() {
+        let mut ev = sample();
+        ev["route"]["limits"]["parallelism"] = serde_json::json!(0);
+        let e = handle(&state(MemorySecrets::new()), ev, inv())
+            .await
+            .unwrap_err();
+        assert_eq!(e.retry, Retry::Permanent);
+        assert!(e.message.contains("route.limits.parallelism"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn malformed_sftp_secret_is_permanent_and_names_the_secret() {
+        let s = MemorySecrets::new();
+        s.insert("xecm/sftp/acme", r#"{"host":"127.0.0.1","username":"u"}"#);
+        let e = handle(&state(s), sample(), inv()).await.unwrap_err();
+        assert_eq!(e.retry, Retry::Permanent);
+        assert!(e.message.contains("xecm/sftp/acme"), "{e}");
+        assert!(!e.message.contains("PRIVATE KEY"));
+    }
+
+    #[tokio::test]
+    async fn unreachable_sftp_server_is_transient() {
+        let s = MemorySecrets::new();
+        // Port 9 on loopback: nothing listens, the connect is refused.
+        s.insert(
+            "xecm/sftp/acme",
+            r#"{"host":"127.0.0.1","port":9,"username":"u","password":"p",
+                "host_key_sha256":["SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"]}"#,
+        );
+        let e = handle(&state(s), sample(), inv()).await.unwrap_err();
+        assert_eq!(e.retry, Retry::Transient, "{e}");
+    }
+}

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Ingest benchmark (issue #5): `sftp-ingest` against the local stack (OpenSSH
+# sshd, the Content Server emulator, moto) on two data sets — 2,000 x 16 KiB
+# files and one 1 GiB file — timed in the same run against
+#   (a) OpenSSH `sftp get -r` / `get` of the same data to a local directory;
+#   (b) the script a user would otherwise write: `sftp get` into a temp dir,
+#       then one `curl -F` upload per file to the emulator.
+# Prints files/s, MB/s, the ratios and the peak RSS of sftp-ingest.
+# Needs root (the stack starts a chrooted sshd).
+#
+#   tests/bench/ingest_throughput.sh [--small N] [--large-mib M]
+#
+# Built with the release profile minus fat LTO / one codegen unit (they only
+# shrink the Lambda binary and triple the build time).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+
+SMALL=2000
+LARGE_MIB=1024
+while [ $# -gt 0 ]; do
+    case $1 in
+    --small) SMALL=$2; shift 2 ;;
+    --large-mib) LARGE_MIB=$2; shift 2 ;;
+    *) echo "usage: $0 [--small N] [--large-mib M]" >&2; exit 2 ;;
+    esac
+done
+
+export CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_DEBUG=0
+cargo build -q --release -p sftp-ingest -p xecm-stack
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+
+WORK=$(mktemp -d -t xecm-ingest-bench.XXXXXX)
+STACK_PID=
+cleanup() {
+    if [ -n "$STACK_PID" ] && kill -0 "$STACK_PID" 2>/dev/null; then
+        kill -TERM "$STACK_PID" 2>/dev/null || true
+        wait "$STACK_PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+"$BIN/xecm-stack" up --env-file "$WORK/stack.env" >"$WORK/stack.log" 2>&1 &
+STACK_PID=$!
+for _ in $(seq 1 600); do
+    [ -s "$WORK/stack.env" ] && break
+    kill -0 "$STACK_PID" 2>/dev/null || { cat "$WORK/stack.log" >&2; exit 1; }
+    sleep 0.1
+done
+set -a
+# shellcheck disable=SC1091
+. "$WORK/stack.env"
+set +a
+DATA=$XECM_SFTP_DATA_ROOT
+KEY=$(cd "$DATA/../.." && pwd)/client_key
+OWNER=$(stat -c %u:%g "$DATA")
+SFTP=(sftp -q -i "$KEY" -P "$XECM_SFTP_PORT" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
+    -o LogLevel=ERROR "xecm-sftp@127.0.0.1")
+API="$XECM_ECM_URL/cs/cs/api"
+
+now() { date +%s.%N; }
+ticket() {
+    curl -fsS -X POST "$API/v1/auth" --data-urlencode username=admin --data-urlencode password=admin |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["ticket"])'
+}
+folder() { # folder NAME: a new folder under 540101 for one contender's uploads
+    curl -fsS -H "OTCSTicket: $1" "$API/v2/nodes" --data-urlencode "body={\"type\":0,\"parent_id\":540101,\"name\":\"$2\"}" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["results"]["data"]["properties"]["id"])'
+}
+
+# ---------------------------------------------------------------- data
+echo "generating $SMALL x 16 KiB and 1 x $LARGE_MIB MiB under $DATA/inbound/bench-*"
+mkdir -p "$DATA/inbound/bench-small" "$DATA/inbound/bench-large"
+python3 - "$DATA/inbound/bench-small" "$SMALL" <<'PY'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    with open(os.path.join(d, f"doc-{i:05d}.bin"), "wb") as f:
+        f.write(os.urandom(16 * 1024))
+PY
+head -c $((LARGE_MIB * 1024 * 1024)) /dev/urandom >"$DATA/inbound/bench-large/big-$LARGE_MIB.bin"
+touch -d '-10 minutes' "$DATA"/inbound/bench-small/* "$DATA"/inbound/bench-large/*
+chown -R "$OWNER" "$DATA/inbound"
+sync
+
+route_event() { # route_event NAME SOURCE FOLDER_TEMPLATE
+    cat <<EOF
+{"route": {"name": "$1", "sftp_secret": "xecm/local/sftp", "source_dir": "$2",
+  "readiness": {"min_age_secs": 60},
+  "rules": [], "fallback": {"place": {"workspace": {"by": "node", "node_id": 540101},
+     "folder": "$3", "name": "{name}", "on_existing": "fail"}},
+  "post_action": {"action": "archive", "dir": "archive/{yyyy-mm-dd}/"},
+  "limits": {"max_files": 100000, "max_bytes": 17179869184, "parallelism": 8, "max_attempts": 5, "lease_secs": 1800},
+  "transfer_history": {"category_id": 9002, "attributes": {"route": 2, "host": 3, "source_path": 4, "size": 5,
+     "sha256": 6, "received_at": 7, "ingested_at": 8, "invocation_id": 9, "idempotency_key": 10, "original_name": 11}}}}
+EOF
+}
+
+declare -A T
+bench_set() { # bench_set small|large FILES BYTES
+    local set=$1 files=$2 bytes=$3 src="inbound/bench-$1"
+    echo "== $set: $files files, $bytes bytes"
+    sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+
+    # (a) bare OpenSSH sftp get
+    rm -rf "$WORK/get" && mkdir -p "$WORK/get"
+    local t0 t1
+    t0=$(now)
+    if [ "$set" = small ]; then
+        printf 'get -r %s %s\n' "/data/$src" "$WORK/get/" | "${SFTP[@]}" -b - >/dev/null
+    else
+        printf 'get %s %s\n' "/data/$src/big-$LARGE_MIB.bin" "$WORK/get/" | "${SFTP[@]}" -b - >/dev/null
+    fi
+    t1=$(now)
+    T[$set.sftp]=$(echo "$t1 - $t0" | bc -l)
+    rm -rf "$WORK/get"
+
+    # (b) the script: sftp get into a temp dir, then one curl -F per file
+    local tk fid
+    tk=$(ticket)
+    fid=$(folder "$tk" "script-$set")
+    t0=$(now)
+    mkdir -p "$WORK/stage"
+    printf 'get -r %s %s\n' "/data/$src" "$WORK/stage/" | "${SFTP[@]}" -b - >/dev/null
+    find "$WORK/stage" -type f -print0 | while IFS= read -r -d '' f; do
+        curl -fsS -o /dev/null -H "OTCSTicket: $tk" "$API/v2/nodes" \
+            -F "body={\"type\":144,\"parent_id\":$fid,\"name\":\"$(basename "$f")\"}" \
+            -F "file=@$f;type=application/octet-stream"
+    done
+    t1=$(now)
+    T[$set.script]=$(echo "$t1 - $t0" | bc -l)
+    rm -rf "$WORK/stage"
+
+    # ours
+    route_event "bench-$set" "$src" "ingest-$set" >"$WORK/$set.json"
+    t0=$(now)
+    XECM_LOCAL_TIMEOUT_SECS=900 RUST_LOG=warn /usr/bin/time -f '%M' -o "$WORK/$set.rss" \
+        "$BIN/sftp-ingest" --event "$WORK/$set.json" >"$WORK/$set.out"
+    t1=$(now)
+    T[$set.ours]=$(echo "$t1 - $t0" | bc -l)
+    T[$set.rss]=$(tail -1 "$WORK/$set.rss")
+    python3 - "$WORK/$set.out" "$files" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+c = r["counts"]
+print(f"   sftp-ingest counts: {c}, left {r['left_for_next_run']}")
+if c["ingested"] != int(sys.argv[2]):
+    sys.exit("   sftp-ingest did not ingest every file: the timing is not comparable")
+PY
+    printf '   %-22s %8.2f s  %9.1f files/s  %8.1f MB/s\n' \
+        "sftp get" "${T[$set.sftp]}" "$(echo "$files / ${T[$set.sftp]}" | bc -l)" "$(echo "$bytes / ${T[$set.sftp]} / 1000000" | bc -l)" \
+        "script (get + curl)" "${T[$set.script]}" "$(echo "$files / ${T[$set.script]}" | bc -l)" "$(echo "$bytes / ${T[$set.script]} / 1000000" | bc -l)" \
+        "sftp-ingest" "${T[$set.ours]}" "$(echo "$files / ${T[$set.ours]}" | bc -l)" "$(echo "$bytes / ${T[$set.ours]} / 1000000" | bc -l)"
+    printf '   sftp-ingest vs script: %.2fx   vs bare sftp get: %.2fx   peak RSS %d KiB (%.1f MiB)\n' \
+        "$(echo "${T[$set.script]} / ${T[$set.ours]}" | bc -l)" "$(echo "${T[$set.sftp]} / ${T[$set.ours]}" | bc -l)" \
+        "${T[$set.rss]}" "$(echo "${T[$set.rss]} / 1024" | bc -l)"
+}
+
+bench_set small "$SMALL" $((SMALL * 16384))
+bench_set large 1 $((LARGE_MIB * 1024 * 1024))
+echo "targets: >= 1.5x the script on both sets; small >= 0.5x bare sftp get files/s; RSS <= 64 MiB"

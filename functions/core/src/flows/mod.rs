@@ -1,1 +1,3 @@
 //! Flows: orchestration over the ports, deadline-aware.
+
+pub mod export;

@@ -3,4 +3,8 @@
 //! Lambda Runtime API harness for end-to-end tests.
 
 pub mod lambda;
+pub mod latency_proxy;
+pub mod moto;
 pub mod process;
+pub mod sshd;
+pub mod stack;

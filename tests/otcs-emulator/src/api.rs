@@ -551,6 +551,9 @@ fn create_node_inner(
             ));
         }
         (TYPE_DOCUMENT, Some(_)) | (model::TYPE_FOLDER, None) => {}
+        (model::TYPE_FOLDER, Some(_)) => {
+            return Err(ApiError::bad_request("A folder takes no 'file' part."));
+        }
         (TYPE_WORKSPACE, _) => {
             return Err(ApiError::bad_request(
                 "Business workspaces are created with POST /api/v2/businessworkspaces.",
@@ -566,12 +569,7 @@ fn create_node_inner(
     let (id, approvals) = state.mutate(|m| {
         // Check everything first so a refused request leaves nothing behind.
         m.check_create(parent_id, &name)?;
-        for (cat, vals) in &cats {
-            let def = m.category_def(*cat)?;
-            for (k, v) in vals {
-                model::validate_attribute(def, k, v)?;
-            }
-        }
+        m.check_categories(&cats)?;
         let id = m.create_node(parent_id, node_type, &name, &description, user)?;
         if let Some(f) = file {
             m.add_version(id, new_version(f, &description, user), user)?;
@@ -844,7 +842,8 @@ fn category_metadata(m: &Model, cat: i64) -> Result<(Value, Vec<String>), ApiErr
         cat.to_string(),
         json!({"key": cat.to_string(), "name": def.name, "persona": "category", "type": -18, "type_name": "Category"}),
     );
-    let mut order = vec![cat.to_string()];
+    // pyxecm reads category ids (not attribute keys) from metadata_order.
+    let order = vec![cat.to_string()];
     let mut put = |key: String, a: &crate::seed::AttributeDef| {
         let (t, tn) = match a.kind {
             crate::seed::AttrType::Text => (-1, "String"),
@@ -868,7 +867,6 @@ fn category_metadata(m: &Model, cat: i64) -> Result<(Value, Vec<String>), ApiErr
             put(format!("{cat}_{}_1_{}", a.id, s.id), s);
         }
     }
-    order.truncate(1);
     Ok((Value::Object(meta), order))
 }
 
@@ -1302,12 +1300,7 @@ async fn create_workspace(
             )));
         }
         m.check_create(parent, &name)?;
-        for (cat, vals) in &cats {
-            let def = m.category_def(*cat)?;
-            for (k, v) in vals {
-                model::validate_attribute(def, k, v)?;
-            }
-        }
+        m.check_categories(&cats)?;
         let id = m.create_node(parent, TYPE_WORKSPACE, &name, &description, user)?;
         m.node_mut(id)?.workspace = Some(bo.clone());
         for (cat, vals) in &cats {

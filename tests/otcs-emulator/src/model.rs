@@ -173,7 +173,10 @@ impl Model {
             next_id: 100_000,
             next_audit_id: 1,
         };
-        let put = |m: &mut Model, id: i64, parent: i64, name: &str, t: i64| {
+        let put = |m: &mut Model, id: i64, parent: i64, name: &str, t: i64| -> Result<(), String> {
+            if m.nodes.contains_key(&id) {
+                return Err(format!("seed id {id} ('{name}') is used twice"));
+            }
             m.nodes.insert(
                 id,
                 Node {
@@ -193,9 +196,10 @@ impl Model {
                     volume_type: None,
                 },
             );
+            Ok(())
         };
         for (vt, id, name) in VOLUMES {
-            put(&mut model, *id, -1, name, *vt);
+            put(&mut model, *id, -1, name, *vt)?;
             if let Some(n) = model.nodes.get_mut(id) {
                 n.volume_type = Some(*vt);
             }
@@ -207,10 +211,10 @@ impl Model {
                     f.id, f.parent_id
                 ));
             }
-            put(&mut model, f.id, f.parent_id, &f.name, TYPE_FOLDER);
+            put(&mut model, f.id, f.parent_id, &f.name, TYPE_FOLDER)?;
         }
         for c in &seed.categories {
-            put(&mut model, c.id, 2003, &c.name, 131);
+            put(&mut model, c.id, 2003, &c.name, 131)?;
         }
         for w in &seed.workspaces {
             let wt = seed
@@ -225,7 +229,7 @@ impl Model {
                     w.id
                 ));
             }
-            put(&mut model, w.id, parent, &w.name, TYPE_WORKSPACE);
+            put(&mut model, w.id, parent, &w.name, TYPE_WORKSPACE)?;
             if let Some(n) = model.nodes.get_mut(&w.id) {
                 n.workspace = Some(WorkspaceRef {
                     type_id: w.type_id,
@@ -237,7 +241,7 @@ impl Model {
             }
             for (i, folder) in w.folders.iter().enumerate() {
                 let fid = w.id * 100 + i as i64 + 1;
-                put(&mut model, fid, w.id, folder, TYPE_FOLDER);
+                put(&mut model, fid, w.id, folder, TYPE_FOLDER)?;
             }
         }
         Ok(model)
@@ -337,6 +341,10 @@ impl Model {
     ) -> Result<i64, ApiError> {
         let name = self.check_create(parent_id, name)?;
         let now = Utc::now();
+        // Seeded ids may lie in the run-time range; skip them.
+        while self.nodes.contains_key(&self.next_id) {
+            self.next_id += 1;
+        }
         let id = self.next_id;
         self.next_id += 1;
         self.nodes.insert(
@@ -493,6 +501,17 @@ impl Model {
             .iter()
             .find(|c| c.id == id)
             .ok_or_else(|| ApiError::bad_request(format!("Category {id} does not exist.")))
+    }
+
+    /// Validates category values for a create call before anything exists.
+    pub fn check_categories(&self, cats: &BTreeMap<i64, RawValues>) -> Result<(), ApiError> {
+        for (cat, vals) in cats {
+            let def = self.category_def(*cat)?;
+            for (k, v) in vals {
+                validate_attribute(def, k, v)?;
+            }
+        }
+        Ok(())
     }
 
     /// Applies (assign = true) or updates category values after validating
@@ -878,6 +897,28 @@ mod tests {
 
     fn model() -> Model {
         Model::from_seed(Seed::builtin().expect("seed")).expect("model")
+    }
+
+    #[test]
+    fn duplicate_seed_ids_are_refused_and_run_time_ids_skip_seeded_ones() {
+        let mut seed = Seed::builtin().expect("seed");
+        seed.folders.push(crate::seed::SeedFolder {
+            id: 3001,
+            parent_id: 2000,
+            name: "again".into(),
+        });
+        assert!(Model::from_seed(seed).is_err());
+        let mut seed = Seed::builtin().expect("seed");
+        seed.folders.push(crate::seed::SeedFolder {
+            id: 100_000,
+            parent_id: 2000,
+            name: "taken".into(),
+        });
+        let mut m = Model::from_seed(seed).expect("model");
+        let id = m
+            .create_node(ENTERPRISE_ID, TYPE_FOLDER, "new", "", 1000)
+            .expect("create");
+        assert_eq!(id, 100_001);
     }
 
     #[test]

@@ -1,2 +1,183 @@
-//! Starts the whole local stack in the foreground (to be written).
-fn main() {}
+//! `xecm-stack`: the local stack from the command line.
+//!
+//! - `xecm-stack up --env-file FILE`: starts OpenSSH sshd, moto and the Content
+//!   Server emulator on 127.0.0.1, seeds the secrets, writes every address,
+//!   port, secret id and data path a function needs to FILE, and runs in the
+//!   foreground until Ctrl-C or SIGTERM, then stops everything it started.
+//! - `xecm-stack report --env-file FILE`: prints what is on the SFTP server
+//!   and in the Content Server, for a person to see what a run did.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use xecm_stack::stack::{LocalStack, StackOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "xecm-stack",
+    about = "The xecm-sftp local stack: sshd + moto + Content Server emulator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the stack in the foreground until Ctrl-C / SIGTERM.
+    Up {
+        /// Where to write the env file (KEY='value' lines).
+        #[arg(long)]
+        env_file: PathBuf,
+        /// URL the emulator POSTs approval callbacks to (signed HMAC-SHA256).
+        #[arg(long)]
+        callback_url: Option<String>,
+        /// Port of the Content Server emulator (default: a free one).
+        #[arg(long)]
+        emulator_port: Option<u16>,
+        /// Persist the emulator's state in this directory.
+        #[arg(long)]
+        emulator_data: Option<PathBuf>,
+    },
+    /// Print the SFTP data root and the Content Server tree of a running stack.
+    Report {
+        #[arg(long)]
+        env_file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("xecm-stack: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Up {
+                env_file,
+                callback_url,
+                emulator_port,
+                emulator_data,
+            } => {
+                up(
+                    &env_file,
+                    StackOptions {
+                        callback_url,
+                        emulator_data_dir: emulator_data,
+                        emulator_port,
+                    },
+                )
+                .await
+            }
+            Command::Report { env_file } => report(&env_file).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xecm-stack: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn up(env_file: &Path, options: StackOptions) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Install the handlers first, so a signal during start-up still stops
+    // what was started (the guards drop on return).
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let stack = tokio::select! {
+        stack = LocalStack::start_with(options) => stack?,
+        _ = term.recv() => bail!("stopped by SIGTERM during start-up"),
+        _ = int.recv() => bail!("stopped by Ctrl-C during start-up"),
+    };
+    stack.write_env_file(env_file)?;
+    eprintln!(
+        "xecm-stack: up — SFTP 127.0.0.1:{} (data root {}), Content Server {} (browse {}/ui), AWS (moto) {}; env in {}; Ctrl-C stops",
+        stack.sshd.port(),
+        stack.sshd.data_root().display(),
+        stack.emulator.base_url(),
+        stack.emulator.base_url(),
+        stack.moto.endpoint(),
+        env_file.display()
+    );
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    eprintln!("xecm-stack: stopping");
+    let _ = std::fs::remove_file(env_file);
+    drop(stack);
+    Ok(())
+}
+
+fn read_env_file(path: &Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading env file {}", path.display()))?;
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let (k, v) = line
+            .split_once('=')
+            .with_context(|| format!("{}: not a KEY=value line: {line}", path.display()))?;
+        let v = v.trim_matches('\'').replace(r"'\''", "'");
+        out.push((k.to_string(), v));
+    }
+    Ok(out)
+}
+
+async fn report(env_file: &Path) -> Result<()> {
+    let env = read_env_file(env_file)?;
+    let get = |name: &str| {
+        env.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .with_context(|| format!("{} has no {name}", env_file.display()))
+    };
+    let data_root = PathBuf::from(get("XECM_SFTP_DATA_ROOT")?);
+    println!("SFTP server (data root {}):", data_root.display());
+    print_tree(&data_root, 1)?;
+    let ecm = get("XECM_ECM_URL")?;
+    println!(
+        "\nContent Server: {ecm}/ui (read-only view of workspaces, folders, documents, versions, categories, audit)"
+    );
+    Ok(())
+}
+
+fn print_tree(dir: &Path, depth: usize) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let meta = entry
+            .metadata()
+            .with_context(|| format!("stat {}", path.display()))?;
+        if meta.is_dir() {
+            println!("{}{name}/", "  ".repeat(depth));
+            print_tree(&path, depth + 1)?;
+        } else {
+            println!("{}{name}  ({} bytes)", "  ".repeat(depth), meta.len());
+        }
+    }
+    Ok(())
+}

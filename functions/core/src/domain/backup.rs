@@ -159,6 +159,83 @@ pub fn snapshots_to_prune(names: &[String], retention: u32) -> Vec<String> {
     complete.into_iter().take(excess).cloned().collect()
 }
 
+/// Progress of a snapshot, stored as `checkpoint.json` in its `.partial`
+/// directory and rewritten after each page, so a continuation resumes where
+/// the previous invocation stopped. The walk is depth-first over containers:
+/// `stack` holds the containers still to list and the next page of each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    pub snapshot_id: String,
+    /// The complete snapshot this one is incremental against, if any.
+    pub base_snapshot: Option<String>,
+    pub stack: Vec<Cursor>,
+    pub files: u64,
+    pub bytes: u64,
+    pub copied: u64,
+    pub invocations: u32,
+    pub started_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cursor {
+    pub node_id: i64,
+    /// Path of the container inside the snapshot (`/`-separated, safe).
+    pub path: String,
+    /// Next page to fetch, from 1.
+    pub page: u32,
+}
+
+impl Checkpoint {
+    /// A fresh checkpoint: every root still to walk, first page.
+    pub fn start(
+        backup: &BackupConfig,
+        at: DateTime<Utc>,
+        base_snapshot: Option<String>,
+        root_names: &[String],
+    ) -> Self {
+        let mut stack: Vec<Cursor> = backup
+            .roots
+            .iter()
+            .enumerate()
+            .map(|(i, id)| Cursor {
+                node_id: *id,
+                // Root folders by name when known, else by id; always one safe segment.
+                path: match root_names.get(i) {
+                    Some(n) if !n.is_empty() => super::names::sftp_safe_name(n),
+                    _ => id.to_string(),
+                },
+                page: 1,
+            })
+            .collect();
+        // The walk pops from the end, so the first root goes last.
+        stack.reverse();
+        Checkpoint {
+            snapshot_id: snapshot_id(at),
+            base_snapshot,
+            stack,
+            files: 0,
+            bytes: 0,
+            copied: 0,
+            invocations: 1,
+            started_at: at,
+        }
+    }
+
+    /// Nothing left to walk: the snapshot can be finished (renamed into place).
+    pub fn is_done(&self) -> bool {
+        self.stack.is_empty()
+    }
+}
+
+/// Incremental rule: a document is copied unless the base snapshot has the
+/// same node at the same version and size (then its bytes are reused from the
+/// base and only the manifest line is carried over).
+pub fn needs_copy(base: Option<&super::manifest::BackupRecord>, version: u32, size: u64) -> bool {
+    !base.is_some_and(|b| b.version == version && b.size == size)
+}
+
 /// Parse a `backup-snapshot` invocation payload.
 pub fn parse_backup_event(value: serde_json::Value) -> Result<BackupEvent, RouteError> {
     #[derive(Deserialize)]
@@ -247,6 +324,39 @@ mod tests {
             vec!["20260101T000000Z".to_string()]
         );
         assert!(snapshots_to_prune(&names, 5).is_empty());
+    }
+
+    #[test]
+    fn given_new_snapshot_when_checkpoint_started_then_roots_stacked_in_order_and_round_trip() {
+        let b: BackupConfig = serde_json::from_value(json!({"name": "c", "roots": [3001, 3003], "sftp_secret": "s", "directory": "d", "retention": 2})).unwrap();
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).single().unwrap();
+        let c = Checkpoint::start(&b, at, None, &["Suppliers".into(), "Con/tracts".into()]);
+        // Depth-first: the first root is on top of the stack (popped last-in).
+        assert_eq!(c.stack.last().map(|x| x.node_id), Some(3001));
+        assert_eq!(c.stack[0].path, "Con_tracts");
+        assert_eq!(c.snapshot_id, "20260102T030405Z");
+        assert!(!c.is_done());
+        let text = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<Checkpoint>(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn given_base_record_when_version_or_size_differs_then_copied() {
+        use crate::domain::manifest::BackupRecord;
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).single().unwrap();
+        let r = BackupRecord {
+            node_id: 1,
+            path: "a".into(),
+            version: 2,
+            size: 10,
+            sha256: "ab".repeat(32),
+            modified: at,
+            metadata: Default::default(),
+        };
+        assert!(!needs_copy(Some(&r), 2, 10));
+        assert!(needs_copy(Some(&r), 3, 10));
+        assert!(needs_copy(Some(&r), 2, 11));
+        assert!(needs_copy(None, 1, 1));
     }
 
     #[test]

@@ -513,6 +513,43 @@ pub fn export_history_values(
     ])
 }
 
+/// Name to upload under before the atomic rename into place: a dot-file in
+/// the same directory (same filesystem, so the rename is atomic; hidden, so
+/// partner pollers that skip dot-files never see a partial file). The nonce
+/// (invocation id) keeps concurrent deliveries apart.
+pub fn temp_name(file_name: &str, nonce: &str) -> String {
+    let nonce: String = nonce
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(12)
+        .collect();
+    let stem: String = file_name.chars().take(180).collect();
+    format!(".{stem}.{nonce}.part")
+}
+
+/// The optional `<file>.sha256` sidecar: name and content in `sha256sum`
+/// format, so `sha256sum -c` verifies the delivery on the partner's side.
+pub fn sha256_sidecar(file_name: &str, sha256_hex: &str) -> (String, String) {
+    (
+        format!("{file_name}.sha256"),
+        format!("{}  {file_name}\n", sha256_hex.to_ascii_lowercase()),
+    )
+}
+
+/// Where a package is assembled and where it ends up (relative to the
+/// destination directory): a `.partial` dot-directory renamed into place for
+/// `dir`, a dot-file renamed to `<name>.zip` for `zip`.
+pub fn package_paths(package_name: &str, format: PackageFormat, nonce: &str) -> (String, String) {
+    let name = sftp_safe_name(package_name);
+    match format {
+        PackageFormat::Dir => (format!(".{name}.partial"), name),
+        PackageFormat::Zip => {
+            let file = format!("{name}.zip");
+            (temp_name(&file, nonce), file)
+        }
+    }
+}
+
 // ---------------------------------------------------------------- manual events
 
 /// Manual console events of `ecm-export`.
@@ -758,6 +795,27 @@ pub(crate) mod tests {
             let e = ExportConfig::from_json(&v.to_string()).unwrap_err();
             assert_eq!(e.field, field, "{e}");
         }
+    }
+
+    #[test]
+    fn given_delivery_when_staged_then_temp_name_hidden_and_sidecar_checkable() {
+        assert_eq!(temp_name("a.pdf", "5b2c-41d9"), ".a.pdf.5b2c41d9.part");
+        assert!(temp_name(&"x".repeat(300), "n").len() < 255);
+        assert_eq!(
+            sha256_sidecar("a.pdf", &"AB".repeat(32)),
+            (
+                "a.pdf.sha256".to_string(),
+                format!("{}  a.pdf\n", "ab".repeat(32))
+            )
+        );
+        assert_eq!(
+            package_paths("Kit", PackageFormat::Dir, "n"),
+            (".Kit.partial".to_string(), "Kit".to_string())
+        );
+        assert_eq!(
+            package_paths("../Kit", PackageFormat::Zip, "n"),
+            ("._._Kit.zip.n.part".to_string(), "_._Kit.zip".to_string())
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod backup;
+pub mod batch;
 pub mod claim;
 pub mod classify;
 pub mod export_route;

@@ -41,7 +41,9 @@ pub const FAILED_DIR: &str = "failed";
 
 /// A route (or ingest event) that cannot be used, naming the field and value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {problem} {value:?}{}", detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
+#[error("{field}: {problem}{}{}",
+    if value.is_empty() { String::new() } else { format!(" {value:?}") },
+    detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
 pub struct RouteError {
     /// Field path, e.g. `rules[2].match.regex`.
     pub field: String,
@@ -1295,7 +1297,11 @@ pub(crate) mod tests {
     fn given_unknown_field_when_loaded_then_error_names_its_path() {
         let e = err_with(|v| v["rules"][0]["match"]["regexx"] = json!("x"));
         assert_eq!(e.field, "route.rules[0].match.regexx");
-        assert!(e.to_string().contains("unknown field"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("route.rules[0].match.regexx: cannot be read: unknown field `regexx`"),
+            "{e}"
+        );
         let e = err_with(|v| v["readiness"]["settle"] = json!(3));
         assert!(e.to_string().contains("settle"), "{e}");
     }

@@ -260,3 +260,371 @@ pub trait FileStore: Send + Sync {
         Ok(Bytes::from(buf))
     }
 }
+
+/// An in-memory `FileStore` for unit tests of the flows. It keeps the
+/// semantics the flows rely on (no-replace renames fail on an existing
+/// target, atomic puts, `mkdir -p`, parents must exist) without a server.
+pub mod memory {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use chrono::Utc;
+    use futures_util::StreamExt;
+    use sha2::{Digest, Sha256};
+
+    use super::{
+        ByteStream, DirEntry, EntryKind, FileMeta, FileStore, FileStoreError, PageStream,
+        PutReceipt, ReadHandle, RenameMode,
+    };
+    use crate::domain::paths::{RemotePath, RemoteRoot};
+
+    #[derive(Clone)]
+    enum Node {
+        Dir,
+        File(Bytes, chrono::DateTime<Utc>),
+    }
+
+    /// The store; clone the `Arc` you wrap it in to share it.
+    pub struct MemoryFileStore {
+        root: RemoteRoot,
+        nodes: Mutex<BTreeMap<Vec<u8>, Node>>,
+    }
+
+    impl MemoryFileStore {
+        /// An empty store whose root directory exists.
+        pub fn new(root: RemoteRoot) -> Self {
+            let mut nodes = BTreeMap::new();
+            nodes.insert(root.as_bytes().to_vec(), Node::Dir);
+            Self {
+                root,
+                nodes: Mutex::new(nodes),
+            }
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, Node>> {
+            self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+        }
+
+        /// Test set-up: puts a file (creating parents) without the port.
+        pub fn seed(&self, path: &RemotePath, bytes: impl Into<Bytes>) {
+            let mut n = self.lock();
+            for a in path.ancestors_below_root() {
+                if a != *path {
+                    n.entry(a.as_bytes().to_vec()).or_insert(Node::Dir);
+                }
+            }
+            n.insert(
+                path.as_bytes().to_vec(),
+                Node::File(bytes.into(), Utc::now()),
+            );
+        }
+
+        /// Test inspection: the content of a file, if it exists.
+        pub fn content(&self, path: &RemotePath) -> Option<Bytes> {
+            match self.lock().get(path.as_bytes()) {
+                Some(Node::File(b, _)) => Some(b.clone()),
+                _ => None,
+            }
+        }
+
+        fn check(&self, p: &RemotePath) -> Result<(), FileStoreError> {
+            self.root.resolve_bytes(p.as_bytes())?;
+            Ok(())
+        }
+    }
+
+    fn meta(node: &Node) -> FileMeta {
+        match node {
+            Node::Dir => FileMeta {
+                kind: EntryKind::Dir,
+                size: Some(0),
+                mtime: None,
+            },
+            Node::File(b, t) => FileMeta {
+                kind: EntryKind::File,
+                size: Some(b.len() as u64),
+                mtime: Some(*t),
+            },
+        }
+    }
+
+    fn not_found(p: &RemotePath) -> FileStoreError {
+        FileStoreError::NotFound {
+            path: p.to_string(),
+        }
+    }
+
+    fn parent_is_dir(n: &BTreeMap<Vec<u8>, Node>, p: &RemotePath) -> Result<(), FileStoreError> {
+        match p.parent() {
+            Some(d) if matches!(n.get(d.as_bytes()), Some(Node::Dir)) => Ok(()),
+            Some(d) => Err(not_found(&d)),
+            None => Err(FileStoreError::WrongKind {
+                path: p.to_string(),
+                kind: EntryKind::Dir,
+            }),
+        }
+    }
+
+    #[async_trait]
+    impl FileStore for MemoryFileStore {
+        fn root(&self) -> &RemoteRoot {
+            &self.root
+        }
+
+        async fn list_pages(&self, dir: &RemotePath) -> Result<PageStream, FileStoreError> {
+            self.check(dir)?;
+            let n = self.lock();
+            match n.get(dir.as_bytes()) {
+                Some(Node::Dir) => {}
+                Some(_) => {
+                    return Err(FileStoreError::WrongKind {
+                        path: dir.to_string(),
+                        kind: EntryKind::File,
+                    });
+                }
+                None => return Err(not_found(dir)),
+            }
+            let mut entries = Vec::new();
+            for (k, node) in n.iter() {
+                let Ok(child) = self.root.resolve_bytes(k) else {
+                    continue;
+                };
+                if child.parent().as_ref() == Some(dir) && child != *dir {
+                    let name = child.file_name().to_vec();
+                    entries.push(DirEntry {
+                        display_name: String::from_utf8_lossy(&name).into_owned(),
+                        name,
+                        path: child,
+                        meta: meta(node),
+                    });
+                }
+            }
+            let pages: Vec<Result<Vec<DirEntry>, FileStoreError>> =
+                entries.chunks(1000).map(|c| Ok(c.to_vec())).collect();
+            Ok(Box::pin(futures_util::stream::iter(pages)))
+        }
+
+        async fn stat(&self, path: &RemotePath) -> Result<FileMeta, FileStoreError> {
+            self.check(path)?;
+            self.lock()
+                .get(path.as_bytes())
+                .map(meta)
+                .ok_or_else(|| not_found(path))
+        }
+
+        async fn open_read(&self, path: &RemotePath) -> Result<ReadHandle, FileStoreError> {
+            self.check(path)?;
+            let node = self.lock().get(path.as_bytes()).cloned();
+            match node {
+                Some(n @ Node::File(..)) => {
+                    let m = meta(&n);
+                    let Node::File(b, _) = n else {
+                        return Err(not_found(path));
+                    };
+                    // Several chunks, as a real store would deliver.
+                    let chunks: Vec<Result<Bytes, FileStoreError>> = (0..b.len())
+                        .step_by(64 * 1024)
+                        .map(|i| Ok(b.slice(i..(i + 64 * 1024).min(b.len()))))
+                        .collect();
+                    Ok(ReadHandle {
+                        meta: m,
+                        body: Box::pin(futures_util::stream::iter(chunks)),
+                    })
+                }
+                Some(Node::Dir) => Err(FileStoreError::WrongKind {
+                    path: path.to_string(),
+                    kind: EntryKind::Dir,
+                }),
+                None => Err(not_found(path)),
+            }
+        }
+
+        async fn put_atomic(
+            &self,
+            path: &RemotePath,
+            mut body: ByteStream,
+            expected_len: Option<u64>,
+            mode: RenameMode,
+        ) -> Result<PutReceipt, FileStoreError> {
+            self.check(path)?;
+            parent_is_dir(&self.lock(), path)?;
+            let mut buf = Vec::new();
+            let mut h = Sha256::new();
+            while let Some(c) = body.next().await {
+                let c = c.map_err(|e| FileStoreError::source(path, e))?;
+                h.update(&c);
+                buf.extend_from_slice(&c);
+            }
+            if let Some(e) = expected_len
+                && e != buf.len() as u64
+            {
+                return Err(FileStoreError::SizeMismatch {
+                    path: path.to_string(),
+                    expected: e,
+                    actual: buf.len() as u64,
+                });
+            }
+            let mut n = self.lock();
+            parent_is_dir(&n, path)?;
+            match (n.get(path.as_bytes()), mode) {
+                (Some(_), RenameMode::NoReplace) => {
+                    return Err(FileStoreError::AlreadyExists {
+                        path: path.to_string(),
+                    });
+                }
+                (Some(Node::Dir), RenameMode::Replace) => {
+                    return Err(FileStoreError::WrongKind {
+                        path: path.to_string(),
+                        kind: EntryKind::Dir,
+                    });
+                }
+                _ => {}
+            }
+            let size = buf.len() as u64;
+            n.insert(
+                path.as_bytes().to_vec(),
+                Node::File(Bytes::from(buf), Utc::now()),
+            );
+            Ok(PutReceipt {
+                size,
+                sha256: hex::encode(h.finalize()),
+                synced: true,
+            })
+        }
+
+        async fn mkdir_all(&self, dir: &RemotePath) -> Result<(), FileStoreError> {
+            self.check(dir)?;
+            let mut n = self.lock();
+            for a in dir.ancestors_below_root() {
+                match n.get(a.as_bytes()) {
+                    Some(Node::Dir) => {}
+                    Some(Node::File(..)) => {
+                        return Err(FileStoreError::WrongKind {
+                            path: a.to_string(),
+                            kind: EntryKind::File,
+                        });
+                    }
+                    None => {
+                        n.insert(a.as_bytes().to_vec(), Node::Dir);
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        async fn rename(
+            &self,
+            from: &RemotePath,
+            to: &RemotePath,
+            mode: RenameMode,
+        ) -> Result<(), FileStoreError> {
+            self.check(from)?;
+            self.check(to)?;
+            let mut n = self.lock();
+            let Some(node) = n.get(from.as_bytes()).cloned() else {
+                return Err(not_found(from));
+            };
+            if matches!(node, Node::Dir) {
+                // Moving subtrees is not needed by the flows; refuse loudly.
+                return Err(FileStoreError::WrongKind {
+                    path: from.to_string(),
+                    kind: EntryKind::Dir,
+                });
+            }
+            parent_is_dir(&n, to)?;
+            if mode == RenameMode::NoReplace && n.contains_key(to.as_bytes()) {
+                return Err(FileStoreError::AlreadyExists {
+                    path: to.to_string(),
+                });
+            }
+            n.remove(from.as_bytes());
+            n.insert(to.as_bytes().to_vec(), node);
+            Ok(())
+        }
+
+        async fn remove(&self, path: &RemotePath) -> Result<(), FileStoreError> {
+            self.check(path)?;
+            let mut n = self.lock();
+            match n.get(path.as_bytes()) {
+                Some(Node::File(..)) => {
+                    n.remove(path.as_bytes());
+                    Ok(())
+                }
+                Some(Node::Dir) => Err(FileStoreError::WrongKind {
+                    path: path.to_string(),
+                    kind: EntryKind::Dir,
+                }),
+                None => Err(not_found(path)),
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn store() -> MemoryFileStore {
+            MemoryFileStore::new(RemoteRoot::parse("/data").expect("root"))
+        }
+
+        #[tokio::test]
+        async fn claim_rename_refuses_an_existing_target() {
+            let s = store();
+            let r = s.root().clone();
+            let (a, b) = (
+                r.resolve("in/a").unwrap(),
+                r.resolve("in/.inflight/a").unwrap(),
+            );
+            s.seed(&a, "one");
+            s.mkdir_all(&b.parent().unwrap()).await.unwrap();
+            s.rename(&a, &b, RenameMode::NoReplace).await.unwrap();
+            assert!(matches!(
+                s.rename(&a, &b, RenameMode::NoReplace).await,
+                Err(FileStoreError::NotFound { .. })
+            ));
+            s.seed(&a, "two");
+            assert!(matches!(
+                s.rename(&a, &b, RenameMode::NoReplace).await,
+                Err(FileStoreError::AlreadyExists { .. })
+            ));
+            s.rename(&a, &b, RenameMode::Replace).await.unwrap();
+            assert_eq!(s.content(&b).unwrap(), "two");
+        }
+
+        #[tokio::test]
+        async fn put_lists_reads_and_hashes() {
+            let s = store();
+            let r = s.root().clone();
+            let f = r.resolve("out/x.bin").unwrap();
+            assert!(
+                s.write_small(&f, Bytes::from_static(b"abc"), RenameMode::NoReplace)
+                    .await
+                    .is_err(),
+                "parent missing"
+            );
+            s.mkdir_all(&f.parent().unwrap()).await.unwrap();
+            let rc = s
+                .write_small(&f, Bytes::from_static(b"abc"), RenameMode::NoReplace)
+                .await
+                .unwrap();
+            assert_eq!(
+                rc.sha256,
+                "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+            );
+            let names: Vec<_> = s
+                .list(&r.resolve("out").unwrap())
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.display_name)
+                .collect();
+            assert_eq!(names, ["x.bin"]);
+            assert_eq!(&s.read_small(&f, 10).await.unwrap()[..], b"abc");
+            assert!(s.read_small(&f, 2).await.is_err());
+            s.remove(&f).await.unwrap();
+            assert!(s.try_stat(&f).await.unwrap().is_none());
+        }
+    }
+}

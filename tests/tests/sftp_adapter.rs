@@ -1,0 +1,527 @@
+//! The ssh2 `FileStore` adapter against a real OpenSSH sshd (one per test).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Result;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use xecm_core::adapters::sftp::{SftpSettings, SftpStore};
+use xecm_core::domain::paths::{RemotePath, RemoteRoot};
+use xecm_core::ports::file_store::{ByteStream, EntryKind, FileStore, FileStoreError, RenameMode};
+use xecm_stack::sshd::{KEY_PASSPHRASE, Sshd, SshdOptions};
+
+fn settings_from(json: &str) -> SftpSettings {
+    let mut s = SftpSettings::from_secret_json("test-sftp", json)
+        .and_then(|s| s.with_root("/data"))
+        .unwrap_or_else(|e| panic!("settings: {e}"));
+    s.connect_timeout = Duration::from_secs(5);
+    s.io_timeout = Duration::from_secs(20);
+    s
+}
+
+fn store(sshd: &Sshd) -> SftpStore {
+    SftpStore::new(settings_from(&sshd.sftp_secret_json())).expect("store")
+}
+
+fn with_key(sshd: &Sshd, pem: &str, passphrase: Option<&str>) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(&sshd.sftp_secret_json()).expect("json");
+    v["private_key"] = pem.into();
+    v["passphrase"] = passphrase.into();
+    v.to_string()
+}
+
+fn p(store: &SftpStore, rel: &str) -> RemotePath {
+    store.root().resolve(rel).expect("path")
+}
+
+/// A body of `len` pseudo-random bytes in `chunk`-sized pieces, with its
+/// SHA-256.
+fn body(len: usize, chunk: usize, seed: u8) -> (ByteStream, String) {
+    let data: Vec<u8> = (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+        .collect();
+    let sha = hex::encode(Sha256::digest(&data));
+    let chunks: Vec<Result<Bytes, FileStoreError>> = data
+        .chunks(chunk.max(1))
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    (Box::pin(futures_util::stream::iter(chunks)), sha)
+}
+
+async fn read_all(store: &SftpStore, path: &RemotePath) -> Result<Vec<u8>, FileStoreError> {
+    let mut h = store.open_read(path).await?;
+    let mut out = Vec::new();
+    while let Some(c) = h.body.next().await {
+        out.extend_from_slice(&c?);
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_auth_round_trips_a_file_with_matching_hash() -> Result<()> {
+    let sshd = Sshd::start()?;
+    let s = store(&sshd);
+    s.check().await?;
+    let target = p(&s, "out/deep/file.bin");
+    s.mkdir_all(&target.parent().expect("parent")).await?;
+    // Odd sizes and a small chunk size exercise the block coalescing.
+    let len = 5 * 1024 * 1024 + 17;
+    let (b, sha) = body(len, 8 * 1024 + 3, 1);
+    let receipt = s
+        .put_atomic(&target, b, Some(len as u64), RenameMode::NoReplace)
+        .await?;
+    assert_eq!(receipt.size, len as u64);
+    assert_eq!(receipt.sha256, sha);
+    assert!(receipt.synced, "OpenSSH supports fsync@openssh.com");
+    let local = std::fs::read(sshd.data_root().join("out/deep/file.bin"))?;
+    assert_eq!(hex::encode(Sha256::digest(&local)), sha);
+
+    let meta = s.stat(&target).await?;
+    assert_eq!(meta.kind, EntryKind::File);
+    assert_eq!(meta.size, Some(len as u64));
+    assert!(meta.mtime.is_some());
+
+    let back = read_all(&s, &target).await?;
+    assert_eq!(back.len(), len);
+    assert_eq!(hex::encode(Sha256::digest(&back)), sha);
+
+    // No temporary file left behind.
+    let names: Vec<String> = s
+        .list(&target.parent().expect("parent"))
+        .await?
+        .into_iter()
+        .map(|e| e.display_name)
+        .collect();
+    assert_eq!(names, ["file.bin"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passphrase_protected_key_authenticates_and_a_wrong_passphrase_is_an_auth_error()
+-> Result<()> {
+    let sshd = Sshd::start()?;
+    let good = with_key(&sshd, sshd.encrypted_client_key(), Some(KEY_PASSPHRASE));
+    let s = SftpStore::new(settings_from(&good))?;
+    assert_eq!(s.check().await?.kind, EntryKind::Dir);
+
+    let bad = with_key(&sshd, sshd.encrypted_client_key(), Some("Zq9-not-it"));
+    let err = SftpStore::new(settings_from(&bad))?
+        .check()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FileStoreError::Auth { .. }), "{err}");
+    assert!(!err.is_retryable());
+    assert!(
+        !err.to_string().contains("Zq9-not-it"),
+        "passphrase leaked: {err}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_key_in_legacy_pem_format_authenticates() -> Result<()> {
+    let sshd = Sshd::start_with(SshdOptions { rsa_pem_key: true })?;
+    let pem = sshd.rsa_pem_client_key().expect("rsa key").to_owned();
+    assert!(pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+    let s = SftpStore::new(settings_from(&with_key(&sshd, &pem, None)))?;
+    s.check().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_auth_works_for_the_password_account_only() -> Result<()> {
+    let sshd = Sshd::start()?;
+    let s = SftpStore::new(settings_from(&sshd.password_secret_json()))?;
+    assert_eq!(s.check().await?.kind, EntryKind::Dir);
+
+    let mut v: serde_json::Value = serde_json::from_str(&sshd.password_secret_json())?;
+    v["password"] = "not-the-password".into();
+    let err = SftpStore::new(settings_from(&v.to_string()))?
+        .check()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FileStoreError::Auth { .. }), "{err}");
+    assert!(!err.to_string().contains("not-the-password"));
+
+    // The key account has password authentication off.
+    let mut v: serde_json::Value = serde_json::from_str(&sshd.password_secret_json())?;
+    v["username"] = sshd.username().into();
+    let err = SftpStore::new(settings_from(&v.to_string()))?
+        .check()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FileStoreError::Auth { .. }), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_key_mismatch_fails_closed_and_names_the_presented_key() -> Result<()> {
+    let sshd = Sshd::start()?;
+    let other = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
+    let mut v: serde_json::Value = serde_json::from_str(&sshd.sftp_secret_json())?;
+    v["host_key_sha256"] = serde_json::json!([other]);
+    let err = SftpStore::new(settings_from(&v.to_string()))?
+        .check()
+        .await
+        .unwrap_err();
+    match &err {
+        FileStoreError::HostKeyMismatch { presented, .. } => {
+            assert_eq!(presented, sshd.host_key_fingerprint());
+        }
+        e => panic!("expected a host key mismatch, got {e}"),
+    }
+    assert!(!err.is_retryable());
+    // We never authenticated: sshd saw no auth attempt from us.
+    assert!(
+        !sshd.log().contains("Accepted publickey"),
+        "authenticated despite mismatch:\n{}",
+        sshd.log()
+    );
+
+    // Rotation: the old pin first, the current one second.
+    v["host_key_sha256"] = serde_json::json!([other, sshd.host_key_fingerprint()]);
+    SftpStore::new(settings_from(&v.to_string()))?
+        .check()
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_ten_thousand_entries_in_pages_with_metadata() -> Result<()> {
+    let sshd = Sshd::start()?;
+    let dir = sshd.data_root().join("big");
+    std::fs::create_dir(&dir)?;
+    for i in 0..10_000 {
+        std::fs::write(dir.join(format!("f{i:05}.txt")), vec![b'x'; i % 7])?;
+    }
+    std::fs::create_dir(dir.join("sub"))?;
+    let s = store(&sshd);
+    let t0 = std::time::Instant::now();
+    let mut pages = s.list_pages(&p(&s, "big")).await?;
+    let mut all = Vec::new();
+    let mut page_count = 0;
+    while let Some(page) = pages.next().await {
+        let page = page?;
+        assert!(
+            !page.is_empty() && page.len() <= 1000,
+            "page of {}",
+            page.len()
+        );
+        page_count += 1;
+        all.extend(page);
+    }
+    let took = t0.elapsed();
+    assert_eq!(all.len(), 10_001);
+    assert!(page_count >= 11, "{page_count} pages");
+    let mut names: Vec<_> = all.iter().map(|e| e.display_name.clone()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 10_001, "duplicates in listing");
+    for e in &all {
+        if e.display_name == "sub" {
+            assert_eq!(e.meta.kind, EntryKind::Dir);
+            continue;
+        }
+        let i: usize = e.display_name[1..6].parse()?;
+        assert_eq!(e.meta.kind, EntryKind::File);
+        assert_eq!(e.meta.size, Some((i % 7) as u64), "{}", e.display_name);
+        assert_eq!(e.path, p(&s, &format!("big/{}", e.display_name)));
+    }
+    eprintln!("listed 10,001 entries in {took:?} (incl. connect)");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_rename_race_has_exactly_one_winner() -> Result<()> {
+    let sshd = Sshd::start()?;
+    // Two stores = two independent sessions, like two Lambda invocations.
+    let a = Arc::new(store(&sshd));
+    let b = Arc::new(store(&sshd));
+    a.mkdir_all(&p(&a, "in/.inflight")).await?;
+    for round in 0..20 {
+        let src = p(&a, &format!("in/doc{round}.pdf"));
+        let (body1, _) = body(1000, 1000, round as u8);
+        a.put_atomic(&src, body1, Some(1000), RenameMode::NoReplace)
+            .await?;
+        let dst = p(&a, &format!("in/.inflight/doc{round}.pdf"));
+        let (ra, rb) = tokio::join!(
+            a.rename(&src, &dst, RenameMode::NoReplace),
+            b.rename(&src, &dst, RenameMode::NoReplace)
+        );
+        let wins = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(wins, 1, "round {round}: {ra:?} / {rb:?}");
+        let loser = if ra.is_err() { ra } else { rb };
+        assert!(
+            matches!(
+                loser,
+                Err(FileStoreError::NotFound { .. } | FileStoreError::AlreadyExists { .. })
+            ),
+            "round {round}: loser got {loser:?}"
+        );
+        assert_eq!(a.stat(&dst).await?.size, Some(1000));
+        assert!(a.try_stat(&src).await?.is_none());
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_no_replace_refuses_an_existing_target_and_replace_overwrites() -> Result<()> {
+    let sshd = Sshd::start()?;
+    let s = store(&sshd);
+    let (x, y) = (p(&s, "x.txt"), p(&s, "y.txt"));
+    s.write_small(&x, Bytes::from_static(b"new"), RenameMode::NoReplace)
+        .await?;
+    s.write_small(&y, Bytes::from_static(b"old!"), RenameMode::NoReplace)
+        .await?;
+    let err = s.rename(&x, &y, RenameMode::NoReplace).await.unwrap_err();
+    assert!(matches!(err, FileStoreError::AlreadyExists { .. }), "{err}");
+    assert_eq!(&s.read_small(&y, 100).await?[..], b"old!");
+    assert_eq!(&s.read_small(&x, 100).await?[..], b"new");
+
+    s.rename(&x, &y, RenameMode::Replace).await?;
+    assert_eq!(&s.read_small(&y, 100).await?[..], b"new");
+    assert!(s.try_stat(&x).await?.is_none());
+    // The aside copy is gone too.
+    let names: Vec<_> = s
+        .list(&s.root().path())
+        .await?
+        .into_iter()
+        .map(|e| e.display_name)
+        .collect();
+    assert_eq!(names, ["y.txt"]);
+
+    // An overwriting put, and a refused one.
+    let err = s
+        .write_small(&y, Bytes::from_static(b"v3"), RenameMode::NoReplace)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FileStoreError::AlreadyExists { .. }), "{err}");
+    s.write_small(&y, Bytes::from_static(b"v3"), RenameMode::Replace)
+        .await?;
+    assert_eq!(&s.read_small(&y, 100).await?[..], b"v3");
+    assert_eq!(s.list(&s.root().path()).await?.len(), 1, "temp files left");
+
+    let err = s.read_small(&y, 1).await.unwrap_err();
+    assert!(matches!(err, FileStoreError::TooLarge { .. }), "{err}");
+    let err = s.rename(&x, &y, RenameMode::NoReplace).await.unwrap_err();
+    assert!(matches!(err, FileStoreError::NotFound { .. }), "{err}");
+    s.remove(&y).await?;
+    let err = s.remove(&y).await.unwrap_err();
+    assert!(matches!(err, FileStoreError::NotFound { .. }), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn atomic_put_is_never_visible_half_written_to_a_concurrent_lister() -> Result<()> {
+    let sshd = Sshd::start()?;
+    let s = Arc::new(store(&sshd));
+    let lister = Arc::new(store(&sshd));
+    s.mkdir_all(&p(&s, "drop")).await?;
+    let target = p(&s, "drop/report.csv");
+    let len: usize = 24 * 1024 * 1024;
+
+    // A slow producer: 96 chunks of 256 KiB with pauses, so the write takes
+    // long enough for many listings to happen during it.
+    let (fast, sha) = body(len, 256 * 1024, 7);
+    let slow: ByteStream = Box::pin(fast.then(|c| async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        c
+    }));
+
+    let done = Arc::new(AtomicBool::new(false));
+    let watch = {
+        let (lister, done, dir) = (Arc::clone(&lister), Arc::clone(&done), p(&s, "drop"));
+        tokio::spawn(async move {
+            let (mut listings, mut saw_part, mut saw_final) = (0, false, false);
+            while !done.load(Ordering::SeqCst) {
+                for e in lister.list(&dir).await? {
+                    if e.display_name == "report.csv" {
+                        saw_final = true;
+                        assert_eq!(e.meta.size, Some(len as u64), "half-written file visible");
+                    } else {
+                        assert!(
+                            e.display_name.starts_with(".report.csv."),
+                            "{}",
+                            e.display_name
+                        );
+                        saw_part = true;
+                    }
+                }
+                listings += 1;
+            }
+            anyhow::Ok((listings, saw_part, saw_final))
+        })
+    };
+    let receipt = s
+        .put_atomic(&target, slow, Some(len as u64), RenameMode::NoReplace)
+        .await?;
+    done.store(true, Ordering::SeqCst);
+    let (listings, saw_part, _) = watch.await??;
+    assert_eq!(receipt.sha256, sha);
+    assert!(listings > 5, "only {listings} listings during the put");
+    assert!(
+        saw_part,
+        "the lister never saw the temporary file: test proves nothing"
+    );
+    assert_eq!(s.stat(&target).await?.size, Some(len as u64));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_puts_leave_neither_target_nor_temporary_file() -> Result<()> {
+    let sshd = Sshd::start()?;
+    let s = store(&sshd);
+    let target = p(&s, "short.bin");
+
+    // Fewer bytes than announced.
+    let (b, _) = body(1000, 100, 1);
+    let err = s
+        .put_atomic(&target, b, Some(2000), RenameMode::NoReplace)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FileStoreError::SizeMismatch { .. }), "{err}");
+
+    // More bytes than announced.
+    let (b, _) = body(3000, 100, 1);
+    let err = s
+        .put_atomic(&target, b, Some(2000), RenameMode::NoReplace)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FileStoreError::SizeMismatch { .. }), "{err}");
+
+    // The source fails midway.
+    let failing: ByteStream = Box::pin(futures_util::stream::iter(vec![
+        Ok(Bytes::from(vec![1u8; 100_000])),
+        Err(FileStoreError::Transient {
+            op: "download",
+            path: "ecm:1234".into(),
+            reason: "connection reset".into(),
+        }),
+    ]));
+    let err = s
+        .put_atomic(&target, failing, None, RenameMode::NoReplace)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FileStoreError::Source { .. }), "{err}");
+
+    assert!(s.list(&s.root().path()).await?.is_empty(), "leftovers");
+    // The store still works after the failures.
+    s.write_small(&target, Bytes::from_static(b"ok"), RenameMode::NoReplace)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_escapes_are_refused_before_reaching_the_server() -> Result<()> {
+    let sshd = Sshd::start()?;
+    let s = store(&sshd);
+    let root = s.root().clone();
+    assert!(root.resolve("../etc/passwd").is_err());
+    assert!(root.resolve("/etc/passwd").is_err());
+    assert!(root.resolve("in/../../etc").is_err());
+    assert!(root.resolve("a\0b").is_err());
+    assert!(root.path().join("../x").is_err());
+    assert!(root.path().join("a/b").is_err());
+
+    // A path checked against another root is refused by this store.
+    let wider = RemoteRoot::parse("/")?.resolve("/etc/passwd")?;
+    let err = s.stat(&wider).await.unwrap_err();
+    assert!(matches!(err, FileStoreError::InvalidPath(_)), "{err}");
+    let err = s.remove(&wider).await.unwrap_err();
+    assert!(matches!(err, FileStoreError::InvalidPath(_)), "{err}");
+
+    // A narrower store cannot be steered to its parent.
+    std::fs::create_dir(sshd.data_root().join("partner"))?;
+    let narrow = SftpStore::new(
+        settings_from(&sshd.sftp_secret_json())
+            .with_root("/data/partner")
+            .expect("root"),
+    )?;
+    let sibling = root.resolve("other.txt")?;
+    let err = narrow.stat(&sibling).await.unwrap_err();
+    assert!(matches!(err, FileStoreError::InvalidPath(_)), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_files_and_directories_are_not_found_and_mkdir_is_idempotent() -> Result<()> {
+    let sshd = Sshd::start()?;
+    let s = store(&sshd);
+    let err = s.stat(&p(&s, "nope")).await.unwrap_err();
+    assert!(matches!(err, FileStoreError::NotFound { .. }), "{err}");
+    let err = s.open_read(&p(&s, "nope")).await.unwrap_err();
+    assert!(matches!(err, FileStoreError::NotFound { .. }), "{err}");
+    let err = s.list(&p(&s, "nope")).await.unwrap_err();
+    assert!(matches!(err, FileStoreError::NotFound { .. }), "{err}");
+
+    let d = p(&s, "a/b/c");
+    s.mkdir_all(&d).await?;
+    s.mkdir_all(&d).await?;
+    assert_eq!(s.stat(&d).await?.kind, EntryKind::Dir);
+    s.write_small(
+        &p(&s, "a/file"),
+        Bytes::from_static(b"x"),
+        RenameMode::NoReplace,
+    )
+    .await?;
+    let err = s.mkdir_all(&p(&s, "a/file/sub")).await.unwrap_err();
+    assert!(matches!(err, FileStoreError::WrongKind { .. }), "{err}");
+    // The chroot keeps us out of the root-owned parent.
+    let err = SftpStore::new(
+        settings_from(&sshd.sftp_secret_json())
+            .with_root("/")
+            .expect("root"),
+    )?
+    .mkdir_all(&RemoteRoot::parse("/")?.resolve("/forbidden")?)
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, FileStoreError::PermissionDenied { .. }),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_is_reopened_transparently_for_idempotent_calls() -> Result<()> {
+    let sshd = Sshd::start()?;
+    let s = store(&sshd);
+    s.check().await?;
+    sshd.kill_connections();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The pooled session is dead; stat reconnects and succeeds.
+    assert_eq!(s.check().await?.kind, EntryKind::Dir);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_reads_use_parallel_sessions() -> Result<()> {
+    let sshd = Sshd::start()?;
+    let s = Arc::new(store(&sshd));
+    let mut shas = Vec::new();
+    for i in 0..4u8 {
+        let (b, sha) = body(3 * 1024 * 1024, 1 << 20, i);
+        s.put_atomic(&p(&s, &format!("f{i}")), b, None, RenameMode::NoReplace)
+            .await?;
+        shas.push(sha);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..4u8 {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            let path = s.root().resolve(&format!("f{i}"))?;
+            let data = read_all(&s, &path).await?;
+            anyhow::Ok(hex::encode(Sha256::digest(&data)))
+        }));
+    }
+    for (t, sha) in tasks.into_iter().zip(shas) {
+        assert_eq!(t.await??, sha);
+    }
+    // Four transfers at once means four sessions were opened.
+    let accepted = sshd.log().matches("Accepted publickey").count();
+    assert!(accepted >= 2, "only {accepted} sessions:\n{}", sshd.log());
+    Ok(())
+}

@@ -16,9 +16,7 @@ use xecm_core::adapters::otcs::{EcmSettings, OtcsClient, OtcsOptions};
 use xecm_core::domain::export_route::{ExportConfig, ExportRoutes};
 use xecm_core::domain::manifest::PackageManifest;
 use xecm_core::domain::webhook::ApprovalCallback;
-use xecm_core::flows::export::{
-    self, ExportContext, ExportError, ExportOutcome, SftpDestinations,
-};
+use xecm_core::flows::export::{self, ExportContext, ExportError, ExportOutcome, SftpDestinations};
 use xecm_core::ports::ecm::{AppliedCategory, Content, Ecm, NodeId, UploadRequest};
 use xecm_core::ports::secrets::Secrets;
 use xecm_stack::moto::{EventCapture, Moto};
@@ -170,7 +168,9 @@ fn approved() -> Value {
 async fn approved_document_is_delivered_once_with_sidecar_history_and_event() {
     let s = Stack::start().await;
     let body = Bytes::from_static(b"sku;price\n1;9.99\n");
-    let id = s.doc(PRICING, "Prices EU.csv", approved(), body.clone()).await;
+    let id = s
+        .doc(PRICING, "Prices EU.csv", approved(), body.clone())
+        .await;
     let out = export::handle_callback(&s.cx(), &callback(id, 1, "evt-1"))
         .await
         .expect("export");
@@ -186,7 +186,10 @@ async fn approved_document_is_delivered_once_with_sidecar_history_and_event() {
     );
     // Export history on the node, re-read from the emulator.
     let cats = s.ecm.categories(id).await.expect("categories");
-    let h = cats.iter().find(|c| c.category_id == 9003).expect("history");
+    let h = cats
+        .iter()
+        .find(|c| c.category_id == 9003)
+        .expect("history");
     assert_eq!(h.values["9003_2"].to_string().trim_matches('"'), "1");
     assert_eq!(h.values["9003_5"], json!(sha(&body)));
     assert_eq!(
@@ -196,16 +199,24 @@ async fn approved_document_is_delivered_once_with_sidecar_history_and_event() {
 
     // The same callback again (the emulator retries, a replay inside the
     // window): acknowledged, nothing new written.
-    let mtime = std::fs::metadata(&file).and_then(|m| m.modified()).expect("mtime");
+    let mtime = std::fs::metadata(&file)
+        .and_then(|m| m.modified())
+        .expect("mtime");
     let again = export::handle_callback(&s.cx(), &callback(id, 1, "evt-2"))
         .await
         .expect("duplicate");
     assert!(matches!(again, ExportOutcome::Duplicate(_)), "{again:?}");
     assert_eq!(
-        std::fs::metadata(&file).and_then(|m| m.modified()).expect("mtime"),
+        std::fs::metadata(&file)
+            .and_then(|m| m.modified())
+            .expect("mtime"),
         mtime
     );
-    let events = s.capture.receive(1, Duration::from_secs(10)).await.expect("events");
+    let events = s
+        .capture
+        .receive(1, Duration::from_secs(10))
+        .await
+        .expect("events");
     let exported: Vec<&Value> = events
         .iter()
         .filter(|e| e["detail-type"] == "Document Exported")
@@ -215,7 +226,11 @@ async fn approved_document_is_delivered_once_with_sidecar_history_and_event() {
     assert_eq!(exported[0]["detail"]["node_id"], json!(id.get()));
     assert_eq!(exported[0]["detail"]["event_id"], "evt-1");
     // Only one delivery event even after waiting for stragglers.
-    let more = s.capture.receive(1, Duration::from_secs(2)).await.expect("events");
+    let more = s
+        .capture
+        .receive(1, Duration::from_secs(2))
+        .await
+        .expect("events");
     assert!(
         !more.iter().any(|e| e["detail-type"] == "Document Exported"),
         "{more:?}"
@@ -226,15 +241,30 @@ async fn approved_document_is_delivered_once_with_sidecar_history_and_event() {
 async fn non_approved_node_is_rejected_with_an_event_and_nothing_is_written() {
     let s = Stack::start().await;
     let id = s
-        .doc(PRICING, "Draft.csv", json!({"9001_2": "In Review"}), Bytes::from_static(b"x"))
+        .doc(
+            PRICING,
+            "Draft.csv",
+            json!({"9001_2": "In Review"}),
+            Bytes::from_static(b"x"),
+        )
         .await;
     // The body claims approval; the ECM says otherwise.
     let out = export::handle_callback(&s.cx(), &callback(id, 1, "evt-x"))
         .await
         .expect("decision");
     assert!(matches!(out, ExportOutcome::Rejected { .. }), "{out:?}");
-    assert!(!s.local("outbound").exists() || std::fs::read_dir(s.local("outbound")).map(|d| d.count()).unwrap_or(0) == 0);
-    let events = s.capture.receive(1, Duration::from_secs(10)).await.expect("events");
+    assert!(
+        !s.local("outbound").exists()
+            || std::fs::read_dir(s.local("outbound"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+                == 0
+    );
+    let events = s
+        .capture
+        .receive(1, Duration::from_secs(10))
+        .await
+        .expect("events");
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["detail-type"], "Export Rejected");
     assert_eq!(events[0]["detail"]["node_id"], json!(id.get()));
@@ -254,7 +284,9 @@ async fn overwrite_policy_keeps_foreign_files_and_replaces_where_allowed() {
     std::fs::create_dir_all(s.local("outbound")).expect("mkdir");
     // Route "dist" (no overwrite): a different file already there stays.
     std::fs::write(s.local("outbound/List_v1.csv"), b"partner's own file").expect("seed");
-    let id = s.doc(PRICING, "List.csv", approved(), Bytes::from_static(b"ours")).await;
+    let id = s
+        .doc(PRICING, "List.csv", approved(), Bytes::from_static(b"ours"))
+        .await;
     let err = export::handle_callback(&s.cx(), &callback(id, 1, "e1"))
         .await
         .expect_err("refused");
@@ -278,14 +310,19 @@ async fn overwrite_policy_keeps_foreign_files_and_replaces_where_allowed() {
         .await
         .expect("replaced");
     assert!(matches!(out, ExportOutcome::Delivered(_)), "{out:?}");
-    assert_eq!(std::fs::read(s.local("outbound/Repl.csv")).expect("file"), b"new");
+    assert_eq!(
+        std::fs::read(s.local("outbound/Repl.csv")).expect("file"),
+        b"new"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resend_replaces_a_damaged_delivery_and_is_audited_as_resend() {
     let s = Stack::start().await;
     let body = Bytes::from(vec![7u8; 300_000]);
-    let id = s.doc(PRICING, "Catalogue.pdf", approved(), body.clone()).await;
+    let id = s
+        .doc(PRICING, "Catalogue.pdf", approved(), body.clone())
+        .await;
     export::handle_callback(&s.cx(), &callback(id, 1, "e1"))
         .await
         .expect("export");
@@ -296,7 +333,11 @@ async fn resend_replaces_a_damaged_delivery_and_is_audited_as_resend() {
         .expect("resend");
     assert!(r.resend);
     assert_eq!(std::fs::read(&file).expect("file"), body);
-    let events = s.capture.receive(2, Duration::from_secs(10)).await.expect("events");
+    let events = s
+        .capture
+        .receive(2, Duration::from_secs(10))
+        .await
+        .expect("events");
     let resends: Vec<&Value> = events
         .iter()
         .filter(|e| e["detail-type"] == "Document Exported" && e["detail"]["resend"] == true)
@@ -307,7 +348,9 @@ async fn resend_replaces_a_damaged_delivery_and_is_audited_as_resend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_ecm_failure_is_retryable_and_leaves_nothing_visible() {
     let s = Stack::start().await;
-    let id = s.doc(PRICING, "Flaky.csv", approved(), Bytes::from_static(b"abc")).await;
+    let id = s
+        .doc(PRICING, "Flaky.csv", approved(), Bytes::from_static(b"abc"))
+        .await;
     // More 503s than the client's own bounded retries.
     s.fault(503, 20, "/cs/cs/api/v2/nodes").await;
     let err = export::handle_callback(&s.cx(), &callback(id, 1, "e1"))
@@ -347,7 +390,10 @@ async fn concurrent_reader_never_sees_a_partial_file() {
     assert!(
         seen.iter().all(|n| *n == size as u64),
         "a reader saw sizes {:?}",
-        seen.iter().filter(|n| **n != size as u64).take(5).collect::<Vec<_>>()
+        seen.iter()
+            .filter(|n| **n != size as u64)
+            .take(5)
+            .collect::<Vec<_>>()
     );
     assert_eq!(sha(&std::fs::read(&file).expect("file")), sha(&body));
     // No temporary file left behind.
@@ -366,14 +412,34 @@ async fn package_has_a_correct_manifest_and_safe_entry_names() {
     let kit = NodeId::new(GLOBEX_ONBOARDING).expect("id");
     let sub = s.ecm.create_folder(kit, "Manuals").await.expect("folder");
     let welcome = Bytes::from_static(b"Welcome to Globex");
-    s.doc(kit.get(), "Welcome.pdf", approved(), welcome.clone()).await;
+    s.doc(kit.get(), "Welcome.pdf", approved(), welcome.clone())
+        .await;
     // Hostile names: each must stay one segment inside the package.
-    s.doc(sub.get(), "..", approved(), Bytes::from_static(b"dots")).await;
-    s.doc(sub.get(), "a\\..\\..\\evil.txt", approved(), Bytes::from_static(b"bs")).await;
-    s.doc(sub.get(), "Draft.pdf", json!({"9001_2": "Draft"}), Bytes::from_static(b"d")).await;
-    let r = export::export_package(&s.cx(), kit.get(), "customer-packages", Some("Globex-kit"), None)
-        .await
-        .expect("package");
+    s.doc(sub.get(), "..", approved(), Bytes::from_static(b"dots"))
+        .await;
+    s.doc(
+        sub.get(),
+        "a\\..\\..\\evil.txt",
+        approved(),
+        Bytes::from_static(b"bs"),
+    )
+    .await;
+    s.doc(
+        sub.get(),
+        "Draft.pdf",
+        json!({"9001_2": "Draft"}),
+        Bytes::from_static(b"d"),
+    )
+    .await;
+    let r = export::export_package(
+        &s.cx(),
+        kit.get(),
+        "customer-packages",
+        Some("Globex-kit"),
+        None,
+    )
+    .await
+    .expect("package");
     assert_eq!(r.files, 3, "{r:?}");
     assert_eq!(r.skipped.len(), 1, "{r:?}");
     let base = s.local("packages/Globex-kit");
@@ -386,7 +452,11 @@ async fn package_has_a_correct_manifest_and_safe_entry_names() {
         let p = base.join(&e.path);
         // Inside the package directory, whatever the node name was.
         let canon = p.canonicalize().expect("entry exists");
-        assert!(canon.starts_with(base.canonicalize().expect("base")), "{}", e.path);
+        assert!(
+            canon.starts_with(base.canonicalize().expect("base")),
+            "{}",
+            e.path
+        );
         let bytes = std::fs::read(&p).expect("entry");
         assert_eq!(bytes.len() as u64, e.size, "{}", e.path);
         assert_eq!(sha(&bytes), e.sha256, "{}", e.path);

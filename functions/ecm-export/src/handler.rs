@@ -14,9 +14,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use xecm_core::domain::export_route::{ExportManualEvent, ExportRoutes};
 use xecm_core::domain::webhook::{self, FunctionUrlEvent, WebhookPolicy, WebhookRequest};
-use xecm_core::flows::export::{
-    self, Destinations, ExportContext, ExportError, ExportOutcome,
-};
+use xecm_core::flows::export::{self, Destinations, ExportContext, ExportError, ExportOutcome};
 use xecm_core::ports::ecm::Ecm;
 use xecm_core::ports::events::EventSink;
 use xecm_core::ports::secrets::{Secrets, WebhookSecret, get_parsed};
@@ -131,7 +129,10 @@ fn refusal(rej: &webhook::Rejection) -> Value {
 fn error_response(e: &ExportError) -> Value {
     if e.is_retryable() {
         tracing::warn!(error = %e, "export failed transiently; the caller should retry");
-        return http(503, json!({"error": "temporarily unavailable", "kind": e.kind()}));
+        return http(
+            503,
+            json!({"error": "temporarily unavailable", "kind": e.kind()}),
+        );
     }
     tracing::error!(error = %e, "export failed");
     let status = match e {

@@ -70,5 +70,8 @@ async fn main() -> ExitCode {
         Err(e) => return runtime::fail_init("ecm-export", &e),
     };
     let state = &state;
-    runtime::serve("ecm-export", |event, inv| handler::handle(state, event, inv)).await
+    runtime::serve("ecm-export", |event, inv| {
+        handler::handle(state, event, inv)
+    })
+    .await
 }

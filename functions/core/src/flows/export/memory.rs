@@ -67,7 +67,10 @@ impl MemoryStore {
             acc.push_str(seg);
             e.insert(acc.as_bytes().to_vec(), Entry::Dir);
         }
-        e.insert(path.as_bytes().to_vec(), Entry::File(Bytes::copy_from_slice(content)));
+        e.insert(
+            path.as_bytes().to_vec(),
+            Entry::File(Bytes::copy_from_slice(content)),
+        );
     }
 
     /// Every path (files and directories) in order.
@@ -85,7 +88,11 @@ impl MemoryStore {
 
 fn parent_of(p: &[u8]) -> Option<Vec<u8>> {
     let cut = p.iter().rposition(|b| *b == b'/')?;
-    Some(if cut == 0 { b"/".to_vec() } else { p[..cut].to_vec() })
+    Some(if cut == 0 {
+        b"/".to_vec()
+    } else {
+        p[..cut].to_vec()
+    })
 }
 
 fn not_found(p: &RemotePath) -> FileStoreError {

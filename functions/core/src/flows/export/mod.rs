@@ -463,10 +463,12 @@ async fn record_history(
 }
 
 async fn publish(events: &dyn EventSink, detail_type: DetailType, detail: serde_json::Value) {
-    let report = events.publish(&[Event {
-        detail_type,
-        detail,
-    }]).await;
+    let report = events
+        .publish(&[Event {
+            detail_type,
+            detail,
+        }])
+        .await;
     if !report.all_delivered() {
         // The transfer itself is done and recorded on the node; losing the
         // event must not turn it into a failure that would redeliver.
@@ -528,8 +530,7 @@ async fn deliver(
         RenameMode::NoReplace
     };
     let id = node_id(d.node_id)?;
-    let receipt = match stream_version(cx.ecm, store.as_ref(), id, d.version, &target, mode).await
-    {
+    let receipt = match stream_version(cx.ecm, store.as_ref(), id, d.version, &target, mode).await {
         Ok(r) => r,
         Err(ExportError::Store(FileStoreError::AlreadyExists { .. })) => {
             // Overwrite is not allowed. The same bytes there means an earlier
@@ -594,7 +595,10 @@ async fn deliver(
         route = %d.route, destination = %d.destination, node_id = d.node_id, version = d.version,
         path = %target, size = receipt.size, resend, "document exported"
     );
-    Ok(ExportOutcome::Delivered(report(receipt.size, receipt.sha256)))
+    Ok(ExportOutcome::Delivered(report(
+        receipt.size,
+        receipt.sha256,
+    )))
 }
 
 /// A verified approval callback: re-read, decide, deliver once.
@@ -608,7 +612,14 @@ pub async fn handle_callback(
         Ok((f, n, applied)) => ((f, applied), n),
         Err(ExportError::Ecm(EcmError::NotFound { .. })) => {
             let reasons = vec![("*".to_owned(), "node not found".to_owned())];
-            reject(cx, cb.node_id, Some(cb.version), Some(&cb.event_id), &reasons).await;
+            reject(
+                cx,
+                cb.node_id,
+                Some(cb.version),
+                Some(&cb.event_id),
+                &reasons,
+            )
+            .await;
             return Ok(ExportOutcome::Rejected {
                 node_id: cb.node_id,
                 reasons,
@@ -638,7 +649,14 @@ pub async fn handle_callback(
             ExportDecision::Rejected { reasons: r } => reasons = r,
         }
     }
-    reject(cx, cb.node_id, Some(cb.version), Some(&cb.event_id), &reasons).await;
+    reject(
+        cx,
+        cb.node_id,
+        Some(cb.version),
+        Some(&cb.event_id),
+        &reasons,
+    )
+    .await;
     Ok(ExportOutcome::Rejected {
         node_id: cb.node_id,
         reasons,
@@ -764,7 +782,10 @@ async fn collect_package(
 }
 
 fn pick_destination<'r>(route: &'r ExportRoute, facts: &NodeFacts) -> Option<&'r Destination> {
-    route.destinations.iter().find(|d| d.config.when.matches(facts))
+    route
+        .destinations
+        .iter()
+        .find(|d| d.config.when.matches(facts))
 }
 
 /// Manual (or webhook-named) package export of a folder or workspace.
@@ -824,7 +845,10 @@ pub async fn export_package(
     if items.is_empty() {
         return Err(ExportError::NotApproved {
             node_id: node,
-            reasons: format!("no approved documents under the node ({} skipped)", skipped.len()),
+            reasons: format!(
+                "no approved documents under the node ({} skipped)",
+                skipped.len()
+            ),
         });
     }
     let store = cx.destinations.store(&dest.config.sftp_secret).await?;
@@ -1001,7 +1025,10 @@ mod tests {
     impl World {
         async fn new(overwrite: bool) -> Self {
             let ecm = MemoryEcm::new();
-            let folder = ecm.create_folder(NodeId::new(2000).unwrap(), "Pricing").await.unwrap();
+            let folder = ecm
+                .create_folder(NodeId::new(2000).unwrap(), "Pricing")
+                .await
+                .unwrap();
             World {
                 ecm,
                 events: MemoryEvents::new(),
@@ -1088,7 +1115,9 @@ mod tests {
     #[tokio::test]
     async fn approved_document_is_delivered_with_sidecar_history_and_event() {
         let w = World::new(false).await;
-        let id = w.doc(w.folder, "Prices 2026.xlsx", "Approved", b"price data").await;
+        let id = w
+            .doc(w.folder, "Prices 2026.xlsx", "Approved", b"price data")
+            .await;
         let out = handle_callback(&w.cx(), &callback(id, 1)).await.unwrap();
         let ExportOutcome::Delivered(r) = out else {
             panic!("not delivered: {out:?}")
@@ -1110,7 +1139,11 @@ mod tests {
         assert_eq!(ev[0]["resend"], json!(false));
         assert_eq!(ev[0]["event_id"], json!(format!("evt-{id}-1")));
         // No temporary file is left beside it.
-        assert!(!w.store().paths().iter().any(|p| p.contains("/.")), "{:?}", w.store().paths());
+        assert!(
+            !w.store().paths().iter().any(|p| p.contains("/.")),
+            "{:?}",
+            w.store().paths()
+        );
     }
 
     #[tokio::test]
@@ -1132,10 +1165,23 @@ mod tests {
         handle_callback(&w.cx(), &callback(id, 1)).await.unwrap();
         w.new_version(id, b"two!").await;
         let out = handle_callback(&w.cx(), &callback(id, 2)).await.unwrap();
-        assert!(matches!(out, ExportOutcome::Delivered(ref r) if r.version == 2), "{out:?}");
+        assert!(
+            matches!(out, ExportOutcome::Delivered(ref r) if r.version == 2),
+            "{out:?}"
+        );
         let y = YEAR_DIR();
-        assert_eq!(w.store().file(&format!("/outbound/{y}/a_v2.pdf")).as_deref(), Some(&b"two!"[..]));
-        assert_eq!(w.store().file(&format!("/outbound/{y}/a_v1.pdf")).as_deref(), Some(&b"one"[..]));
+        assert_eq!(
+            w.store()
+                .file(&format!("/outbound/{y}/a_v2.pdf"))
+                .as_deref(),
+            Some(&b"two!"[..])
+        );
+        assert_eq!(
+            w.store()
+                .file(&format!("/outbound/{y}/a_v1.pdf"))
+                .as_deref(),
+            Some(&b"one"[..])
+        );
     }
 
     #[tokio::test]
@@ -1177,7 +1223,9 @@ mod tests {
         let id = w.doc(w.folder, "a.pdf", "Approved", b"ours").await;
         let path = format!("/outbound/{}/a_v1.pdf", YEAR_DIR());
         w.store().insert_file(&path, b"theirs");
-        let err = handle_callback(&w.cx(), &callback(id, 1)).await.unwrap_err();
+        let err = handle_callback(&w.cx(), &callback(id, 1))
+            .await
+            .unwrap_err();
         assert!(matches!(err, ExportError::TargetExists { .. }), "{err}");
         assert!(!err.is_retryable());
         assert_eq!(w.store().file(&path).as_deref(), Some(&b"theirs"[..]));
@@ -1229,7 +1277,9 @@ mod tests {
     async fn resend_of_a_no_longer_approved_document_is_refused() {
         let w = World::new(false).await;
         let id = w.doc(w.folder, "a.pdf", "Draft", b"x").await;
-        let err = resend(&w.cx(), id.get(), "price-lists", None).await.unwrap_err();
+        let err = resend(&w.cx(), id.get(), "price-lists", None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, ExportError::NotApproved { .. }), "{err}");
         let err = resend(&w.cx(), id.get(), "nope", None).await.unwrap_err();
         assert!(matches!(err, ExportError::UnknownRoute { .. }), "{err}");
@@ -1239,12 +1289,11 @@ mod tests {
     async fn package_holds_approved_documents_with_a_correct_manifest() {
         let w = World::new(false).await;
         let kit = w.ecm.create_folder(w.folder, "Kit").await.unwrap();
-        let sub = w.ecm.create_folder(kit, "..").await.unwrap_or(kit);
         let sub2 = w.ecm.create_folder(kit, "Manuals").await.unwrap();
         w.doc(kit, "Welcome.pdf", "Approved", b"welcome").await;
-        w.doc(sub2, "../../etc/passwd", "Approved", b"evil name").await;
+        w.doc(sub2, "../../etc/passwd", "Approved", b"evil name")
+            .await;
         w.doc(sub2, "Draft.pdf", "Draft", b"not yet").await;
-        let _ = sub;
         let r = export_package(&w.cx(), kit.get(), "price-lists", Some("Kit-2026"), None)
             .await
             .unwrap();
@@ -1258,9 +1307,19 @@ mod tests {
             let body = w.store().file(&format!("{base}/{}", e.path)).unwrap();
             assert_eq!(sha256_hex(&body), e.sha256, "{}", e.path);
             assert_eq!(body.len() as u64, e.size);
-            assert!(!e.path.contains(".."), "{}", e.path);
+            assert!(
+                crate::domain::manifest::is_safe_entry_path(&e.path)
+                    && !e.path.split('/').any(|seg| seg == ".."),
+                "{}",
+                e.path
+            );
         }
         assert!(m.entries.iter().any(|e| e.path == "Welcome.pdf"));
+        assert!(
+            m.entries
+                .iter()
+                .all(|e| e.path == "Welcome.pdf" || e.path.starts_with("Manuals/"))
+        );
         // Nothing under a temporary name remains; nothing escaped the package.
         for p in w.store().paths() {
             assert!(!p.contains(".partial"), "{p}");

@@ -39,6 +39,9 @@ WORK=$(mktemp -d -t xecm-export-demo.XXXXXX)
 WATCH_PID=
 FN_PID=
 cleanup() {
+    if [ -n "${XECM_DEMO_LOG_DIR:-}" ]; then
+        cp "$WORK"/*.log "$XECM_DEMO_LOG_DIR"/ 2>/dev/null || true
+    fi
     for pid in $FN_PID $WATCH_PID; do
         if kill -0 "$pid" 2>/dev/null; then
             kill -TERM "$pid" 2>/dev/null || true
@@ -67,6 +70,8 @@ cat >"$WORK/routes.json" <<JSON
  ]}
 JSON
 
+# cargo lambda reads the workspace's metadata from the current directory.
+cd "$XECM_ROOT"
 say "starting ecm-export behind cargo lambda watch on 127.0.0.1:$PORT"
 "$CARGO_LAMBDA" lambda watch --only-lambda-apis -A 127.0.0.1 -P "$PORT" </dev/null >"$WORK/watch.log" 2>&1 &
 WATCH_PID=$!
@@ -105,8 +110,9 @@ if [ "$SELF_CALLBACK" = 1 ]; then
         -H "X-Xecm-Signature: sha256=$SIG" --data "$BODY"; echo
 fi
 TARGET="$XECM_SFTP_DATA_ROOT/outbound/price-lists/Price list EU 2026-Q4_v1.csv"
-for _ in $(seq 1 600); do [ -f "$TARGET" ] && break; sleep 0.1; done
-if [ ! -f "$TARGET" ]; then
+# The sidecar is written after the file: its presence means both are there.
+for _ in $(seq 1 600); do [ -f "$TARGET.sha256" ] && break; sleep 0.1; done
+if [ ! -f "$TARGET.sha256" ]; then
     echo "the approved version did not appear; function log:" >&2
     tail -40 "$WORK/function.log" >&2
     exit 1

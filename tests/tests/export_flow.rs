@@ -281,7 +281,13 @@ async fn non_approved_node_is_rejected_with_an_event_and_nothing_is_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overwrite_policy_keeps_foreign_files_and_replaces_where_allowed() {
     let s = Stack::start().await;
+    // Created here as the test's user: open it to the SFTP account.
     std::fs::create_dir_all(s.local("outbound")).expect("mkdir");
+    std::fs::set_permissions(
+        s.local("outbound"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
     // Route "dist" (no overwrite): a different file already there stays.
     std::fs::write(s.local("outbound/List_v1.csv"), b"partner's own file").expect("seed");
     let id = s

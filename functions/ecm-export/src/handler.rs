@@ -44,10 +44,15 @@ impl State {
     }
 }
 
+/// A Function URL response. `cookies` and `multiValueHeaders` are empty but
+/// present: Lambda ignores them, and cargo-lambda's local Function URL
+/// (older `aws_lambda_events` response type) refuses a response without them.
 fn http(status: u16, body: Value) -> Value {
     json!({
         "statusCode": status,
         "headers": {"content-type": "application/json"},
+        "multiValueHeaders": {},
+        "cookies": [],
         "body": body.to_string(),
         "isBase64Encoded": false,
     })
@@ -181,5 +186,166 @@ pub async fn handle_manual(
                 .map_err(function_error)?;
             Ok(json!({"status": "packaged", "package": r}))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use bytes::Bytes;
+    use xecm_core::domain::export_route::ExportConfig;
+    use xecm_core::flows::export::memory::MemoryDestinations;
+    use xecm_core::ports::ecm::memory::MemoryEcm;
+    use xecm_core::ports::ecm::{AppliedCategory, Content, NodeId, UploadRequest};
+    use xecm_core::ports::events::MemoryEvents;
+    use xecm_core::ports::secrets::MemorySecrets;
+
+    use super::*;
+
+    const NOW: i64 = 1_795_000_000;
+
+    async fn state() -> (State, Arc<MemoryEcm>, MemoryDestinations) {
+        let ecm = Arc::new(MemoryEcm::new());
+        let secrets = MemorySecrets::new();
+        secrets.insert("hook", r#"{"hmac_keys":["new-key","old-key"]}"#);
+        let dest = MemoryDestinations::new().unwrap();
+        let routes = ExportConfig::from_json(
+            &json!({
+                "export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 3, "destination": 4, "sha256": 5}},
+                "routes": [{"name": "r", "approval": {"category_id": 9001, "attribute": "9001_2", "value": "Approved"},
+                    "destinations": [{"name": "d", "sftp_secret": "s", "directory": "out"}]}]
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let state = State {
+            ecm: ecm.clone(),
+            events: Arc::new(MemoryEvents::new()),
+            destinations: Arc::new(dest.clone()),
+            secrets: Arc::new(secrets),
+            routes,
+            webhook_secret_id: Some("hook".into()),
+            policy: WebhookPolicy::default(),
+        };
+        (state, ecm, dest)
+    }
+
+    async fn doc(ecm: &MemoryEcm, status: &str) -> NodeId {
+        let b = Bytes::from_static(b"content");
+        ecm.upload(UploadRequest {
+            parent: NodeId::new(2000).unwrap(),
+            name: format!("{status}.txt"),
+            description: None,
+            categories: vec![AppliedCategory {
+                category_id: 9001,
+                values: [("9001_2".to_string(), json!(status))].into(),
+            }],
+            classifications: vec![],
+            content: Content {
+                length: b.len() as u64,
+                stream: Box::pin(futures_util::stream::iter([Ok(b)])),
+                file_name: "a.txt".into(),
+                mime_type: "text/plain".into(),
+            },
+        })
+        .await
+        .unwrap()
+        .node_id
+    }
+
+    fn request(node: NodeId, key: &str, ts: i64) -> Value {
+        let body = json!({"event": "document.approved", "event_id": "e1", "node_id": node.get(), "version": 1,
+            "category_id": 9001, "attribute": "9001_2", "value": "Approved", "approved_at": "2026-11-18T11:06:36Z"})
+        .to_string();
+        json!({
+            "version": "2.0", "rawPath": "/", "rawQueryString": "",
+            "headers": {"content-type": "application/json", "x-xecm-timestamp": ts.to_string(),
+                        "x-xecm-signature": webhook::sign(key.as_bytes(), ts, body.as_bytes())},
+            "requestContext": {"http": {"method": "POST", "path": "/"}},
+            "body": body, "isBase64Encoded": false
+        })
+    }
+
+    fn inv() -> Invocation {
+        Invocation {
+            request_id: "req-1".into(),
+            deadline: SystemTime::now() + Duration::from_secs(60),
+            function_arn: "local:ecm-export".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn signed_callback_with_the_previous_key_delivers_and_answers_200() {
+        let (state, ecm, dest) = state().await;
+        let id = doc(&ecm, "Approved").await;
+        let r = handle_http(&state, request(id, "old-key", NOW), &inv(), NOW + 10).await;
+        assert_eq!(r["statusCode"], 200, "{r}");
+        assert!(dest.store.file("/out/Approved.txt").is_some());
+        let again = handle_http(&state, request(id, "new-key", NOW), &inv(), NOW).await;
+        let body: Value = serde_json::from_str(again["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["status"], "duplicate");
+    }
+
+    #[tokio::test]
+    async fn refusals_are_4xx_with_a_short_reason_and_deliver_nothing() {
+        let (state, ecm, dest) = state().await;
+        let id = doc(&ecm, "Approved").await;
+        let r = handle_http(&state, request(id, "forged", NOW), &inv(), NOW).await;
+        assert_eq!(r["statusCode"], 401);
+        assert_eq!(r["body"], json!({"error": "bad signature"}).to_string());
+        let r = handle_http(&state, request(id, "new-key", NOW - 301), &inv(), NOW).await;
+        assert_eq!(r["statusCode"], 401);
+        let mut ev = request(id, "new-key", NOW);
+        ev["requestContext"]["http"]["method"] = json!("GET");
+        assert_eq!(
+            handle_http(&state, ev, &inv(), NOW).await["statusCode"],
+            405
+        );
+        let draft = doc(&ecm, "Draft").await;
+        let r = handle_http(&state, request(draft, "new-key", NOW), &inv(), NOW).await;
+        assert_eq!(r["statusCode"], 422);
+        assert_eq!(dest.store.put_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn manual_events_are_routed_and_bad_ones_are_permanent_errors() {
+        let (state, ecm, dest) = state().await;
+        let id = doc(&ecm, "Approved").await;
+        let out = handle(
+            &state,
+            json!({"action": "resend", "node_id": id.get(), "route": "r"}),
+            inv(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["status"], "resent");
+        assert_eq!(dest.store.put_count(), 1);
+        // The same as the detail of an EventBridge event.
+        let out = handle(
+            &state,
+            json!({"detail-type": "Export Requested", "source": "console",
+                   "detail": {"action": "resend", "node_id": id.get(), "route": "r"}}),
+            inv(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["status"], "resent");
+        let err = handle(
+            &state,
+            json!({"action": "resend", "node_id": id.get()}),
+            inv(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.error_type(), "Permanent.InvalidEvent");
+        let err = handle(
+            &state,
+            json!({"action": "resend", "node_id": id.get(), "route": "nope"}),
+            inv(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.error_type(), "Permanent.UnknownRoute");
     }
 }

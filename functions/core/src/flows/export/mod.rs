@@ -215,7 +215,9 @@ pub struct DeliveryReport {
     pub node_id: i64,
     pub version: u32,
     pub remote_path: String,
-    pub size: u64,
+    /// `None` for an acknowledged duplicate found through the history
+    /// (which records the digest, not the size).
+    pub size: Option<u64>,
     pub sha256: String,
     pub idempotency_key: String,
     pub resend: bool,
@@ -505,7 +507,7 @@ async fn deliver(
     event_id: Option<&str>,
 ) -> Result<ExportOutcome, ExportError> {
     let started = Instant::now();
-    let report = |size: u64, sha256: String| DeliveryReport {
+    let report = |size: Option<u64>, sha256: String| DeliveryReport {
         route: d.route.clone(),
         destination: d.destination.clone(),
         node_id: d.node_id,
@@ -518,7 +520,7 @@ async fn deliver(
     };
     if !resend && let Some(sha) = already_delivered(cx.routes, applied, d) {
         tracing::info!(key = %d.idempotency_key, "already delivered; acknowledged without a second delivery");
-        return Ok(ExportOutcome::Duplicate(report(0, sha)));
+        return Ok(ExportOutcome::Duplicate(report(None, sha)));
     }
     let store = cx.destinations.store(&d.sftp_secret).await?;
     let dir = remote_path(store.as_ref(), &d.directory)?;
@@ -559,7 +561,7 @@ async fn deliver(
                     path: target.to_string(),
                 });
             }
-            let size = store.stat(&target).await?.size.unwrap_or(0);
+            let size = store.stat(&target).await?.size;
             record_history(cx.ecm, cx.routes, applied, d, &ours, Utc::now()).await?;
             return Ok(ExportOutcome::Duplicate(report(size, ours)));
         }
@@ -596,7 +598,7 @@ async fn deliver(
         path = %target, size = receipt.size, resend, "document exported"
     );
     Ok(ExportOutcome::Delivered(report(
-        receipt.size,
+        Some(receipt.size),
         receipt.sha256,
     )))
 }

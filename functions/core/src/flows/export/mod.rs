@@ -54,6 +54,7 @@ use crate::ports::file_store::{ByteStream, FileStore, FileStoreError, RenameMode
 use crate::ports::secrets::{Secrets, SecretsError};
 
 pub mod memory;
+pub mod zip;
 
 /// Parent chains deeper than this are cut (a cycle or a pathological tree
 /// must not loop forever).
@@ -822,11 +823,6 @@ pub async fn export_package(
         reasons: format!("{route_name}: no destination rule matches the package root"),
     })?;
     let format = format.unwrap_or(dest.config.package);
-    if format == PackageFormat::Zip {
-        return Err(ExportError::Unsupported {
-            what: "zip packages".into(),
-        });
-    }
     let now = Utc::now();
     let ctx = TemplateContext {
         name: Some(root.name.clone()),
@@ -855,6 +851,30 @@ pub async fn export_package(
     }
     let store = cx.destinations.store(&dest.config.sftp_secret).await?;
     let dir = remote_path(store.as_ref(), &dir_segments)?;
+    if format == PackageFormat::Zip {
+        let zip_path = dir.join(format!("{package}.zip").as_bytes())?;
+        store.mkdir_all(&dir).await?;
+        let paths = entry_paths(&items.iter().map(|i| i.names.clone()).collect::<Vec<_>>());
+        let meta = ManifestMeta {
+            package: package.clone(),
+            route: route.name.clone(),
+            root_node_id: node,
+            created_at: now,
+        };
+        let (entries, manifest_sha256) =
+            write_zip(cx.ecm, store.as_ref(), &zip_path, &items, &paths, meta).await?;
+        return finish_package(
+            cx,
+            route,
+            dest,
+            node,
+            zip_path,
+            entries,
+            manifest_sha256,
+            skipped,
+        )
+        .await;
+    }
     let final_path = dir.join(package.as_bytes())?;
     if store.try_stat(&final_path).await?.is_some() {
         return Err(ExportError::TargetExists {
@@ -953,6 +973,39 @@ pub async fn export_package(
             return Err(e);
         }
     };
+    finish_package(
+        cx,
+        route,
+        dest,
+        node,
+        final_path,
+        entries,
+        manifest_sha256,
+        skipped,
+    )
+    .await
+}
+
+/// What `manifest.json` says about the package itself.
+struct ManifestMeta {
+    package: String,
+    route: String,
+    root_node_id: i64,
+    created_at: DateTime<Utc>,
+}
+
+/// Events and the report once a package is visible.
+#[allow(clippy::too_many_arguments)]
+async fn finish_package(
+    cx: &ExportContext<'_>,
+    route: &ExportRoute,
+    dest: &Destination,
+    node: i64,
+    final_path: RemotePath,
+    entries: Vec<PackageEntry>,
+    manifest_sha256: String,
+    skipped: Vec<(i64, String)>,
+) -> Result<PackageReport, ExportError> {
     let bytes = entries.iter().map(|e| e.size).sum();
     let at = Utc::now();
     for e in &entries {
@@ -984,6 +1037,113 @@ pub async fn export_package(
         manifest_sha256,
         skipped,
     })
+}
+
+/// Streams a zip package (entries, then `manifest.json`, then the central
+/// directory) into one atomic put: produced and uploaded concurrently through
+/// a bounded channel, so memory stays constant whatever the package size.
+async fn write_zip(
+    ecm: &dyn Ecm,
+    store: &dyn FileStore,
+    path: &RemotePath,
+    items: &[PackageItem],
+    paths: &[String],
+    meta: ManifestMeta,
+) -> Result<(Vec<PackageEntry>, String), ExportError> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, FileStoreError>>(8);
+    let producer = async move {
+        let result: Result<(Vec<PackageEntry>, String), ExportError> = async {
+            let gone = || {
+                ExportError::Store(FileStoreError::Transient {
+                    op: "put",
+                    path: path.to_string(),
+                    reason: "the upload stopped".into(),
+                })
+            };
+            let mut w = zip::ZipWriter::new();
+            let mut entries = Vec::with_capacity(items.len());
+            for (item, rel) in items.iter().zip(paths) {
+                let header = w.begin_entry(rel).map_err(|e| ExportError::InvalidNode {
+                    node_id: item.node.get(),
+                    reason: e.to_string(),
+                })?;
+                tx.send(Ok(Bytes::from(header))).await.map_err(|_| gone())?;
+                let dl = ecm.download(item.node, Some(item.version)).await?;
+                let mut stream = dl.stream;
+                let (mut crc, mut sha, mut n) = (zip::Crc32::default(), Sha256::new(), 0u64);
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(|e| EcmError::Transient {
+                        op: "download",
+                        target: format!("node {} version {}", item.node, item.version),
+                        detail: e.to_string(),
+                    })?;
+                    crc.update(&chunk);
+                    sha.update(&chunk);
+                    n += chunk.len() as u64;
+                    w.data(chunk.len() as u64);
+                    tx.send(Ok(chunk)).await.map_err(|_| gone())?;
+                }
+                if let Some(len) = dl.length
+                    && len != n
+                {
+                    return Err(ExportError::Ecm(EcmError::Transient {
+                        op: "download",
+                        target: format!("node {} version {}", item.node, item.version),
+                        detail: format!("received {n} of {len} bytes"),
+                    }));
+                }
+                let descriptor = w.end_entry(crc.finish(), n);
+                tx.send(Ok(Bytes::from(descriptor)))
+                    .await
+                    .map_err(|_| gone())?;
+                entries.push(PackageEntry {
+                    path: rel.clone(),
+                    node_id: item.node.get(),
+                    name: item.name.clone(),
+                    version: item.version,
+                    size: n,
+                    sha256: hex::encode(sha.finalize()),
+                });
+            }
+            let manifest = PackageManifest {
+                format: PACKAGE_MANIFEST_FORMAT.to_owned(),
+                package: meta.package,
+                route: meta.route,
+                root_node_id: meta.root_node_id,
+                created_at: meta.created_at,
+                entries: entries.clone(),
+            }
+            .to_json()?;
+            let manifest_sha = sha256_hex(manifest.as_bytes());
+            let header =
+                w.begin_entry(PACKAGE_MANIFEST_NAME)
+                    .map_err(|e| ExportError::Unsupported {
+                        what: e.to_string(),
+                    })?;
+            let mut crc = zip::Crc32::default();
+            crc.update(manifest.as_bytes());
+            let len = manifest.len() as u64;
+            w.data(len);
+            let descriptor = w.end_entry(crc.finish(), len);
+            let end = w.finish();
+            for block in [header, manifest.into_bytes(), descriptor, end] {
+                tx.send(Ok(Bytes::from(block))).await.map_err(|_| gone())?;
+            }
+            Ok((entries, manifest_sha))
+        }
+        .await;
+        if let Err(e) = &result {
+            // Makes the put fail and remove its temporary file.
+            let _ = tx.send(Err(FileStoreError::source(path, e))).await;
+        }
+        result
+    };
+    let body: ByteStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let consumer = store.put_atomic(path, body, None, RenameMode::NoReplace);
+    let (produced, put) = tokio::join!(producer, consumer);
+    let out = produced?;
+    put?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -1285,6 +1445,52 @@ mod tests {
         assert!(matches!(err, ExportError::NotApproved { .. }), "{err}");
         let err = resend(&w.cx(), id.get(), "nope", None).await.unwrap_err();
         assert!(matches!(err, ExportError::UnknownRoute { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn zip_package_is_one_atomic_file_that_an_independent_reader_accepts() {
+        let w = World::new(false).await;
+        let kit = w.ecm.create_folder(w.folder, "Kit").await.unwrap();
+        let sub = w.ecm.create_folder(kit, "Manuals").await.unwrap();
+        w.doc(kit, "Welcome.pdf", "Approved", b"welcome").await;
+        w.doc(sub, "../../etc/passwd", "Approved", &[7u8; 70_000])
+            .await;
+        w.doc(sub, "Draft.pdf", "Draft", b"not yet").await;
+        let r = export_package(
+            &w.cx(),
+            kit.get(),
+            "price-lists",
+            Some("Kit"),
+            Some(PackageFormat::Zip),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.files, 2, "{r:?}");
+        let path = format!("/outbound/{}/Kit.zip", YEAR_DIR());
+        let bytes = w.store().file(&path).unwrap();
+        let only: Vec<String> = w
+            .store()
+            .paths()
+            .into_iter()
+            .filter(|p| p.contains("Kit"))
+            .collect();
+        assert_eq!(only, vec![path.clone()]);
+        let dir = tempfile::tempdir().unwrap();
+        let zp = dir.path().join("k.zip");
+        std::fs::write(&zp, &bytes).unwrap();
+        // Python's zipfile: CRCs checked, names listed, manifest read back.
+        let script = "import sys,zipfile,json,hashlib\nz=zipfile.ZipFile(sys.argv[1])\nassert z.testzip() is None\nm=json.loads(z.read('manifest.json'))\nfor e in m['entries']:\n  assert hashlib.sha256(z.read(e['path'])).hexdigest()==e['sha256']\nprint(sorted(z.namelist()))";
+        let o = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(&zp)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let names = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+        assert_eq!(
+            names,
+            "['Manuals/_._.._etc_passwd', 'Welcome.pdf', 'manifest.json']"
+        );
     }
 
     #[tokio::test]

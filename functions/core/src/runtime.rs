@@ -219,13 +219,60 @@ fn exit_code(error: &FunctionError) -> ExitCode {
     }
 }
 
+/// In local mode, reads the event named on the command line, before any
+/// initialisation, so a bad command line or a malformed event is reported as
+/// such and not masked by a configuration or network error. `Ok(None)` under
+/// Lambda; `Err(code)` after printing the problem (or `--help`).
+pub fn local_event(function: &str) -> Result<Option<Value>, ExitCode> {
+    if on_lambda() {
+        return Ok(None);
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let source = match parse_args(&args) {
+        Ok(LocalArgs::Help) => {
+            println!("{}", usage(function));
+            return Err(ExitCode::SUCCESS);
+        }
+        Ok(LocalArgs::Run(source)) => source,
+        Err(message) => {
+            eprintln!("{function}: {message}\n\n{}", usage(function));
+            return Err(ExitCode::from(2));
+        }
+    };
+    match read_event(&source) {
+        Ok(event) => Ok(Some(event)),
+        Err(message) => {
+            let error = FunctionError::permanent("InvalidEvent", message);
+            eprintln!("{function}: {error}");
+            Err(exit_code(&error))
+        }
+    }
+}
+
 /// Serve `handler` under Lambda, or run it once locally (see module docs).
 pub async fn serve<H, Fut>(function: &'static str, handler: H) -> ExitCode
 where
     H: Fn(Value, Invocation) -> Fut,
     Fut: Future<Output = Result<Value, FunctionError>>,
 {
-    if on_lambda() {
+    match local_event(function) {
+        Ok(local) => serve_event(function, local, handler).await,
+        Err(code) => code,
+    }
+}
+
+/// [`serve`] with the local event already read by [`local_event`]: `None`
+/// serves Lambda invocations, `Some(event)` runs that one invocation.
+pub async fn serve_event<H, Fut>(
+    function: &'static str,
+    local: Option<Value>,
+    handler: H,
+) -> ExitCode
+where
+    H: Fn(Value, Invocation) -> Fut,
+    Fut: Future<Output = Result<Value, FunctionError>>,
+{
+    let Some(event) = local else {
         let handler = &handler;
         let service =
             lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| {
@@ -244,27 +291,6 @@ where
                 ExitCode::FAILURE
             }
         };
-    }
-
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let source = match parse_args(&args) {
-        Ok(LocalArgs::Help) => {
-            println!("{}", usage(function));
-            return ExitCode::SUCCESS;
-        }
-        Ok(LocalArgs::Run(source)) => source,
-        Err(message) => {
-            eprintln!("{function}: {message}\n\n{}", usage(function));
-            return ExitCode::from(2);
-        }
-    };
-    let event = match read_event(&source) {
-        Ok(event) => event,
-        Err(message) => {
-            let error = FunctionError::permanent("InvalidEvent", message);
-            eprintln!("{function}: {error}");
-            return exit_code(&error);
-        }
     };
     let invocation = Invocation {
         request_id: format!("local-{:016x}", fastrand::u64(..)),

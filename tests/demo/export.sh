@@ -18,8 +18,9 @@ set -euo pipefail
 BIN=${XECM_BIN:-$XECM_ROOT/target/debug}
 CARGO_LAMBDA=${XECM_CARGO_LAMBDA:-cargo-lambda}
 HMAC_KEY=${XECM_DEMO_HMAC_KEY:-local-demo-hmac-key}
+# Route directories are relative to the SFTP account's root, which the
+# local stack's secret sets to the chroot's writable /data.
 REMOTE_ROOT=${XECM_SFTP_REMOTE_ROOT:-/data}
-REL_ROOT=${REMOTE_ROOT#/}
 API="$XECM_ECM_URL/cs/cs/api"
 
 say() { printf '\n\033[1m[export demo]\033[0m %s\n' "$*"; }
@@ -61,12 +62,12 @@ cat >"$WORK/routes.json" <<JSON
   {"name": "price-lists",
    "approval": {"category_id": 9001, "attribute": "9001_2", "value": "Approved", "ancestor_id": 3101},
    "destinations": [{"name": "distributors", "sftp_secret": "$XECM_SFTP_SECRET_ID",
-     "directory": "$REL_ROOT/outbound/price-lists", "file_name": "{stem}_v{version}.{ext}",
+     "directory": "outbound/price-lists", "file_name": "{stem}_v{version}.{ext}",
      "overwrite": false, "sha256_sidecar": true}]},
   {"name": "customer-packages",
    "approval": {"category_id": 9001, "attribute": "9001_2", "value": "Approved", "ancestor_id": 5101},
    "destinations": [{"name": "customer-portal", "when": {"workspace_type_id": 101, "categories": {"9001_3": "Package"}},
-     "sftp_secret": "$XECM_SFTP_SECRET_ID", "directory": "$REL_ROOT/packages/{yyyy-mm-dd}", "package": "dir"}]}
+     "sftp_secret": "$XECM_SFTP_SECRET_ID", "directory": "packages/{yyyy-mm-dd}", "package": "dir"}]}
  ]}
 JSON
 

@@ -19,7 +19,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use serde_json::json;
 use xecm_core::adapters::otcs::{EcmSettings, OtcsClient, OtcsOptions};
 use xecm_core::adapters::sftp::{SftpSettings, SftpStore};

@@ -476,3 +476,47 @@ async fn package_has_a_correct_manifest_and_safe_entry_names() {
         .collect();
     assert_eq!(names, vec!["Globex-kit".to_string()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zip_package_on_sftp_is_readable_and_has_no_unsafe_names() {
+    let s = Stack::start().await;
+    let kit = NodeId::new(GLOBEX_ONBOARDING).expect("id");
+    let sub = s.ecm.create_folder(kit, "..").await.expect("folder");
+    let big = Bytes::from(vec![42u8; 3 * 1024 * 1024 + 17]);
+    s.doc(
+        kit.get(),
+        "Welcome.pdf",
+        approved(),
+        Bytes::from_static(b"hi"),
+    )
+    .await;
+    s.doc(sub.get(), "/etc/passwd", approved(), big.clone())
+        .await;
+    let r = export::export_package(
+        &s.cx(),
+        kit.get(),
+        "customer-packages",
+        Some("kit"),
+        Some(xecm_core::domain::export_route::PackageFormat::Zip),
+    )
+    .await
+    .expect("zip package");
+    assert_eq!(r.files, 2, "{r:?}");
+    let zip = s.local("packages/kit.zip");
+    // An independent reader: Python's zipfile checks every CRC, and every
+    // name must stay inside an extraction directory.
+    let script = "import sys,zipfile,json,hashlib,os\nz=zipfile.ZipFile(sys.argv[1])\nassert z.testzip() is None\nm=json.loads(z.read('manifest.json'))\nfor e in m['entries']:\n  assert hashlib.sha256(z.read(e['path'])).hexdigest()==e['sha256'], e\nfor n in z.namelist():\n  p=os.path.normpath(os.path.join('/x',n))\n  assert p.startswith('/x/') and '..' not in n.split('/'), n\nprint(len(z.namelist()))";
+    let o = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&zip)
+        .output()
+        .expect("python3");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "3");
+    let names: Vec<String> = std::fs::read_dir(s.local("packages"))
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["kit.zip".to_string()]);
+}

@@ -32,8 +32,10 @@ pub async fn load_sdk_config() -> SdkConfig {
 fn timeouts() -> TimeoutConfig {
     TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(3))
-        .operation_attempt_timeout(Duration::from_secs(5))
-        .operation_timeout(Duration::from_secs(15))
+        // Generous per attempt: a timed-out PutEvents attempt that did reach
+        // the service is retried and delivers its events twice.
+        .operation_attempt_timeout(Duration::from_secs(10))
+        .operation_timeout(Duration::from_secs(25))
         .build()
 }
 

@@ -19,7 +19,7 @@ fn routes() -> Value {
         "routes": [{
             "name": "price-lists",
             "approval": {"category_id": 9001, "attribute": "9001_2", "value": "Approved", "ancestor_id": 3101},
-            "destinations": [{"name": "dist", "sftp_secret": SFTP_SECRET_ID, "directory": "data/outbound",
+            "destinations": [{"name": "dist", "sftp_secret": SFTP_SECRET_ID, "directory": "outbound",
                               "file_name": "{stem}_v{version}.{ext}", "sha256_sidecar": true}]
         }]
     })

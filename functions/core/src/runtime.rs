@@ -249,6 +249,45 @@ pub fn local_event(function: &str) -> Result<Option<Value>, ExitCode> {
     }
 }
 
+/// The future a stateful handler returns; it may borrow the state.
+pub type HandlerFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Value, FunctionError>> + 'a>>;
+
+/// Serve a handler that needs state built once per cold start (configuration,
+/// clients, secrets). Locally: the event is read first, then `init`, then one
+/// invocation. Under Lambda: `init` runs at cold start; if it fails, every
+/// invocation answers with that error (and tries `init` again, so a
+/// transient failure such as an unreachable Secrets Manager heals), instead
+/// of the process exiting with an error no caller gets to read.
+pub async fn serve_with_init<S, I, IFut, H>(function: &'static str, init: I, handler: H) -> ExitCode
+where
+    I: Fn() -> IFut,
+    IFut: Future<Output = Result<S, FunctionError>>,
+    H: for<'a> Fn(&'a S, Value, Invocation) -> HandlerFuture<'a>,
+{
+    let local = match local_event(function) {
+        Ok(local) => local,
+        Err(code) => return code,
+    };
+    if local.is_some() {
+        let state = match init().await {
+            Ok(state) => state,
+            Err(e) => return fail_init(function, &e),
+        };
+        return serve_event(function, local, |event, inv| handler(&state, event, inv)).await;
+    }
+    let cell: tokio::sync::OnceCell<S> = tokio::sync::OnceCell::new();
+    if let Err(e) = cell.get_or_try_init(&init).await {
+        tracing::error!(error_type = %e.error_type(), "{function}: initialisation failed: {}", e.message);
+    }
+    let (cell, init, handler) = (&cell, &init, &handler);
+    serve_event(function, None, move |event, inv| async move {
+        let state = cell.get_or_try_init(init).await?;
+        handler(state, event, inv).await
+    })
+    .await
+}
+
 /// Serve `handler` under Lambda, or run it once locally (see module docs).
 pub async fn serve<H, Fut>(function: &'static str, handler: H) -> ExitCode
 where

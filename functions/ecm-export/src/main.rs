@@ -65,18 +65,8 @@ async fn init() -> Result<handler::State, FunctionError> {
 #[tokio::main]
 async fn main() -> ExitCode {
     runtime::init_tracing();
-    // A local run reads its event first: a malformed event is named as such.
-    let local = match runtime::local_event("ecm-export") {
-        Ok(local) => local,
-        Err(code) => return code,
-    };
-    let state = match init().await {
-        Ok(s) => s,
-        Err(e) => return runtime::fail_init("ecm-export", &e),
-    };
-    let state = &state;
-    runtime::serve_event("ecm-export", local, |event, inv| {
-        handler::handle(state, event, inv)
+    runtime::serve_with_init("ecm-export", init, |state, event, inv| {
+        Box::pin(handler::handle(state, event, inv))
     })
     .await
 }

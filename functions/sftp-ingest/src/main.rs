@@ -44,15 +44,8 @@ async fn init() -> Result<handler::State, FunctionError> {
 #[tokio::main]
 async fn main() -> ExitCode {
     runtime::init_tracing();
-    // A local run reads its event first: a malformed event is named as such.
-    let local = match runtime::local_event(NAME) {
-        Ok(local) => local,
-        Err(code) => return code,
-    };
-    let state = match init().await {
-        Ok(s) => s,
-        Err(e) => return runtime::fail_init(NAME, &e),
-    };
-    let state = &state;
-    runtime::serve_event(NAME, local, |event, inv| handler::handle(state, event, inv)).await
+    runtime::serve_with_init(NAME, init, |state, event, inv| {
+        Box::pin(handler::handle(state, event, inv))
+    })
+    .await
 }

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The main job end to end on the embedded local stack: starts OpenSSH sshd,
+# The main jobs end to end on the embedded local stack: starts OpenSSH sshd,
 # moto and the Content Server emulator, drops a realistic set of partner files
-# on the SFTP server, runs `sftp-ingest` locally with a scheduled-route event,
-# shows where each file went, and stops everything it started.
+# on the SFTP server, runs `sftp-ingest` locally with a scheduled-route event
+# and shows where each file went; then approves a document in the emulator,
+# whose signed callback reaches `ecm-export` behind a local Function URL, and
+# exports a package and a resend. Stops everything it started.
 # Installs its own prerequisites, may be called from any directory.
 set -euo pipefail
 
@@ -29,8 +31,14 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# ecm-export will serve its Function URL on this port (cargo lambda watch);
+# the emulator sends its signed approval callbacks there.
+XECM_EXPORT_LAMBDA_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+export XECM_EXPORT_LAMBDA_PORT
+
 log "starting the local stack (sshd + Content Server emulator + moto)"
-"$BIN/xecm-stack" up --env-file "$WORK/stack.env" >"$WORK/stack.log" 2>&1 &
+"$BIN/xecm-stack" up --env-file "$WORK/stack.env" \
+    --callback-url "http://127.0.0.1:$XECM_EXPORT_LAMBDA_PORT/lambda-url/_" >"$WORK/stack.log" 2>&1 &
 STACK_PID=$!
 for _ in $(seq 1 600); do
     [ -s "$WORK/stack.env" ] && break
@@ -54,5 +62,8 @@ log "invoking sftp-ingest locally with events/ingest-demo.json"
 "$BIN/sftp-ingest" --event "$XECM_ROOT/events/ingest-demo.json" | tee "$WORK/ingest-result.json"
 
 "$BIN/xecm-stack" report --env-file "$WORK/stack.env"
+
+log "ecm-export: approval webhook, package export and resend"
+"$XECM_ROOT/tests/demo/export.sh"
 
 log "demo finished; stopping the local stack"

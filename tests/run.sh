@@ -28,6 +28,6 @@ log "cargo build (the function binaries the end-to-end tests run)"
 cargo build --workspace --bins --locked
 
 log "cargo test (unit + integration against sshd, emulator, moto)"
-cargo test --workspace --lib --bins --tests --locked
+cargo test --workspace --lib --bins --tests --locked --no-fail-fast
 
 log "all tests passed"

@@ -96,10 +96,13 @@ impl LocalStack {
             "username": ECM_USER,
             "password": ECM_PASSWORD,
         });
-        let sftp_secret: Value = serde_json::from_str(&sshd.sftp_secret_json())
+        // The account is chrooted; its writable root is sshd's remote root.
+        let mut sftp_secret: Value = serde_json::from_str(&sshd.sftp_secret_json())
             .context("sshd's SFTP secret is not JSON")?;
-        let sftp_pw_secret: Value = serde_json::from_str(&sshd.password_secret_json())
+        sftp_secret["root"] = json!(sshd.remote_root());
+        let mut sftp_pw_secret: Value = serde_json::from_str(&sshd.password_secret_json())
             .context("sshd's password secret is not JSON")?;
+        sftp_pw_secret["root"] = json!(sshd.remote_root());
         moto.put_json_secret(SFTP_SECRET_ID, &sftp_secret).await?;
         moto.put_json_secret(SFTP_PASSWORD_SECRET_ID, &sftp_pw_secret)
             .await?;

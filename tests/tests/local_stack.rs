@@ -20,10 +20,8 @@ async fn sftp_settings_from_moto(stack: &LocalStack) -> SftpSettings {
         .get(SFTP_SECRET_ID)
         .await
         .expect("SFTP secret in moto");
-    SftpSettings::from_secret_json(SFTP_SECRET_ID, json.expose_secret())
-        .expect("valid SFTP secret")
-        .with_root(stack.sshd.remote_root())
-        .expect("valid root")
+    // The seeded secret carries the account's root (`/data` in the chroot).
+    SftpSettings::from_secret_json(SFTP_SECRET_ID, json.expose_secret()).expect("valid SFTP secret")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

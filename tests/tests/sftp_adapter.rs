@@ -100,6 +100,24 @@ async fn key_auth_round_trips_a_file_with_matching_hash() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negotiates_the_fastest_safe_cipher_with_strict_kex() -> Result<()> {
+    let sshd = Sshd::start_with(SshdOptions {
+        log_level: Some("DEBUG3"),
+        ..Default::default()
+    })?;
+    store(&sshd).check().await?;
+    let log = sshd.log();
+    assert!(
+        log.contains("client->server cipher: aes128-ctr MAC: hmac-sha2-256-etm@openssh.com"),
+        "{log}"
+    );
+    assert!(log.contains("kex: algorithm: curve25519-sha256"), "{log}");
+    // Terrapin (CVE-2023-48795) mitigation negotiated.
+    assert!(log.contains("will use strict KEX ordering"), "{log}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passphrase_protected_key_authenticates_and_a_wrong_passphrase_is_an_auth_error()
 -> Result<()> {
     let sshd = Sshd::start()?;
@@ -123,7 +141,10 @@ async fn passphrase_protected_key_authenticates_and_a_wrong_passphrase_is_an_aut
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rsa_key_in_legacy_pem_format_authenticates() -> Result<()> {
-    let sshd = Sshd::start_with(SshdOptions { rsa_pem_key: true })?;
+    let sshd = Sshd::start_with(SshdOptions {
+        rsa_pem_key: true,
+        ..Default::default()
+    })?;
     let pem = sshd.rsa_pem_client_key().expect("rsa key").to_owned();
     assert!(pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
     let s = SftpStore::new(settings_from(&with_key(&sshd, &pem, None)))?;
@@ -263,6 +284,34 @@ async fn claim_rename_race_has_exactly_one_winner() -> Result<()> {
         );
         assert_eq!(a.stat(&dst).await?.size, Some(1000));
         assert!(a.try_stat(&src).await?.is_none());
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_race_has_one_winner_also_for_files_owned_by_another_user() -> Result<()> {
+    // Partners upload as their own user. With fs.protected_hardlinks=1
+    // OpenSSH cannot link() such a file and falls back to stat+rename; a
+    // shared claim target must still leave exactly one winner.
+    let sshd = Sshd::start()?;
+    let a = Arc::new(store(&sshd));
+    let b = Arc::new(store(&sshd));
+    a.mkdir_all(&p(&a, "in/.inflight")).await?;
+    for round in 0..20 {
+        // Written by root, not by the SFTP user.
+        std::fs::write(sshd.data_root().join(format!("in/up{round}.csv")), b"a,b\n")?;
+        let src = p(&a, &format!("in/up{round}.csv"));
+        let dst = p(&a, &format!("in/.inflight/up{round}.csv"));
+        let (ra, rb) = tokio::join!(
+            a.rename(&src, &dst, RenameMode::NoReplace),
+            b.rename(&src, &dst, RenameMode::NoReplace)
+        );
+        assert_eq!(
+            [&ra, &rb].iter().filter(|r| r.is_ok()).count(),
+            1,
+            "round {round}: {ra:?} / {rb:?}"
+        );
+        assert_eq!(a.stat(&dst).await?.size, Some(4));
     }
     Ok(())
 }
@@ -494,6 +543,25 @@ async fn a_dropped_connection_is_reopened_transparently_for_idempotent_calls() -
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The pooled session is dead; stat reconnects and succeeds.
     assert_eq!(s.check().await?.kind, EntryKind::Dir);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_died_while_idle_is_replaced_before_a_rename() -> Result<()> {
+    let sshd = Sshd::start()?;
+    let mut settings = settings_from(&sshd.sftp_secret_json());
+    settings.max_sessions = 1;
+    settings.idle_probe_after = Duration::from_millis(50);
+    let s = SftpStore::new(settings)?;
+    s.write_small(&p(&s, "a"), Bytes::from_static(b"x"), RenameMode::NoReplace)
+        .await?;
+    sshd.kill_connections();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Renames are never retried blindly; the idle probe finds the dead
+    // session and reconnects first.
+    s.rename(&p(&s, "a"), &p(&s, "b"), RenameMode::NoReplace)
+        .await?;
+    assert!(sshd.data_root().join("b").exists());
     Ok(())
 }
 

@@ -219,13 +219,99 @@ fn exit_code(error: &FunctionError) -> ExitCode {
     }
 }
 
+/// In local mode, reads the event named on the command line, before any
+/// initialisation, so a bad command line or a malformed event is reported as
+/// such and not masked by a configuration or network error. `Ok(None)` under
+/// Lambda; `Err(code)` after printing the problem (or `--help`).
+pub fn local_event(function: &str) -> Result<Option<Value>, ExitCode> {
+    if on_lambda() {
+        return Ok(None);
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let source = match parse_args(&args) {
+        Ok(LocalArgs::Help) => {
+            println!("{}", usage(function));
+            return Err(ExitCode::SUCCESS);
+        }
+        Ok(LocalArgs::Run(source)) => source,
+        Err(message) => {
+            eprintln!("{function}: {message}\n\n{}", usage(function));
+            return Err(ExitCode::from(2));
+        }
+    };
+    match read_event(&source) {
+        Ok(event) => Ok(Some(event)),
+        Err(message) => {
+            let error = FunctionError::permanent("InvalidEvent", message);
+            eprintln!("{function}: {error}");
+            Err(exit_code(&error))
+        }
+    }
+}
+
+/// The future a stateful handler returns; it may borrow the state.
+pub type HandlerFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Value, FunctionError>> + 'a>>;
+
+/// Serve a handler that needs state built once per cold start (configuration,
+/// clients, secrets). Locally: the event is read first, then `init`, then one
+/// invocation. Under Lambda: `init` runs at cold start; if it fails, every
+/// invocation answers with that error (and tries `init` again, so a
+/// transient failure such as an unreachable Secrets Manager heals), instead
+/// of the process exiting with an error no caller gets to read.
+pub async fn serve_with_init<S, I, IFut, H>(function: &'static str, init: I, handler: H) -> ExitCode
+where
+    I: Fn() -> IFut,
+    IFut: Future<Output = Result<S, FunctionError>>,
+    H: for<'a> Fn(&'a S, Value, Invocation) -> HandlerFuture<'a>,
+{
+    let local = match local_event(function) {
+        Ok(local) => local,
+        Err(code) => return code,
+    };
+    if local.is_some() {
+        let state = match init().await {
+            Ok(state) => state,
+            Err(e) => return fail_init(function, &e),
+        };
+        return serve_event(function, local, |event, inv| handler(&state, event, inv)).await;
+    }
+    let cell: tokio::sync::OnceCell<S> = tokio::sync::OnceCell::new();
+    if let Err(e) = cell.get_or_try_init(&init).await {
+        tracing::error!(error_type = %e.error_type(), "{function}: initialisation failed: {}", e.message);
+    }
+    let (cell, init, handler) = (&cell, &init, &handler);
+    serve_event(function, None, move |event, inv| async move {
+        let state = cell.get_or_try_init(init).await?;
+        handler(state, event, inv).await
+    })
+    .await
+}
+
 /// Serve `handler` under Lambda, or run it once locally (see module docs).
 pub async fn serve<H, Fut>(function: &'static str, handler: H) -> ExitCode
 where
     H: Fn(Value, Invocation) -> Fut,
     Fut: Future<Output = Result<Value, FunctionError>>,
 {
-    if on_lambda() {
+    match local_event(function) {
+        Ok(local) => serve_event(function, local, handler).await,
+        Err(code) => code,
+    }
+}
+
+/// [`serve`] with the local event already read by [`local_event`]: `None`
+/// serves Lambda invocations, `Some(event)` runs that one invocation.
+pub async fn serve_event<H, Fut>(
+    function: &'static str,
+    local: Option<Value>,
+    handler: H,
+) -> ExitCode
+where
+    H: Fn(Value, Invocation) -> Fut,
+    Fut: Future<Output = Result<Value, FunctionError>>,
+{
+    let Some(event) = local else {
         let handler = &handler;
         let service =
             lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| {
@@ -244,27 +330,6 @@ where
                 ExitCode::FAILURE
             }
         };
-    }
-
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let source = match parse_args(&args) {
-        Ok(LocalArgs::Help) => {
-            println!("{}", usage(function));
-            return ExitCode::SUCCESS;
-        }
-        Ok(LocalArgs::Run(source)) => source,
-        Err(message) => {
-            eprintln!("{function}: {message}\n\n{}", usage(function));
-            return ExitCode::from(2);
-        }
-    };
-    let event = match read_event(&source) {
-        Ok(event) => event,
-        Err(message) => {
-            let error = FunctionError::permanent("InvalidEvent", message);
-            eprintln!("{function}: {error}");
-            return exit_code(&error);
-        }
     };
     let invocation = Invocation {
         request_id: format!("local-{:016x}", fastrand::u64(..)),

@@ -1,22 +1,72 @@
-//! The ecm-export Lambda function (to be wired).
+//! The ecm-export Lambda function: approval webhook (Function URL), manual
+//! resend and package export. Only wiring lives here; see `handler.rs`.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use xecm_core::runtime::{self, FunctionError, Invocation};
+use secrecy::ExposeSecret;
+use xecm_core::adapters::aws::{EventBridgeSink, SecretsManagerSecrets, load_sdk_config};
+use xecm_core::adapters::otcs::{EcmSettings, OtcsClient, OtcsOptions};
+use xecm_core::config::Config;
+use xecm_core::domain::export_route::ExportConfig;
+use xecm_core::domain::webhook::WebhookPolicy;
+use xecm_core::flows::export::SftpDestinations;
+use xecm_core::ports::secrets::Secrets;
+use xecm_core::runtime::{self, FunctionError};
 
-async fn handle(
-    event: serde_json::Value,
-    invocation: Invocation,
-) -> Result<serde_json::Value, FunctionError> {
-    let _ = invocation;
-    Err(FunctionError::permanent(
-        "NotImplemented",
-        format!("event {event} not handled yet"),
-    ))
+mod handler;
+
+/// Secrets are re-read after this, so a rotated key takes effect.
+const SECRET_TTL: Duration = Duration::from_secs(300);
+
+async fn init() -> Result<handler::State, FunctionError> {
+    let config =
+        Config::from_env().map_err(|e| FunctionError::permanent("Config", e.to_string()))?;
+    let routes_json = std::env::var("XECM_EXPORT_ROUTES").map_err(|_| {
+        FunctionError::permanent(
+            "Config",
+            "environment variable XECM_EXPORT_ROUTES is not set (the export routes as JSON, see events/export-routes.json)",
+        )
+    })?;
+    let routes = ExportConfig::from_json(&routes_json)
+        .map_err(|e| FunctionError::permanent("Config", format!("XECM_EXPORT_ROUTES: {e}")))?;
+    let sdk = load_sdk_config().await;
+    let secrets: Arc<dyn Secrets> = Arc::new(SecretsManagerSecrets::new(&sdk).with_ttl(SECRET_TTL));
+    let ecm_secret = secrets.get(&config.ecm_secret_id).await.map_err(|e| {
+        if e.is_retryable() {
+            FunctionError::transient("Secret", e.to_string())
+        } else {
+            FunctionError::permanent("Secret", e.to_string())
+        }
+    })?;
+    let settings = EcmSettings::from_secret_json(&config.ecm_secret_id, ecm_secret.expose_secret())
+        .map_err(|e| FunctionError::permanent("Secret", e.to_string()))?;
+    let ecm = OtcsClient::new(settings, OtcsOptions::default())
+        .map_err(|e| FunctionError::permanent("EcmClient", e.to_string()))?;
+    let mut policy = WebhookPolicy::default();
+    if let Ok(path) = std::env::var("XECM_WEBHOOK_PATH") {
+        policy.path = path;
+    }
+    Ok(handler::State {
+        ecm: Arc::new(ecm),
+        events: Arc::new(EventBridgeSink::new(&sdk, config.event_bus.clone())),
+        destinations: Arc::new(
+            SftpDestinations::new(Arc::clone(&secrets), config.sftp_secrets.clone())
+                .with_ttl(SECRET_TTL),
+        ),
+        secrets,
+        routes,
+        webhook_secret_id: config.webhook_secret_id.clone(),
+        policy,
+    })
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     runtime::init_tracing();
-    runtime::serve("ecm-export", handle).await
+    runtime::serve_with_init("ecm-export", init, |state, event, inv| {
+        Box::pin(handler::handle(state, event, inv))
+    })
+    .await
 }

@@ -19,9 +19,6 @@ use xecm_core::runtime::{FunctionError, Invocation};
 /// Built once per cold start, borrowed by every invocation.
 pub struct State {
     pub config: Config,
-    /// The SFTP directory routes' `source_dir` is relative to
-    /// (`XECM_SFTP_REMOTE_ROOT`, default `/`; the local stack's chroot uses `/data`).
-    pub sftp_root: String,
     pub secrets: Arc<dyn Secrets>,
     pub ecm: Arc<dyn Ecm>,
     pub events: Arc<dyn EventSink>,
@@ -48,12 +45,10 @@ async fn open_store(state: &State, route: &Route) -> Result<SftpStore, FunctionE
             FunctionError::permanent("SecretInvalid", e.to_string())
         }
     })?;
+    // The secret's optional `root` is the directory routes' `source_dir`
+    // is relative to (a chroot's writable `/data`, a home directory).
     let mut settings = SftpSettings::from_secret_json(secret_id, json.expose_secret())
-        .map_err(|e| FunctionError::permanent("SecretInvalid", e.to_string()))?
-        .with_root(&state.sftp_root)
-        .map_err(|e| {
-            FunctionError::permanent("InvalidConfig", format!("XECM_SFTP_REMOTE_ROOT: {e}"))
-        })?;
+        .map_err(|e| FunctionError::permanent("SecretInvalid", e.to_string()))?;
     settings.max_sessions = route.limits().parallelism as usize + SPARE_SESSIONS;
     let host = format!("{}:{}", settings.host, settings.port);
     let store = SftpStore::new(settings).map_err(|e| store_error(e, &host))?;
@@ -134,7 +129,6 @@ mod tests {
         .unwrap();
         State {
             config,
-            sftp_root: "/".into(),
             secrets: Arc::new(secrets),
             ecm: Arc::new(MemoryEcm::new()),
             events: Arc::new(MemoryEvents::new()),

@@ -33,13 +33,8 @@ async fn init() -> Result<handler::State, FunctionError> {
     let ecm = OtcsClient::new(settings, OtcsOptions::default())
         .map_err(|e| FunctionError::permanent("EcmClient", e.to_string()))?;
     let events = EventBridgeSink::new(&sdk, config.event_bus.clone());
-    let sftp_root = std::env::var("XECM_SFTP_REMOTE_ROOT")
-        .ok()
-        .filter(|r| !r.trim().is_empty())
-        .unwrap_or_else(|| "/".into());
     Ok(handler::State {
         config,
-        sftp_root,
         secrets,
         ecm: Arc::new(ecm),
         events: Arc::new(events),
@@ -49,10 +44,8 @@ async fn init() -> Result<handler::State, FunctionError> {
 #[tokio::main]
 async fn main() -> ExitCode {
     runtime::init_tracing();
-    let state = match init().await {
-        Ok(s) => s,
-        Err(e) => return runtime::fail_init(NAME, &e),
-    };
-    let state = &state;
-    runtime::serve(NAME, |event, inv| handler::handle(state, event, inv)).await
+    runtime::serve_with_init(NAME, init, |state, event, inv| {
+        Box::pin(handler::handle(state, event, inv))
+    })
+    .await
 }

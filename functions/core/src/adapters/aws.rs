@@ -32,8 +32,10 @@ pub async fn load_sdk_config() -> SdkConfig {
 fn timeouts() -> TimeoutConfig {
     TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(3))
-        .operation_attempt_timeout(Duration::from_secs(5))
-        .operation_timeout(Duration::from_secs(15))
+        // Generous per attempt: a timed-out PutEvents attempt that did reach
+        // the service is retried and delivers its events twice.
+        .operation_attempt_timeout(Duration::from_secs(10))
+        .operation_timeout(Duration::from_secs(25))
         .build()
 }
 
@@ -228,7 +230,13 @@ impl PutEvents for aws_sdk_eventbridge::Client {
             .await
             .map_err(|e| {
                 let code = e.code().unwrap_or("RequestFailed").to_string();
-                (code, error_chain(&e))
+                // The service's own message when there is one; otherwise the
+                // transport error chain (timeouts, connection failures).
+                let message = e
+                    .message()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| error_chain(&e));
+                (code, message)
             })?;
         let results: EntryResults = out
             .entries()
@@ -260,6 +268,7 @@ fn is_permanent_entry_error(code: &str) -> bool {
         code,
         "MalformedDetail"
             | "InvalidArgument"
+            | "ResourceNotFoundException"
             | "ValidationException"
             | "AccessDeniedException"
             | "NotAuthorizedForSourceException"

@@ -1,2 +1,4 @@
 //! Flows: orchestration over the ports, deadline-aware.
+
+pub mod export;
 pub mod ingest;

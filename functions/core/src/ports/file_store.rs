@@ -7,7 +7,14 @@
 //!
 //! Semantics every implementation keeps:
 //! - `rename(.., NoReplace)` fails with `AlreadyExists` when the target
-//!   exists: the ingest claim relies on "two renames, one wins".
+//!   exists: the ingest claim relies on "two renames, one wins". Claimers
+//!   must all rename to the *same* target path (e.g. `.inflight/<name>`):
+//!   OpenSSH renames files by link()+unlink(), and where link() is refused
+//!   (another owner's file under `fs.protected_hardlinks`, filesystems
+//!   without hard links) it falls back to stat+rename. With one shared
+//!   target both forms leave exactly one winner (the loser finds the
+//!   target existing or the source gone); with per-claimer targets the
+//!   fallback could let two claims succeed.
 //! - `put_atomic` never makes a half-written file visible under the final
 //!   name: it writes a dot-file next to the target, checks the size, syncs
 //!   where the server can, then renames.

@@ -50,7 +50,8 @@ pub trait Secrets: Send + Sync {
 }
 
 /// Parses a secret with a typed parser, e.g.
-/// `get_parsed(&secrets, id, SftpSecret::from_json)`.
+/// `get_parsed(&secrets, id, WebhookSecret::from_json)`. (The SFTP secret is
+/// parsed by the SFTP adapter: `adapters::sftp::SftpSettings::from_secret_json`.)
 pub async fn get_parsed<T>(
     secrets: &dyn Secrets,
     secret_id: &str,
@@ -160,56 +161,6 @@ impl<'a> SecretFields<'a> {
     }
 }
 
-/// How to authenticate to an SFTP server.
-#[derive(Debug, Clone)]
-pub enum SftpAuth {
-    PrivateKey {
-        pem: SecretString,
-        passphrase: Option<SecretString>,
-    },
-    Password(SecretString),
-}
-
-/// The SFTP secret of the shared contract.
-#[derive(Debug, Clone)]
-pub struct SftpSecret {
-    pub host: String,
-    pub port: u16,
-    pub username: String,
-    /// Accepted host key fingerprints (`SHA256:...`); more than one during rotation.
-    pub host_key_sha256: Vec<String>,
-    pub auth: SftpAuth,
-}
-
-impl SftpSecret {
-    pub fn from_json(secret_id: &str, json: &str) -> Result<Self, SecretsError> {
-        let f = SecretFields::parse(secret_id, json)?;
-        let host_key_sha256 = f.str_list("host_key_sha256")?;
-        if let Some(bad) = host_key_sha256.iter().find(|k| !k.starts_with("SHA256:")) {
-            let _ = bad;
-            return Err(f.invalid(
-                "host_key_sha256",
-                "every fingerprint must start with `SHA256:`",
-            ));
-        }
-        let auth = match (f.opt_secret("private_key")?, f.opt_secret("password")?) {
-            (Some(pem), _) => SftpAuth::PrivateKey {
-                pem,
-                passphrase: f.opt_secret("passphrase")?,
-            },
-            (None, Some(pw)) => SftpAuth::Password(pw),
-            (None, None) => return Err(f.missing("private_key")),
-        };
-        Ok(Self {
-            host: f.str("host")?,
-            port: f.opt_u16("port")?.unwrap_or(22),
-            username: f.str("username")?,
-            host_key_sha256,
-            auth,
-        })
-    }
-}
-
 /// The webhook secret: HMAC keys, current first, previous ones still accepted.
 #[derive(Debug, Clone)]
 pub struct WebhookSecret {
@@ -266,60 +217,6 @@ impl Secrets for MemorySecrets {
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;
-
-    const SFTP: &str = r#"{"host":"127.0.0.1","port":2222,"username":"xecm","host_key_sha256":["SHA256:abc"],"private_key":"-----BEGIN OPENSSH PRIVATE KEY-----\nxyz","passphrase":null,"password":null}"#;
-
-    #[test]
-    fn sftp_secret_parses_the_shared_contract() {
-        let s = SftpSecret::from_json("sftp/partner", SFTP).unwrap();
-        assert_eq!(
-            (s.host.as_str(), s.port, s.username.as_str()),
-            ("127.0.0.1", 2222, "xecm")
-        );
-        assert!(matches!(
-            s.auth,
-            SftpAuth::PrivateKey {
-                passphrase: None,
-                ..
-            }
-        ));
-        // The key never shows in Debug output.
-        assert!(!format!("{s:?}").contains("xyz"));
-    }
-
-    #[test]
-    fn sftp_port_defaults_to_22_and_password_auth_works() {
-        let s = SftpSecret::from_json(
-            "id",
-            r#"{"host":"h","username":"u","host_key_sha256":["SHA256:x"],"password":"pw"}"#,
-        )
-        .unwrap();
-        assert_eq!(s.port, 22);
-        match s.auth {
-            SftpAuth::Password(p) => assert_eq!(p.expose_secret(), "pw"),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    #[test]
-    fn missing_field_names_secret_and_field() {
-        let err = SftpSecret::from_json(
-            "sftp/acme",
-            r#"{"host":"h","host_key_sha256":["SHA256:x"],"password":"p"}"#,
-        )
-        .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "secret sftp/acme: missing field `username`"
-        );
-        let err =
-            SftpSecret::from_json("sftp/acme", r#"{"host":"h","username":"u","password":"p"}"#)
-                .unwrap_err();
-        assert!(
-            matches!(err, SecretsError::MissingField { ref field, .. } if field == "host_key_sha256"),
-            "{err}"
-        );
-    }
 
     #[test]
     fn not_json_does_not_leak_content() {

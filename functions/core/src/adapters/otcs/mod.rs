@@ -455,8 +455,14 @@ impl OtcsClient {
     /// Makes sure the ticket is fresh before a one-shot streamed request, so a
     /// ticket that expired while idle is renewed by a cheap, repeatable call
     /// rather than failing the upload; also checks that `node` exists.
-    async fn preflight(&self, node: NodeId) -> Result<Node, EcmError> {
-        self.node(node).await
+    async fn preflight(&self, call: &Call, node: NodeId) -> Result<Node, EcmError> {
+        self.node(node).await.map_err(|e| match e {
+            EcmError::NotFound { .. } => EcmError::NotFound {
+                op: call.op,
+                target: format!("{} (node {node} does not exist)", call.target),
+            },
+            other => other,
+        })
     }
 
     async fn streamed_upload(
@@ -590,12 +596,13 @@ impl Ecm for OtcsClient {
             let p = self
                 .children(parent, &filter, page, self.opts.page_size)
                 .await?;
+            let empty = p.items.is_empty();
             if let Some(n) = p.items.into_iter().find(|n| n.name == name) {
                 return Ok(Some(n));
             }
             // Also stop on an empty page, so a server that misreports
             // page_total cannot keep us looping.
-            if page >= p.page_total || p.total_count == 0 || page >= 10_000 {
+            if empty || page >= p.page_total || page >= 10_000 {
                 return Ok(None);
             }
             page += 1;
@@ -660,7 +667,26 @@ impl Ecm for OtcsClient {
             false,
         );
         check(&call, &request.name)?;
-        self.preflight(request.parent).await?;
+        // The name check before streaming: a server may answer a collision
+        // before reading the body, which would surface as a broken pipe
+        // (transient) instead of the conflict it is. It also refreshes the
+        // ticket and proves the parent exists.
+        let existing = self
+            .child_by_name(request.parent, &request.name)
+            .await
+            .map_err(|e| match e {
+                EcmError::NotFound { .. } => EcmError::NotFound {
+                    op: call.op,
+                    target: format!("{} (node {} does not exist)", call.target, request.parent),
+                },
+                other => other,
+            })?;
+        if existing.is_some() {
+            return Err(EcmError::Conflict {
+                op: call.op,
+                target: call.target,
+            });
+        }
         let body = wire::upload_body(
             request.parent,
             &request.name,
@@ -694,7 +720,7 @@ impl Ecm for OtcsClient {
         content: Content,
     ) -> Result<UploadReceipt, EcmError> {
         let call = Call::new("add version", node_target(node), false);
-        self.preflight(node).await?;
+        self.preflight(&call, node).await?;
         let fields = vec![("description", description.unwrap_or_default().to_string())];
         let (v, size, sha256) = self
             .streamed_upload(

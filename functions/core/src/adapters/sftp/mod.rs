@@ -76,11 +76,12 @@ impl Worker {
         &mut self,
         f: &mut impl FnMut(&Conn) -> Result<T, FileStoreError>,
     ) -> Result<T, FileStoreError> {
-        let conn = match self.conn.take() {
-            Some(c) => c,
-            None => conn::connect(&self.settings)?,
+        let mut conn = match self.conn.take() {
+            Some(c) if c.is_alive_after_idle(self.settings.idle_probe_after) => c,
+            _ => conn::connect(&self.settings)?,
         };
         let r = f(&conn);
+        conn.touch();
         match &r {
             Err(e) if conn::breaks_connection(e) => drop(conn),
             _ => self.conn = Some(conn),

@@ -85,11 +85,16 @@ pub struct SftpSettings {
     pub root: RemoteRoot,
     /// Sessions (one per blocking thread) the store may open in parallel.
     pub max_sessions: usize,
+    /// A pooled session idle for longer is probed (one round trip) before
+    /// reuse, so a session that died while idle (Lambda freeze, server idle
+    /// timeout) is replaced before a non-idempotent operation runs on it.
+    pub idle_probe_after: Duration,
 }
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_SESSIONS: usize = 4;
+pub const DEFAULT_IDLE_PROBE_AFTER: Duration = Duration::from_secs(10);
 
 fn opt_str<'a>(
     m: &'a Map<String, Value>,
@@ -127,7 +132,7 @@ fn req_str<'a>(
 }
 
 impl SftpSettings {
-    /// Parses the shared-contract secret. The root defaults to `/`, timeouts
+    /// Parses the shared-contract secret. The optional `root` defaults to `/`, timeouts
     /// and session count to the `DEFAULT_*` values; change them on the
     /// returned value (the route decides the root).
     pub fn from_secret_json(secret_id: &str, json: &str) -> Result<Self, SettingsError> {
@@ -204,6 +209,14 @@ impl SftpSettings {
             }
         };
 
+        // The directory the account may use (e.g. a chroot's writable
+        // `/data`, or a home directory); routes' paths resolve below it.
+        let root = match opt_str(m, secret_id, "root")? {
+            None => RemoteRoot::parse("/")?,
+            Some(r) => RemoteRoot::parse(r.trim())
+                .map_err(|_| invalid("root", "must be an absolute path without `..` or NUL"))?,
+        };
+
         Ok(Self {
             host,
             port,
@@ -212,8 +225,9 @@ impl SftpSettings {
             auth,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             io_timeout: DEFAULT_IO_TIMEOUT,
-            root: RemoteRoot::parse("/")?,
+            root,
             max_sessions: DEFAULT_MAX_SESSIONS,
+            idle_probe_after: DEFAULT_IDLE_PROBE_AFTER,
         })
     }
 
@@ -250,6 +264,18 @@ mod tests {
             }
             SftpAuth::Password(_) => panic!("expected key auth"),
         }
+    }
+
+    #[test]
+    fn root_comes_from_the_secret_and_is_checked() {
+        let base =
+            format!(r#""host":"h","username":"u","host_key_sha256":["{PIN}"],"password":"p""#);
+        let s = parse(&format!(r#"{{{base},"root":"/data"}}"#)).unwrap();
+        assert_eq!(s.root.path().to_string_lossy(), "/data");
+        let s = parse(&format!("{{{base}}}")).unwrap();
+        assert_eq!(s.root.path().to_string_lossy(), "/");
+        let err = parse(&format!(r#"{{{base},"root":"/data/../etc"}}"#)).unwrap_err();
+        assert!(err.to_string().contains("`root`"), "{err}");
     }
 
     #[test]

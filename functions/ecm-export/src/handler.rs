@@ -1,0 +1,351 @@
+//! Translates `ecm-export` invocations ⇄ the export flow, and nothing else:
+//!
+//! - a Lambda Function URL request (HTTP API v2 payload) is the approval
+//!   webhook: verified (`domain::webhook`), then `flows::export::handle_callback`.
+//!   It is always answered with an HTTP response object: 2xx after a delivery
+//!   or an acknowledged duplicate, 4xx with a short reason for a refusal, 503
+//!   for a transient failure so that the caller retries;
+//! - a manual console event (`{"action":"resend"|"export-package",…}`), bare
+//!   or as the `detail` of an EventBridge event, returns the flow's JSON
+//!   report; failures are `FunctionError`s, transient ones retryable.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use xecm_core::domain::export_route::{ExportManualEvent, ExportRoutes};
+use xecm_core::domain::webhook::{self, FunctionUrlEvent, WebhookPolicy, WebhookRequest};
+use xecm_core::flows::export::{self, Destinations, ExportContext, ExportError, ExportOutcome};
+use xecm_core::ports::ecm::Ecm;
+use xecm_core::ports::events::EventSink;
+use xecm_core::ports::secrets::{Secrets, WebhookSecret, get_parsed};
+use xecm_core::runtime::{FunctionError, Invocation};
+
+/// Everything built once per cold start and borrowed by each invocation.
+pub struct State {
+    pub ecm: Arc<dyn Ecm>,
+    pub events: Arc<dyn EventSink>,
+    pub destinations: Arc<dyn Destinations>,
+    pub secrets: Arc<dyn Secrets>,
+    pub routes: ExportRoutes,
+    /// Secret holding `{"hmac_keys":[…]}`; without it every webhook is 500.
+    pub webhook_secret_id: Option<String>,
+    pub policy: WebhookPolicy,
+}
+
+impl State {
+    fn context<'a>(&'a self, invocation: &'a Invocation) -> ExportContext<'a> {
+        ExportContext {
+            ecm: self.ecm.as_ref(),
+            events: self.events.as_ref(),
+            destinations: self.destinations.as_ref(),
+            routes: &self.routes,
+            invocation_id: &invocation.request_id,
+        }
+    }
+}
+
+/// A Function URL response. `cookies` and `multiValueHeaders` are empty but
+/// present: Lambda ignores them, and cargo-lambda's local Function URL
+/// (older `aws_lambda_events` response type) refuses a response without them.
+fn http(status: u16, body: Value) -> Value {
+    json!({
+        "statusCode": status,
+        "headers": {"content-type": "application/json"},
+        "multiValueHeaders": {},
+        "cookies": [],
+        "body": body.to_string(),
+        "isBase64Encoded": false,
+    })
+}
+
+fn is_function_url(event: &Value) -> bool {
+    event
+        .get("requestContext")
+        .and_then(|c| c.get("http"))
+        .is_some()
+}
+
+/// The Lambda entry point.
+pub async fn handle(
+    state: &State,
+    event: Value,
+    invocation: Invocation,
+) -> Result<Value, FunctionError> {
+    if is_function_url(&event) {
+        return Ok(handle_http(state, event, &invocation, chrono::Utc::now().timestamp()).await);
+    }
+    // An EventBridge event carries the manual event as its detail.
+    let manual = match event.get("detail-type") {
+        Some(_) => event.get("detail").cloned().unwrap_or(Value::Null),
+        None => event,
+    };
+    handle_manual(state, manual, &invocation).await
+}
+
+/// The webhook. `now` is injected so tests can pin the replay window.
+pub async fn handle_http(state: &State, event: Value, invocation: &Invocation, now: i64) -> Value {
+    let ev: FunctionUrlEvent = match serde_json::from_value(event) {
+        Ok(ev) => ev,
+        Err(e) => {
+            tracing::warn!(error = %e, "not a Function URL request");
+            return http(400, json!({"error": "malformed request"}));
+        }
+    };
+    let req = match WebhookRequest::from_function_url(ev, &state.policy) {
+        Ok(r) => r,
+        Err(rej) => return refusal(&rej),
+    };
+    let Some(secret_id) = state.webhook_secret_id.as_deref() else {
+        tracing::error!("XECM_WEBHOOK_SECRET_ID is not set; refusing every webhook");
+        return http(500, json!({"error": "server not configured"}));
+    };
+    let keys = match get_parsed(state.secrets.as_ref(), secret_id, WebhookSecret::from_json).await {
+        Ok(s) => s.hmac_keys,
+        Err(e) if e.is_retryable() => {
+            tracing::warn!(error = %e, "webhook secret unavailable");
+            return http(503, json!({"error": "temporarily unavailable"}));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "webhook secret unusable");
+            return http(500, json!({"error": "server not configured"}));
+        }
+    };
+    let cb = match webhook::verify(&state.policy, &req, &keys, now) {
+        Ok(cb) => cb,
+        Err(rej) => return refusal(&rej),
+    };
+    let cx = state.context(invocation);
+    match export::handle_callback(&cx, &cb).await {
+        Ok(ExportOutcome::Delivered(r)) => http(200, json!({"status": "delivered", "delivery": r})),
+        Ok(ExportOutcome::Duplicate(r)) => http(200, json!({"status": "duplicate", "delivery": r})),
+        Ok(ExportOutcome::Rejected { node_id, .. }) => http(
+            422,
+            json!({"error": "not approved for export", "node_id": node_id}),
+        ),
+        Err(e) => error_response(&e),
+    }
+}
+
+fn refusal(rej: &webhook::Rejection) -> Value {
+    tracing::warn!(status = rej.status, reason = rej.reason, detail = ?rej.detail, "webhook refused");
+    http(rej.status, json!({"error": rej.reason}))
+}
+
+fn error_response(e: &ExportError) -> Value {
+    if e.is_retryable() {
+        tracing::warn!(error = %e, "export failed transiently; the caller should retry");
+        return http(
+            503,
+            json!({"error": "temporarily unavailable", "kind": e.kind()}),
+        );
+    }
+    tracing::error!(error = %e, "export failed");
+    let status = match e {
+        ExportError::TargetExists { .. } => 409,
+        _ => 422,
+    };
+    http(status, json!({"error": "export failed", "kind": e.kind()}))
+}
+
+fn function_error(e: ExportError) -> FunctionError {
+    if e.is_retryable() {
+        FunctionError::transient(e.kind(), e.to_string())
+    } else {
+        FunctionError::permanent(e.kind(), e.to_string())
+    }
+}
+
+/// Manual console events.
+pub async fn handle_manual(
+    state: &State,
+    event: Value,
+    invocation: &Invocation,
+) -> Result<Value, FunctionError> {
+    let ev = ExportManualEvent::from_json(event)
+        .map_err(|e| FunctionError::permanent("InvalidEvent", e.to_string()))?;
+    let cx = state.context(invocation);
+    match ev {
+        ExportManualEvent::Resend {
+            node_id,
+            route,
+            reason,
+        } => {
+            let r = export::resend(&cx, node_id, &route, reason.as_deref())
+                .await
+                .map_err(function_error)?;
+            Ok(json!({"status": "resent", "delivery": r}))
+        }
+        ExportManualEvent::ExportPackage {
+            node_id,
+            route,
+            package_name,
+            format,
+        } => {
+            let r = export::export_package(&cx, node_id, &route, package_name.as_deref(), format)
+                .await
+                .map_err(function_error)?;
+            Ok(json!({"status": "packaged", "package": r}))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use bytes::Bytes;
+    use xecm_core::domain::export_route::ExportConfig;
+    use xecm_core::flows::export::memory::MemoryDestinations;
+    use xecm_core::ports::ecm::memory::MemoryEcm;
+    use xecm_core::ports::ecm::{AppliedCategory, Content, NodeId, UploadRequest};
+    use xecm_core::ports::events::MemoryEvents;
+    use xecm_core::ports::secrets::MemorySecrets;
+
+    use super::*;
+
+    const NOW: i64 = 1_795_000_000;
+
+    async fn state() -> (State, Arc<MemoryEcm>, MemoryDestinations) {
+        let ecm = Arc::new(MemoryEcm::new());
+        let secrets = MemorySecrets::new();
+        secrets.insert("hook", r#"{"hmac_keys":["new-key","old-key"]}"#);
+        let dest = MemoryDestinations::new().unwrap();
+        let routes = ExportConfig::from_json(
+            &json!({
+                "export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 3, "destination": 4, "sha256": 5}},
+                "routes": [{"name": "r", "approval": {"category_id": 9001, "attribute": "9001_2", "value": "Approved"},
+                    "destinations": [{"name": "d", "sftp_secret": "s", "directory": "out"}]}]
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let state = State {
+            ecm: ecm.clone(),
+            events: Arc::new(MemoryEvents::new()),
+            destinations: Arc::new(dest.clone()),
+            secrets: Arc::new(secrets),
+            routes,
+            webhook_secret_id: Some("hook".into()),
+            policy: WebhookPolicy::default(),
+        };
+        (state, ecm, dest)
+    }
+
+    async fn doc(ecm: &MemoryEcm, status: &str) -> NodeId {
+        let b = Bytes::from_static(b"content");
+        ecm.upload(UploadRequest {
+            parent: NodeId::new(2000).unwrap(),
+            name: format!("{status}.txt"),
+            description: None,
+            categories: vec![AppliedCategory {
+                category_id: 9001,
+                values: [("9001_2".to_string(), json!(status))].into(),
+            }],
+            classifications: vec![],
+            content: Content {
+                length: b.len() as u64,
+                stream: Box::pin(futures_util::stream::iter([Ok(b)])),
+                file_name: "a.txt".into(),
+                mime_type: "text/plain".into(),
+            },
+        })
+        .await
+        .unwrap()
+        .node_id
+    }
+
+    fn request(node: NodeId, key: &str, ts: i64) -> Value {
+        let body = json!({"event": "document.approved", "event_id": "e1", "node_id": node.get(), "version": 1,
+            "category_id": 9001, "attribute": "9001_2", "value": "Approved", "approved_at": "2026-11-18T11:06:36Z"})
+        .to_string();
+        json!({
+            "version": "2.0", "rawPath": "/", "rawQueryString": "",
+            "headers": {"content-type": "application/json", "x-xecm-timestamp": ts.to_string(),
+                        "x-xecm-signature": webhook::sign(key.as_bytes(), ts, body.as_bytes())},
+            "requestContext": {"http": {"method": "POST", "path": "/"}},
+            "body": body, "isBase64Encoded": false
+        })
+    }
+
+    fn inv() -> Invocation {
+        Invocation {
+            request_id: "req-1".into(),
+            deadline: SystemTime::now() + Duration::from_secs(60),
+            function_arn: "local:ecm-export".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn signed_callback_with_the_previous_key_delivers_and_answers_200() {
+        let (state, ecm, dest) = state().await;
+        let id = doc(&ecm, "Approved").await;
+        let r = handle_http(&state, request(id, "old-key", NOW), &inv(), NOW + 10).await;
+        assert_eq!(r["statusCode"], 200, "{r}");
+        assert!(dest.store.file("/out/Approved.txt").is_some());
+        let again = handle_http(&state, request(id, "new-key", NOW), &inv(), NOW).await;
+        let body: Value = serde_json::from_str(again["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["status"], "duplicate");
+    }
+
+    #[tokio::test]
+    async fn refusals_are_4xx_with_a_short_reason_and_deliver_nothing() {
+        let (state, ecm, dest) = state().await;
+        let id = doc(&ecm, "Approved").await;
+        let r = handle_http(&state, request(id, "forged", NOW), &inv(), NOW).await;
+        assert_eq!(r["statusCode"], 401);
+        assert_eq!(r["body"], json!({"error": "bad signature"}).to_string());
+        let r = handle_http(&state, request(id, "new-key", NOW - 301), &inv(), NOW).await;
+        assert_eq!(r["statusCode"], 401);
+        let mut ev = request(id, "new-key", NOW);
+        ev["requestContext"]["http"]["method"] = json!("GET");
+        assert_eq!(
+            handle_http(&state, ev, &inv(), NOW).await["statusCode"],
+            405
+        );
+        let draft = doc(&ecm, "Draft").await;
+        let r = handle_http(&state, request(draft, "new-key", NOW), &inv(), NOW).await;
+        assert_eq!(r["statusCode"], 422);
+        assert_eq!(dest.store.put_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn manual_events_are_routed_and_bad_ones_are_permanent_errors() {
+        let (state, ecm, dest) = state().await;
+        let id = doc(&ecm, "Approved").await;
+        let out = handle(
+            &state,
+            json!({"action": "resend", "node_id": id.get(), "route": "r"}),
+            inv(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["status"], "resent");
+        assert_eq!(dest.store.put_count(), 1);
+        // The same as the detail of an EventBridge event.
+        let out = handle(
+            &state,
+            json!({"detail-type": "Export Requested", "source": "console",
+                   "detail": {"action": "resend", "node_id": id.get(), "route": "r"}}),
+            inv(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["status"], "resent");
+        let err = handle(
+            &state,
+            json!({"action": "resend", "node_id": id.get()}),
+            inv(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.error_type(), "Permanent.InvalidEvent");
+        let err = handle(
+            &state,
+            json!({"action": "resend", "node_id": id.get(), "route": "nope"}),
+            inv(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.error_type(), "Permanent.UnknownRoute");
+    }
+}

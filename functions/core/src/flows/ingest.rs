@@ -457,9 +457,15 @@ pub async fn run(
         if let Some(a) = &archive_root {
             skip_top.insert(a.as_bytes());
         }
-        let first = walk(deps.store, &run.src, cfg.recursive, &skip_top)
-            .await
-            .map_err(list_err)?;
+        let first = match walk(deps.store, &run.src, cfg.recursive, &skip_top).await {
+            Ok(f) => f,
+            Err(e) => {
+                // Quarantines decided during recovery are on SFTP already;
+                // their events must not be lost with the run.
+                run.flush_events().await;
+                return Err(list_err(e));
+            }
+        };
         let first_at = deps.clock.now().timestamp();
         let indexes = run.load_indexes(&first, &mut report).await;
         let mut ready = Vec::new();
@@ -473,9 +479,13 @@ pub async fn run(
                 .saturating_sub(ctx.stop_margin);
             if wait > 0 && Duration::from_secs(wait) < left {
                 tokio::time::sleep(Duration::from_secs(wait)).await;
-                let second = walk(deps.store, &run.src, cfg.recursive, &skip_top)
-                    .await
-                    .map_err(list_err)?;
+                let second = match walk(deps.store, &run.src, cfg.recursive, &skip_top).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        run.flush_events().await;
+                        return Err(list_err(e));
+                    }
+                };
                 let now = deps.clock.now().timestamp();
                 ready.clear();
                 waiting.clear();

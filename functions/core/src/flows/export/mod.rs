@@ -397,79 +397,12 @@ async fn stream_version(
         (None, b) => b,
     };
     let p = path.clone();
-    let body: ByteStream = rechunk(
-        Box::pin(
-            download
-                .stream
-                .map(move |r| r.map_err(|e| FileStoreError::source(&p, e))),
-        ),
-        RECHUNK_BYTES,
+    let body: ByteStream = Box::pin(
+        download
+            .stream
+            .map(move |r| r.map_err(|e| FileStoreError::source(&p, e))),
     );
     Ok(store.put_atomic(path, body, expected_len, mode).await?)
-}
-
-/// Download chunks are grouped into blocks of this size before the upload.
-/// HTTP delivers 8–64 KiB pieces; the SFTP session thread takes a short
-/// queue of chunks while it writes 2 MiB blocks, so with small pieces the
-/// download stalls during every write and the two do not overlap (measured:
-/// 199 vs 250 MB/s for the adapter alone). A few MiB of buffer fix that.
-const RECHUNK_BYTES: usize = 1024 * 1024;
-
-/// Regroups a byte stream into chunks of about `target` bytes (the last one
-/// shorter); errors pass through after the bytes before them.
-fn rechunk(inner: ByteStream, target: usize) -> ByteStream {
-    struct State {
-        inner: ByteStream,
-        buf: bytes::BytesMut,
-        pending_err: Option<FileStoreError>,
-        done: bool,
-    }
-    let state = State {
-        inner,
-        buf: bytes::BytesMut::new(),
-        pending_err: None,
-        done: false,
-    };
-    Box::pin(futures_util::stream::unfold(
-        state,
-        move |mut st| async move {
-            if let Some(e) = st.pending_err.take() {
-                st.done = true;
-                return Some((Err(e), st));
-            }
-            if st.done {
-                return None;
-            }
-            while st.buf.len() < target {
-                match st.inner.next().await {
-                    Some(Ok(chunk)) => {
-                        // A chunk as large as the target needs no copy.
-                        if st.buf.is_empty() && chunk.len() >= target {
-                            return Some((Ok(chunk), st));
-                        }
-                        st.buf.extend_from_slice(&chunk);
-                    }
-                    Some(Err(e)) => {
-                        if st.buf.is_empty() {
-                            st.done = true;
-                            return Some((Err(e), st));
-                        }
-                        st.pending_err = Some(e);
-                        break;
-                    }
-                    None => {
-                        st.done = true;
-                        break;
-                    }
-                }
-            }
-            if st.buf.is_empty() {
-                return None;
-            }
-            let out = st.buf.split().freeze();
-            Some((Ok(out), st))
-        },
-    ))
 }
 
 /// SHA-256 of a remote file, streamed (constant memory).
@@ -1339,35 +1272,6 @@ mod tests {
             "attribute": "9001_2", "value": "Approved", "approved_at": "2026-11-27T10:00:00Z"
         }))
         .unwrap()
-    }
-
-    #[tokio::test]
-    async fn rechunk_groups_small_chunks_and_keeps_bytes_and_errors() {
-        let parts: Vec<Result<Bytes, FileStoreError>> = (0..10u8)
-            .map(|i| Ok(Bytes::from(vec![i; 3])))
-            .chain([Err(FileStoreError::Transient {
-                op: "read",
-                path: "x".into(),
-                reason: "cut".into(),
-            })])
-            .collect();
-        let out: Vec<Result<Bytes, FileStoreError>> =
-            rechunk(Box::pin(futures_util::stream::iter(parts)), 7)
-                .collect()
-                .await;
-        let sizes: Vec<usize> = out
-            .iter()
-            .filter_map(|r| r.as_ref().ok().map(|b| b.len()))
-            .collect();
-        assert_eq!(sizes, vec![9, 9, 9, 3]);
-        assert!(out.last().unwrap().is_err());
-        let bytes: Vec<u8> = out
-            .iter()
-            .filter_map(|r| r.as_ref().ok())
-            .flat_map(|b| b.to_vec())
-            .collect();
-        assert_eq!(bytes.len(), 30);
-        assert_eq!(&bytes[..4], &[0, 0, 0, 1]);
     }
 
     #[tokio::test]

@@ -37,15 +37,15 @@ fn routes_json() -> Value {
              "approval": {"category_id": 9001, "attribute": "9001_2", "value": "Approved", "ancestor_id": PRICING},
              "destinations": [
                 {"name": "replace", "when": {"categories": {"9001_3": "Replaceable"}}, "sftp_secret": SFTP_SECRET,
-                 "directory": "data/outbound", "file_name": "{stem}.{ext}", "overwrite": true},
-                {"name": "dist", "sftp_secret": SFTP_SECRET, "directory": "data/outbound",
+                 "directory": "outbound", "file_name": "{stem}.{ext}", "overwrite": true},
+                {"name": "dist", "sftp_secret": SFTP_SECRET, "directory": "outbound",
                  "file_name": "{stem}_v{version}.{ext}", "overwrite": false, "sha256_sidecar": true}
              ]},
             {"name": "customer-packages",
              "approval": {"category_id": 9001, "attribute": "9001_2", "value": "Approved", "ancestor_id": GLOBEX},
              "destinations": [
                 {"name": "portal", "when": {"workspace_type_id": 101}, "sftp_secret": SFTP_SECRET,
-                 "directory": "data/packages", "package": "dir"}
+                 "directory": "packages", "package": "dir"}
              ]}
         ]
     })
@@ -69,7 +69,11 @@ impl Stack {
         let emu = otcs_emulator::start(otcs_emulator::EmulatorConfig::default())
             .await
             .expect("emulator starts");
-        moto.put_secret_string(SFTP_SECRET, &sshd.sftp_secret_json())
+        // As the local stack does: the account's root is the chroot's
+        // writable directory, and route directories are relative to it.
+        let mut secret: Value = serde_json::from_str(&sshd.sftp_secret_json()).expect("json");
+        secret["root"] = json!(sshd.remote_root());
+        moto.put_json_secret(SFTP_SECRET, &secret)
             .await
             .expect("sftp secret");
         moto.create_event_bus(BUS).await.expect("bus");
@@ -194,7 +198,7 @@ async fn approved_document_is_delivered_once_with_sidecar_history_and_event() {
     assert_eq!(h.values["9003_5"], json!(sha(&body)));
     assert_eq!(
         h.values["9003_4"],
-        json!("price-lists/dist:data/outbound/Prices EU_v1.csv")
+        json!("price-lists/dist:outbound/Prices EU_v1.csv")
     );
 
     // The same callback again (the emulator retries, a replay inside the

@@ -91,8 +91,15 @@ async fn deliver(client: reqwest::Client, config: CallbackConfig, a: Approval) {
                 );
                 return;
             }
+            // A 4xx (bad signature, not approved, malformed) will not change
+            // on a retry; only server errors, throttling and network
+            // failures are retried, as a workflow step calling out would.
+            Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
+                tracing::warn!(node_id = a.node_id, status = %r.status(), attempt, "approval callback refused; not retried");
+                return;
+            }
             Ok(r) => {
-                tracing::warn!(node_id = a.node_id, status = %r.status(), attempt, "approval callback refused")
+                tracing::warn!(node_id = a.node_id, status = %r.status(), attempt, "approval callback failed")
             }
             Err(e) => {
                 tracing::warn!(node_id = a.node_id, error = %e, attempt, "approval callback failed")

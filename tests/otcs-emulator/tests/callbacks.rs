@@ -131,3 +131,63 @@ async fn approval_sends_one_signed_callback_after_a_retry() {
     );
     task.abort();
 }
+
+#[tokio::test]
+async fn a_callback_refused_with_a_client_error_is_not_retried() {
+    let attempts = Arc::new(Mutex::new(0usize));
+    let counter = attempts.clone();
+    let app = Router::new().route(
+        "/hook",
+        post(move || {
+            let counter = counter.clone();
+            async move {
+                *counter.lock().expect("lock") += 1;
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let mut cb = CallbackConfig::new(url, KEY);
+    cb.initial_backoff = Duration::from_millis(20);
+    let emulator = spawn_with(EmulatorConfig {
+        callback: Some(cb),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let (_, v) = emulator
+        .upload(
+            2000,
+            "refused.pdf",
+            b"v1".to_vec(),
+            json!({"roles": {"categories": {"9001": {"9001_2": "Draft"}}}}),
+        )
+        .await;
+    let id = id_of(&v);
+    let (s, _) = emulator
+        .send_form(
+            Method::PUT,
+            &format!("/v2/nodes/{id}/categories/9001"),
+            &[("category_id", "9001"), ("9001_2", "Approved")],
+        )
+        .await;
+    assert_eq!(s, 200);
+    // With 20 ms initial backoff, retries (if any) would all land well
+    // within this wait.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while *attempts.lock().expect("lock") == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        *attempts.lock().expect("lock"),
+        1,
+        "a 422 must not be retried"
+    );
+    task.abort();
+}

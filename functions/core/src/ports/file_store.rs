@@ -297,6 +297,16 @@ pub mod memory {
     pub struct MemoryFileStore {
         root: RemoteRoot,
         nodes: Mutex<BTreeMap<Vec<u8>, Node>>,
+        /// `put_atomic` calls that published a file.
+        puts: std::sync::atomic::AtomicU64,
+    }
+
+    impl std::fmt::Debug for MemoryFileStore {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("MemoryFileStore")
+                .field("root", &self.root)
+                .finish_non_exhaustive()
+        }
     }
 
     impl MemoryFileStore {
@@ -307,6 +317,37 @@ pub mod memory {
             Self {
                 root,
                 nodes: Mutex::new(nodes),
+                puts: std::sync::atomic::AtomicU64::new(0),
+            }
+        }
+
+        /// Test inspection: how many `put_atomic` calls published a file.
+        pub fn put_count(&self) -> u64 {
+            self.puts.load(std::sync::atomic::Ordering::SeqCst)
+        }
+
+        /// Test inspection: every path (files and directories), in order.
+        pub fn paths(&self) -> Vec<String> {
+            self.lock()
+                .keys()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect()
+        }
+
+        /// Test inspection by absolute path string; `None` for a path
+        /// outside the root or not a file.
+        pub fn file(&self, path: &str) -> Option<Bytes> {
+            self.root.resolve(path).ok().and_then(|p| self.content(&p))
+        }
+
+        /// Test set-up by absolute path string (creating parents).
+        ///
+        /// # Panics
+        /// On a path outside the root: test set-up only.
+        pub fn insert_file(&self, path: &str, content: &[u8]) {
+            match self.root.resolve(path) {
+                Ok(p) => self.seed(&p, Bytes::copy_from_slice(content)),
+                Err(e) => panic!("insert_file({path:?}): {e}"),
             }
         }
 
@@ -494,6 +535,7 @@ pub mod memory {
                 path.as_bytes().to_vec(),
                 Node::File(Bytes::from(buf), Utc::now()),
             );
+            self.puts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok(PutReceipt {
                 size,
                 sha256: hex::encode(h.finalize()),
@@ -533,18 +575,36 @@ pub mod memory {
             let Some(node) = n.get(from.as_bytes()).cloned() else {
                 return Err(not_found(from));
             };
-            if matches!(node, Node::Dir) {
-                // Moving subtrees is not needed by the flows; refuse loudly.
-                return Err(FileStoreError::WrongKind {
-                    path: from.to_string(),
-                    kind: EntryKind::Dir,
-                });
-            }
             parent_is_dir(&n, to)?;
             if mode == RenameMode::NoReplace && n.contains_key(to.as_bytes()) {
                 return Err(FileStoreError::AlreadyExists {
                     path: to.to_string(),
                 });
+            }
+            if matches!(node, Node::Dir) {
+                // A directory moves with its subtree (package directories
+                // are built under a temporary name and renamed at the end).
+                let f = from.as_bytes().to_vec();
+                if to.as_bytes().starts_with(&f) && to.as_bytes().get(f.len()) == Some(&b'/') {
+                    return Err(FileStoreError::Failed {
+                        op: "rename",
+                        path: from.to_string(),
+                        reason: "cannot move a directory into itself".into(),
+                    });
+                }
+                let moved: Vec<Vec<u8>> = n
+                    .keys()
+                    .filter(|k| **k == f || (k.starts_with(&f) && k.get(f.len()) == Some(&b'/')))
+                    .cloned()
+                    .collect();
+                for k in moved {
+                    if let Some(v) = n.remove(&k) {
+                        let mut nk = to.as_bytes().to_vec();
+                        nk.extend_from_slice(&k[f.len()..]);
+                        n.insert(nk, v);
+                    }
+                }
+                return Ok(());
             }
             n.remove(from.as_bytes());
             n.insert(to.as_bytes().to_vec(), node);

@@ -310,6 +310,11 @@ impl Sshd {
         Err(last_err.context("starting sshd"))
     }
 
+    /// Process id of the sshd listener (while running).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn host(&self) -> &str {
         "127.0.0.1"
     }

@@ -593,3 +593,62 @@ async fn parallel_reads_use_parallel_sessions() -> Result<()> {
     assert!(accepted >= 2, "only {accepted} sessions:\n{}", sshd.log());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sshd_and_its_session_processes_die_when_a_test_panics() -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let sshd = Sshd::start().expect("sshd");
+        let s = store(&sshd);
+        rt.block_on(s.check()).expect("connect");
+        // The listener and the per-connection child (still connected).
+        let pids: Vec<u32> = std::fs::read_dir("/proc")
+            .expect("proc")
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .ok()
+                    .and_then(|st| {
+                        let rest = st.rsplit_once(')')?.1.to_owned();
+                        rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                    })
+                    == sshd.pid()
+            })
+            .chain(sshd.pid())
+            .collect();
+        tx.send(pids).expect("send");
+        panic!("simulated test failure");
+    });
+    assert!(t.join().is_err());
+    let pids = rx.recv()?;
+    assert!(pids.len() >= 2, "expected a session child too: {pids:?}");
+    for pid in pids {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false);
+        assert!(!alive, "process {pid} survived the panic");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_are_not_utf8_are_listed_and_addressable() -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let sshd = Sshd::start()?;
+    let raw: &[u8] = b"r\xe9sum\xe9\t1.pdf";
+    std::fs::write(
+        sshd.data_root().join(std::ffi::OsStr::from_bytes(raw)),
+        b"12345",
+    )?;
+    let s = store(&sshd);
+    let entries = s.list(&s.root().path()).await?;
+    assert_eq!(entries.len(), 1);
+    let e = &entries[0];
+    assert_eq!(e.name, raw);
+    assert!(e.display_name.contains('\u{fffd}'), "{}", e.display_name);
+    assert_eq!(s.stat(&e.path).await?.size, Some(5));
+    assert_eq!(&s.read_small(&e.path, 100).await?[..], b"12345");
+    Ok(())
+}

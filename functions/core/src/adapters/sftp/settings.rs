@@ -77,7 +77,8 @@ pub struct SftpSettings {
     /// Accepted host keys; several allow rotation. Never empty.
     pub host_key_sha256: Vec<HostKeyPin>,
     pub auth: SftpAuth,
-    /// TCP connect + SSH handshake + auth.
+    /// Bound on the TCP connect and on each blocking step of the handshake
+    /// and authentication (so a connect takes at most about 3× this).
     pub connect_timeout: Duration,
     /// Per blocking libssh2 call (one read/write block, one request).
     pub io_timeout: Duration,

@@ -12,6 +12,14 @@
 //! Also prints client CPU seconds per GiB (children's utime+stime), which
 //! stays comparable when other work shares the cores.
 //!
+//! Then, in the same run, the adapters end to end against the Content Server
+//! emulator (started in this process; the measured client is a child):
+//! - `sftp→ecm`: `open_read` streamed into the Content Server client's
+//!   multipart upload (known length, SHA-256 on the way), compared with
+//!   OpenSSH `sftp get` of the same file;
+//! - `ecm→sftp`: the client's streaming download into `put_atomic`,
+//!   compared with OpenSSH `sftp put`.
+//!
 //! Usage: sftp_throughput [--size-mib N] [--runs N] [--skip-proxy]
 
 use std::process::{Command, Stdio};
@@ -21,12 +29,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use xecm_core::adapters::otcs::{EcmSettings, OtcsClient, OtcsOptions};
 use xecm_core::adapters::sftp::{SftpSettings, SftpStore};
+use xecm_core::ports::ecm::{ByteStream as EcmByteStream, Content, Ecm, NodeId, UploadRequest};
 use xecm_core::ports::file_store::{ByteStream, FileStore, FileStoreError, RenameMode};
 use xecm_stack::latency_proxy::LatencyProxy;
 use xecm_stack::sshd::Sshd;
 
 const SECRET_ENV: &str = "XECM_BENCH_SFTP_SECRET";
+const ECM_ENV: &str = "XECM_BENCH_ECM_SECRET";
 const OPENSSH_CIPHER: &str = "aes128-gcm@openssh.com";
 
 fn main() -> Result<()> {
@@ -46,6 +57,8 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("child-read") => rt.block_on(child_read(&args[1..])),
         Some("child-write") => rt.block_on(child_write(&args[1..])),
+        Some("child-to-ecm") => rt.block_on(child_to_ecm(&args[1..])),
+        Some("child-from-ecm") => rt.block_on(child_from_ecm(&args[1..])),
         _ => rt.block_on(orchestrate(&args)),
     }
 }
@@ -116,6 +129,84 @@ async fn child_write(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+fn ecm_from_env() -> Result<OtcsClient> {
+    let json = std::env::var(ECM_ENV).context("ECM secret env")?;
+    let settings = EcmSettings::from_secret_json("bench-ecm", &json)?;
+    Ok(OtcsClient::new(settings, OtcsOptions::default())?)
+}
+
+/// Child: SFTP `path` streamed into a new document under the Enterprise
+/// volume named `name`. Prints `bytes secs hwm_kib node_id`.
+async fn child_to_ecm(args: &[String]) -> Result<()> {
+    let (path, name) = match args {
+        [p, n, ..] => (p, n),
+        _ => bail!("usage: child-to-ecm PATH NAME"),
+    };
+    let store = store_from_env()?;
+    store.check().await?;
+    let ecm = ecm_from_env()?;
+    let parent = ecm.enterprise_volume().await?; // logs in outside the timed part
+    let p = store.root().resolve(path)?;
+    let t0 = Instant::now();
+    let h = store.open_read(&p).await?;
+    let length = h.meta.size.ok_or_else(|| anyhow!("server gave no size"))?;
+    let stream: EcmByteStream = Box::pin(
+        h.body
+            .map(|c| c.map_err(|e| std::io::Error::other(e.to_string()))),
+    );
+    let receipt = ecm
+        .upload(UploadRequest {
+            parent,
+            name: name.clone(),
+            description: None,
+            categories: Vec::new(),
+            classifications: Vec::new(),
+            content: Content {
+                stream,
+                length,
+                file_name: name.clone(),
+                mime_type: "application/octet-stream".into(),
+            },
+        })
+        .await?;
+    println!(
+        "{} {} {} {}",
+        receipt.size,
+        t0.elapsed().as_secs_f64(),
+        vm_hwm_kib(),
+        receipt.node_id
+    );
+    Ok(())
+}
+
+/// Child: document `node` streamed from the ECM into `put_atomic` at `path`.
+/// Prints `bytes secs hwm_kib`.
+async fn child_from_ecm(args: &[String]) -> Result<()> {
+    let (node, path) = match args {
+        [n, p, ..] => (n.parse::<i64>()?, p),
+        _ => bail!("usage: child-from-ecm NODE PATH"),
+    };
+    let store = store_from_env()?;
+    store.check().await?;
+    let ecm = ecm_from_env()?;
+    ecm.enterprise_volume().await?;
+    let node = NodeId::new(node).ok_or_else(|| anyhow!("bad node id"))?;
+    let p = store.root().resolve(path)?;
+    let t0 = Instant::now();
+    let d = ecm.download(node, None).await?;
+    let body: ByteStream = Box::pin(d.stream.map(|c| {
+        c.map_err(|e| FileStoreError::Source {
+            path: "ecm download".into(),
+            reason: e.to_string(),
+        })
+    }));
+    let r = store
+        .put_atomic(&p, body, d.length, RenameMode::Replace)
+        .await?;
+    println!("{} {} {}", r.size, t0.elapsed().as_secs_f64(), vm_hwm_kib());
+    Ok(())
+}
+
 struct Figure {
     mb_s: f64,
     hwm_mib: Option<f64>,
@@ -147,11 +238,24 @@ fn gib(bytes: u64) -> f64 {
 }
 
 fn run_child(mode: &str, secret: &str, extra: &[&str], expect: u64) -> Result<Figure> {
+    run_child_env(mode, secret, extra, expect, &[]).map(|(f, _)| f)
+}
+
+/// As `run_child`, with more environment; also returns the output's
+/// fourth field (the node id of `child-to-ecm`).
+fn run_child_env(
+    mode: &str,
+    secret: &str,
+    extra: &[&str],
+    expect: u64,
+    env: &[(&str, &str)],
+) -> Result<(Figure, Option<i64>)> {
     let cpu0 = children_cpu_secs();
     let out = Command::new(std::env::current_exe()?)
         .arg(mode)
         .args(extra)
         .env(SECRET_ENV, secret)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()?;
     if !out.status.success() {
@@ -162,14 +266,17 @@ fn run_child(mode: &str, secret: &str, extra: &[&str], expect: u64) -> Result<Fi
         .split_whitespace()
         .filter_map(|x| x.parse().ok())
         .collect();
-    if f.len() != 3 || f[0] as u64 != expect {
+    if !(3..=4).contains(&f.len()) || f[0] as u64 != expect {
         bail!("{mode}: unexpected output {text:?}");
     }
-    Ok(Figure {
-        mb_s: f[0] / f[1] / 1e6,
-        hwm_mib: Some(f[2] / 1024.0),
-        cpu_s_per_gib: (children_cpu_secs() - cpu0) / gib(expect),
-    })
+    Ok((
+        Figure {
+            mb_s: f[0] / f[1] / 1e6,
+            hwm_mib: Some(f[2] / 1024.0),
+            cpu_s_per_gib: (children_cpu_secs() - cpu0) / gib(expect),
+        },
+        f.get(3).map(|n| *n as i64),
+    ))
 }
 
 fn openssh(
@@ -296,7 +403,8 @@ async fn orchestrate(args: &[String]) -> Result<()> {
         "ours cpu/GiB",
         "ours RSS"
     );
-    for (net, port) in nets {
+    let mut openssh_figs = Vec::new();
+    for &(net, port) in &nets {
         let mut v: serde_json::Value = serde_json::from_str(&sshd.sftp_secret_json())?;
         v["port"] = port.into();
         let secret = v.to_string();
@@ -325,6 +433,7 @@ async fn orchestrate(args: &[String]) -> Result<()> {
                 .map(|_| run_child("child-write", &secret, &["our-up.bin", &size_s], size))
                 .collect::<Result<Vec<_>>>()?,
         );
+        openssh_figs.push((ssh_get.mb_s, ssh_put.mb_s));
         for (dir, ssh, ours) in [("get", ssh_get, ours_get), ("put", ssh_put, ours_put)] {
             println!(
                 "{:<16} {:<4} {:>12.0} {:>10.0} {:>6.2} {:>12.2}s {:>12.2}s {:>5.1}MiB",
@@ -341,6 +450,66 @@ async fn orchestrate(args: &[String]) -> Result<()> {
         let _ = std::fs::remove_file(sshd.data_root().join("ssh-up.bin"));
         let _ = std::fs::remove_file(sshd.data_root().join("our-up.bin"));
     }
+
+    // The adapters end to end with the Content Server emulator.
+    let emulator = otcs_emulator::start(otcs_emulator::EmulatorConfig::default()).await?;
+    let ecm_secret = serde_json::json!({
+        "base_url": emulator.base_url(), "base_path": "/cs/cs",
+        "username": "admin", "password": "admin",
+    })
+    .to_string();
+    println!();
+    println!(
+        "{:<16} {:<9} {:>12} {:>10} {:>6} {:>13} {:>8}",
+        "network", "path", "openssh MB/s", "ours MB/s", "ratio", "ours cpu/GiB", "ours RSS"
+    );
+    for (i, &(net, port)) in nets.iter().enumerate() {
+        let mut v: serde_json::Value = serde_json::from_str(&sshd.sftp_secret_json())?;
+        v["port"] = port.into();
+        let secret = v.to_string();
+        let env = [(ECM_ENV, ecm_secret.as_str())];
+        let mut to_ecm = Vec::new();
+        let mut node = None;
+        for r in 0..runs {
+            let name = format!("bench-{i}-{r}.bin");
+            let (fig, id) =
+                run_child_env("child-to-ecm", &secret, &["big.bin", &name], size, &env)?;
+            to_ecm.push(fig);
+            node = id;
+        }
+        let node = node.ok_or_else(|| anyhow!("child-to-ecm printed no node id"))?;
+        let node_s = node.to_string();
+        let from_ecm = (0..runs)
+            .map(|_| {
+                run_child_env(
+                    "child-from-ecm",
+                    &secret,
+                    &[&node_s, "from-ecm.bin"],
+                    size,
+                    &env,
+                )
+                .map(|(f, _)| f)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (ssh_get, ssh_put) = openssh_figs[i];
+        for (dir, ssh, ours) in [
+            ("sftp→ecm", ssh_get, best(to_ecm)),
+            ("ecm→sftp", ssh_put, best(from_ecm)),
+        ] {
+            println!(
+                "{:<16} {:<9} {:>12.0} {:>10.0} {:>6.2} {:>12.2}s {:>5.1}MiB",
+                net,
+                dir,
+                ssh,
+                ours.mb_s,
+                ours.mb_s / ssh,
+                ours.cpu_s_per_gib,
+                ours.hwm_mib.unwrap_or(0.0)
+            );
+        }
+        let _ = std::fs::remove_file(sshd.data_root().join("from-ecm.bin"));
+    }
+    emulator.shutdown().await;
     drop(proxy);
     drop(sshd);
     Ok(())

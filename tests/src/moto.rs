@@ -7,23 +7,23 @@
 //! kills moto's whole process group, so nothing is left running.
 
 use std::fs::File;
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_secretsmanager::config::Credentials;
 use serde_json::Value;
 
+use crate::process::{ChildGuard, free_port, wait_for_port};
+
 /// The region every local-stack client uses.
 pub const REGION: &str = "us-east-1";
 
-/// A running moto server; killed on drop.
+/// A running moto server; stopped with its process group on drop.
 pub struct Moto {
-    child: Child,
+    child: ChildGuard,
     port: u16,
     // Keeps moto's log file alive until the guard goes.
     dir: tempfile::TempDir,
@@ -32,7 +32,7 @@ pub struct Moto {
 impl std::fmt::Debug for Moto {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Moto")
-            .field("pid", &self.child.id())
+            .field("pid", &self.child.pid())
             .field("port", &self.port)
             .finish()
     }
@@ -52,12 +52,6 @@ fn moto_executable() -> Result<PathBuf> {
         })
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 to find a free port")?;
-    Ok(l.local_addr()?.port())
-}
-
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -75,15 +69,13 @@ impl Moto {
             let log_path = dir.path().join("moto.log");
             let log = File::create(&log_path).context("creating moto's log file")?;
             let port = free_port()?;
-            let child = Command::new(&exe)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            let mut cmd = Command::new(&exe);
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
-                .stderr(log)
-                // Own process group: the guard kills moto and anything it spawned.
-                .process_group(0)
-                .spawn()
-                .with_context(|| format!("starting {}", exe.display()))?;
+                .stderr(log);
+            // Own process group: the guard stops moto and anything it spawned.
+            let child = ChildGuard::spawn(format!("moto_server ({})", exe.display()), cmd)?;
             let mut moto = Moto { child, port, dir };
             match moto.wait_ready(Duration::from_secs(30)) {
                 Ok(()) => return Ok(moto),
@@ -100,27 +92,7 @@ impl Moto {
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("moto_server exited during start-up with {status}");
-            }
-            if TcpStream::connect_timeout(
-                &([127, 0, 0, 1], self.port).into(),
-                Duration::from_millis(200),
-            )
-            .is_ok()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "moto_server did not listen on port {} within {timeout:?}",
-                    self.port
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        Ok(wait_for_port(&mut self.child, self.port, timeout)?)
     }
 
     pub fn port(&self) -> u16 {
@@ -255,37 +227,6 @@ impl Moto {
             .await
             .context("attaching the capture queue to the rule")?;
         Ok(EventCapture { sqs, queue_url })
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let Ok(pgid) = i32::try_from(self.child.id()) else {
-            return;
-        };
-        // pgid is moto's own group (process_group(0)); never 0 or 1, which
-        // would mean our own group or every process.
-        if pgid <= 1 {
-            return;
-        }
-        // SAFETY: killpg only sends a signal; the group id is moto's.
-        unsafe {
-            libc::killpg(pgid, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // Whatever is left of the group (a child moto spawned, or moto itself
-        // if it ignored SIGTERM) goes now.
-        // SAFETY: as above.
-        unsafe {
-            libc::killpg(pgid, libc::SIGKILL);
-        }
-        let _ = self.child.wait();
     }
 }
 

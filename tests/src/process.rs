@@ -49,7 +49,13 @@ impl ChildGuard {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let pgid = child.id() as i32;
+        let pgid = i32::try_from(child.id()).unwrap_or(0);
+        // Never signal group 0 (our own) or -1 (every process).
+        if pgid <= 1 {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
         // SAFETY: kill(2) with a negative pid signals the process group we
         // created for this child; it touches no memory.
         unsafe {

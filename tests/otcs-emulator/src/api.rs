@@ -728,12 +728,18 @@ async fn version_info(
     state.read(|m| {
         let n = document(m, id)?;
         let v = version_json(n, find_version(n, &which)?);
-        ok(if v2 {
-            json!({"results": {"data": {"versions": v}}})
-        } else {
-            json!({"data": v})
-        })
+        ok(versioned(v2, "versions", v))
     })
+}
+
+/// A v2 single result `{"results":{"data":{key: value}}}`, or v1 `{"data": value}`.
+fn versioned(v2: bool, key: &str, value: impl Into<Value>) -> Value {
+    let value = value.into();
+    if v2 {
+        json!({"results": {"data": {key: value}}})
+    } else {
+        json!({"data": value})
+    }
 }
 
 async fn add_version(
@@ -773,11 +779,7 @@ async fn add_version(
     state.read(|m| {
         let n = m.node(id)?;
         let v = version_json(n, find_version(n, &number.to_string())?);
-        ok(if v2 {
-            json!({"results": {"data": {"versions": v}}})
-        } else {
-            json!({"data": v})
-        })
+        ok(versioned(v2, "versions", v))
     })
 }
 
@@ -1023,11 +1025,7 @@ async fn node_holds(State(state): St, Path((ver, id)): Path<(String, i64)>) -> R
     let v2 = is_v2(&ver)?;
     state.read(|m| {
         let h = holds_of(m, m.node(id)?);
-        ok(if v2 {
-            json!({"results": {"data": {"holds": h}}})
-        } else {
-            json!({"data": h})
-        })
+        ok(versioned(v2, "holds", h))
     })
 }
 
@@ -1060,11 +1058,7 @@ async fn holds(State(state): St, Path(ver): Path<String>) -> Res {
             .map(|h| json!({"HoldID": h.id, "HoldName": h.name}))
             .collect()
     });
-    ok(if v2 {
-        json!({"results": {"data": {"holds": h}}})
-    } else {
-        json!({"data": h})
-    })
+    ok(versioned(v2, "holds", h))
 }
 
 // ---------- handlers: audit and search ----------

@@ -1,4 +1,6 @@
-//! The ssh2 `FileStore` adapter against a real OpenSSH sshd (one per test).
+//! The SFTP `FileStore` adapters (ssh2 and russh) against a real OpenSSH
+//! sshd (one per test). Most tests run once per client, through the
+//! `both_clients!` list at the end.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,22 +10,23 @@ use anyhow::Result;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use xecm_core::adapters::sftp::{SftpSettings, SftpStore};
+use xecm_core::adapters::sftp::{SftpClient, SftpSettings, open_store};
 use xecm_core::domain::paths::{RemotePath, RemoteRoot};
 use xecm_core::ports::file_store::{ByteStream, EntryKind, FileStore, FileStoreError, RenameMode};
 use xecm_stack::sshd::{KEY_PASSPHRASE, Sshd, SshdOptions};
 
-fn settings_from(json: &str) -> SftpSettings {
+fn settings_from(json: &str, client: SftpClient) -> SftpSettings {
     let mut s = SftpSettings::from_secret_json("test-sftp", json)
         .and_then(|s| s.with_root("/data"))
         .unwrap_or_else(|e| panic!("settings: {e}"));
     s.connect_timeout = Duration::from_secs(5);
     s.io_timeout = Duration::from_secs(20);
+    s.client = client;
     s
 }
 
-fn store(sshd: &Sshd) -> SftpStore {
-    SftpStore::new(settings_from(&sshd.sftp_secret_json())).expect("store")
+fn store(sshd: &Sshd, client: SftpClient) -> Arc<dyn FileStore> {
+    open_store(settings_from(&sshd.sftp_secret_json(), client)).expect("store")
 }
 
 fn with_key(sshd: &Sshd, pem: &str, passphrase: Option<&str>) -> String {
@@ -33,7 +36,7 @@ fn with_key(sshd: &Sshd, pem: &str, passphrase: Option<&str>) -> String {
     v.to_string()
 }
 
-fn p(store: &SftpStore, rel: &str) -> RemotePath {
+fn p(store: &Arc<dyn FileStore>, rel: &str) -> RemotePath {
     store.root().resolve(rel).expect("path")
 }
 
@@ -51,7 +54,7 @@ fn body(len: usize, chunk: usize, seed: u8) -> (ByteStream, String) {
     (Box::pin(futures_util::stream::iter(chunks)), sha)
 }
 
-async fn read_all(store: &SftpStore, path: &RemotePath) -> Result<Vec<u8>, FileStoreError> {
+async fn read_all(store: &Arc<dyn FileStore>, path: &RemotePath) -> Result<Vec<u8>, FileStoreError> {
     let mut h = store.open_read(path).await?;
     let mut out = Vec::new();
     while let Some(c) = h.body.next().await {
@@ -60,10 +63,9 @@ async fn read_all(store: &SftpStore, path: &RemotePath) -> Result<Vec<u8>, FileS
     Ok(out)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn key_auth_round_trips_a_file_with_matching_hash() -> Result<()> {
+async fn key_auth_round_trips_a_file_with_matching_hash(client: SftpClient) -> Result<()> {
     let sshd = Sshd::start()?;
-    let s = store(&sshd);
+    let s = store(&sshd, client);
     s.check().await?;
     let target = p(&s, "out/deep/file.bin");
     s.mkdir_all(&target.parent().expect("parent")).await?;
@@ -99,34 +101,35 @@ async fn key_auth_round_trips_a_file_with_matching_hash() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn negotiates_the_fastest_safe_cipher_with_strict_kex() -> Result<()> {
+async fn negotiates_the_fastest_safe_cipher_with_strict_kex(client: SftpClient) -> Result<()> {
     let sshd = Sshd::start_with(SshdOptions {
         log_level: Some("DEBUG3"),
         ..Default::default()
     })?;
-    store(&sshd).check().await?;
+    store(&sshd, client).check().await?;
     let log = sshd.log();
-    assert!(
-        log.contains("client->server cipher: aes128-ctr MAC: hmac-sha2-256-etm@openssh.com"),
-        "{log}"
-    );
+    // libssh2 is fastest with AES-CTR + EtM MAC, russh (aws-lc) with GCM.
+    let expected = match client {
+        SftpClient::Ssh2 => "client->server cipher: aes128-ctr MAC: hmac-sha2-256-etm@openssh.com",
+        SftpClient::Russh => "client->server cipher: aes128-gcm@openssh.com MAC: <implicit>",
+    };
+    assert!(log.contains(expected), "{log}");
     assert!(log.contains("kex: algorithm: curve25519-sha256"), "{log}");
     // Terrapin (CVE-2023-48795) mitigation negotiated.
     assert!(log.contains("will use strict KEX ordering"), "{log}");
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn passphrase_protected_key_authenticates_and_a_wrong_passphrase_is_an_auth_error()
--> Result<()> {
+async fn passphrase_protected_key_authenticates_and_a_wrong_passphrase_is_an_auth_error(
+    client: SftpClient,
+) -> Result<()> {
     let sshd = Sshd::start()?;
     let good = with_key(&sshd, sshd.encrypted_client_key(), Some(KEY_PASSPHRASE));
-    let s = SftpStore::new(settings_from(&good))?;
+    let s = open_store(settings_from(&good, client))?;
     assert_eq!(s.check().await?.kind, EntryKind::Dir);
 
     let bad = with_key(&sshd, sshd.encrypted_client_key(), Some("Zq9-not-it"));
-    let err = SftpStore::new(settings_from(&bad))?
+    let err = open_store(settings_from(&bad, client))?
         .check()
         .await
         .unwrap_err();
@@ -139,28 +142,26 @@ async fn passphrase_protected_key_authenticates_and_a_wrong_passphrase_is_an_aut
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rsa_key_in_legacy_pem_format_authenticates() -> Result<()> {
+async fn rsa_key_in_legacy_pem_format_authenticates(client: SftpClient) -> Result<()> {
     let sshd = Sshd::start_with(SshdOptions {
         rsa_pem_key: true,
         ..Default::default()
     })?;
     let pem = sshd.rsa_pem_client_key().expect("rsa key").to_owned();
     assert!(pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
-    let s = SftpStore::new(settings_from(&with_key(&sshd, &pem, None)))?;
+    let s = open_store(settings_from(&with_key(&sshd, &pem, None), client))?;
     s.check().await?;
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn password_auth_works_for_the_password_account_only() -> Result<()> {
+async fn password_auth_works_for_the_password_account_only(client: SftpClient) -> Result<()> {
     let sshd = Sshd::start()?;
-    let s = SftpStore::new(settings_from(&sshd.password_secret_json()))?;
+    let s = open_store(settings_from(&sshd.password_secret_json(), client))?;
     assert_eq!(s.check().await?.kind, EntryKind::Dir);
 
     let mut v: serde_json::Value = serde_json::from_str(&sshd.password_secret_json())?;
     v["password"] = "not-the-password".into();
-    let err = SftpStore::new(settings_from(&v.to_string()))?
+    let err = open_store(settings_from(&v.to_string(), client))?
         .check()
         .await
         .unwrap_err();
@@ -170,7 +171,7 @@ async fn password_auth_works_for_the_password_account_only() -> Result<()> {
     // The key account has password authentication off.
     let mut v: serde_json::Value = serde_json::from_str(&sshd.password_secret_json())?;
     v["username"] = sshd.username().into();
-    let err = SftpStore::new(settings_from(&v.to_string()))?
+    let err = open_store(settings_from(&v.to_string(), client))?
         .check()
         .await
         .unwrap_err();
@@ -178,13 +179,14 @@ async fn password_auth_works_for_the_password_account_only() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn host_key_mismatch_fails_closed_and_names_the_presented_key() -> Result<()> {
+async fn host_key_mismatch_fails_closed_and_names_the_presented_key(
+    client: SftpClient,
+) -> Result<()> {
     let sshd = Sshd::start()?;
     let other = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
     let mut v: serde_json::Value = serde_json::from_str(&sshd.sftp_secret_json())?;
     v["host_key_sha256"] = serde_json::json!([other]);
-    let err = SftpStore::new(settings_from(&v.to_string()))?
+    let err = open_store(settings_from(&v.to_string(), client))?
         .check()
         .await
         .unwrap_err();
@@ -204,14 +206,13 @@ async fn host_key_mismatch_fails_closed_and_names_the_presented_key() -> Result<
 
     // Rotation: the old pin first, the current one second.
     v["host_key_sha256"] = serde_json::json!([other, sshd.host_key_fingerprint()]);
-    SftpStore::new(settings_from(&v.to_string()))?
+    open_store(settings_from(&v.to_string(), client))?
         .check()
         .await?;
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lists_ten_thousand_entries_in_pages_with_metadata() -> Result<()> {
+async fn lists_ten_thousand_entries_in_pages_with_metadata(client: SftpClient) -> Result<()> {
     let sshd = Sshd::start()?;
     let dir = sshd.data_root().join("big");
     std::fs::create_dir(&dir)?;
@@ -219,7 +220,7 @@ async fn lists_ten_thousand_entries_in_pages_with_metadata() -> Result<()> {
         std::fs::write(dir.join(format!("f{i:05}.txt")), vec![b'x'; i % 7])?;
     }
     std::fs::create_dir(dir.join("sub"))?;
-    let s = store(&sshd);
+    let s = store(&sshd, client);
     let t0 = std::time::Instant::now();
     let mut pages = s.list_pages(&p(&s, "big")).await?;
     let mut all = Vec::new();
@@ -255,12 +256,11 @@ async fn lists_ten_thousand_entries_in_pages_with_metadata() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claim_rename_race_has_exactly_one_winner() -> Result<()> {
+async fn claim_rename_race_has_exactly_one_winner(client: SftpClient) -> Result<()> {
     let sshd = Sshd::start()?;
     // Two stores = two independent sessions, like two Lambda invocations.
-    let a = Arc::new(store(&sshd));
-    let b = Arc::new(store(&sshd));
+    let a = store(&sshd, client);
+    let b = store(&sshd, client);
     a.mkdir_all(&p(&a, "in/.inflight")).await?;
     for round in 0..20 {
         let src = p(&a, &format!("in/doc{round}.pdf"));
@@ -288,14 +288,15 @@ async fn claim_rename_race_has_exactly_one_winner() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claim_race_has_one_winner_also_for_files_owned_by_another_user() -> Result<()> {
+async fn claim_race_has_one_winner_also_for_files_owned_by_another_user(
+    client: SftpClient,
+) -> Result<()> {
     // Partners upload as their own user. With fs.protected_hardlinks=1
     // OpenSSH cannot link() such a file and falls back to stat+rename; a
     // shared claim target must still leave exactly one winner.
     let sshd = Sshd::start()?;
-    let a = Arc::new(store(&sshd));
-    let b = Arc::new(store(&sshd));
+    let a = store(&sshd, client);
+    let b = store(&sshd, client);
     a.mkdir_all(&p(&a, "in/.inflight")).await?;
     for round in 0..20 {
         // Written by root, not by the SFTP user.
@@ -316,10 +317,11 @@ async fn claim_race_has_one_winner_also_for_files_owned_by_another_user() -> Res
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rename_no_replace_refuses_an_existing_target_and_replace_overwrites() -> Result<()> {
+async fn rename_no_replace_refuses_an_existing_target_and_replace_overwrites(
+    client: SftpClient,
+) -> Result<()> {
     let sshd = Sshd::start()?;
-    let s = store(&sshd);
+    let s = store(&sshd, client);
     let (x, y) = (p(&s, "x.txt"), p(&s, "y.txt"));
     s.write_small(&x, Bytes::from_static(b"new"), RenameMode::NoReplace)
         .await?;
@@ -363,11 +365,12 @@ async fn rename_no_replace_refuses_an_existing_target_and_replace_overwrites() -
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn atomic_put_is_never_visible_half_written_to_a_concurrent_lister() -> Result<()> {
+async fn atomic_put_is_never_visible_half_written_to_a_concurrent_lister(
+    client: SftpClient,
+) -> Result<()> {
     let sshd = Sshd::start()?;
-    let s = Arc::new(store(&sshd));
-    let lister = Arc::new(store(&sshd));
+    let s = store(&sshd, client);
+    let lister = store(&sshd, client);
     s.mkdir_all(&p(&s, "drop")).await?;
     let target = p(&s, "drop/report.csv");
     let len: usize = 24 * 1024 * 1024;
@@ -419,10 +422,9 @@ async fn atomic_put_is_never_visible_half_written_to_a_concurrent_lister() -> Re
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_puts_leave_neither_target_nor_temporary_file() -> Result<()> {
+async fn failed_puts_leave_neither_target_nor_temporary_file(client: SftpClient) -> Result<()> {
     let sshd = Sshd::start()?;
-    let s = store(&sshd);
+    let s = store(&sshd, client);
     let target = p(&s, "short.bin");
 
     // Fewer bytes than announced.
@@ -463,10 +465,9 @@ async fn failed_puts_leave_neither_target_nor_temporary_file() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn path_escapes_are_refused_before_reaching_the_server() -> Result<()> {
+async fn path_escapes_are_refused_before_reaching_the_server(client: SftpClient) -> Result<()> {
     let sshd = Sshd::start()?;
-    let s = store(&sshd);
+    let s = store(&sshd, client);
     let root = s.root().clone();
     assert!(root.resolve("../etc/passwd").is_err());
     assert!(root.resolve("/etc/passwd").is_err());
@@ -484,8 +485,8 @@ async fn path_escapes_are_refused_before_reaching_the_server() -> Result<()> {
 
     // A narrower store cannot be steered to its parent.
     std::fs::create_dir(sshd.data_root().join("partner"))?;
-    let narrow = SftpStore::new(
-        settings_from(&sshd.sftp_secret_json())
+    let narrow = open_store(
+        settings_from(&sshd.sftp_secret_json(), client)
             .with_root("/data/partner")
             .expect("root"),
     )?;
@@ -495,10 +496,11 @@ async fn path_escapes_are_refused_before_reaching_the_server() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_files_and_directories_are_not_found_and_mkdir_is_idempotent() -> Result<()> {
+async fn missing_files_and_directories_are_not_found_and_mkdir_is_idempotent(
+    client: SftpClient,
+) -> Result<()> {
     let sshd = Sshd::start()?;
-    let s = store(&sshd);
+    let s = store(&sshd, client);
     let err = s.stat(&p(&s, "nope")).await.unwrap_err();
     assert!(matches!(err, FileStoreError::NotFound { .. }), "{err}");
     let err = s.open_read(&p(&s, "nope")).await.unwrap_err();
@@ -519,8 +521,8 @@ async fn missing_files_and_directories_are_not_found_and_mkdir_is_idempotent() -
     let err = s.mkdir_all(&p(&s, "a/file/sub")).await.unwrap_err();
     assert!(matches!(err, FileStoreError::WrongKind { .. }), "{err}");
     // The chroot keeps us out of the root-owned parent.
-    let err = SftpStore::new(
-        settings_from(&sshd.sftp_secret_json())
+    let err = open_store(
+        settings_from(&sshd.sftp_secret_json(), client)
             .with_root("/")
             .expect("root"),
     )?
@@ -534,10 +536,11 @@ async fn missing_files_and_directories_are_not_found_and_mkdir_is_idempotent() -
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_connection_is_reopened_transparently_for_idempotent_calls() -> Result<()> {
+async fn a_dropped_connection_is_reopened_transparently_for_idempotent_calls(
+    client: SftpClient,
+) -> Result<()> {
     let sshd = Sshd::start()?;
-    let s = store(&sshd);
+    let s = store(&sshd, client);
     s.check().await?;
     sshd.kill_connections();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -546,13 +549,14 @@ async fn a_dropped_connection_is_reopened_transparently_for_idempotent_calls() -
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_that_died_while_idle_is_replaced_before_a_rename() -> Result<()> {
+async fn a_session_that_died_while_idle_is_replaced_before_a_rename(
+    client: SftpClient,
+) -> Result<()> {
     let sshd = Sshd::start()?;
-    let mut settings = settings_from(&sshd.sftp_secret_json());
+    let mut settings = settings_from(&sshd.sftp_secret_json(), client);
     settings.max_sessions = 1;
     settings.idle_probe_after = Duration::from_millis(50);
-    let s = SftpStore::new(settings)?;
+    let s = open_store(settings)?;
     s.write_small(&p(&s, "a"), Bytes::from_static(b"x"), RenameMode::NoReplace)
         .await?;
     sshd.kill_connections();
@@ -565,10 +569,9 @@ async fn a_session_that_died_while_idle_is_replaced_before_a_rename() -> Result<
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parallel_reads_use_parallel_sessions() -> Result<()> {
+async fn parallel_reads_use_parallel_sessions(client: SftpClient) -> Result<()> {
     let sshd = Sshd::start()?;
-    let s = Arc::new(store(&sshd));
+    let s = store(&sshd, client);
     let mut shas = Vec::new();
     for i in 0..4u8 {
         let (b, sha) = body(3 * 1024 * 1024, 1 << 20, i);
@@ -600,7 +603,7 @@ async fn sshd_and_its_session_processes_die_when_a_test_panics() -> Result<()> {
     let t = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let sshd = Sshd::start().expect("sshd");
-        let s = store(&sshd);
+        let s = store(&sshd, SftpClient::Ssh2);
         rt.block_on(s.check()).expect("connect");
         // The listener and the per-connection child (still connected).
         let pids: Vec<u32> = std::fs::read_dir("/proc")
@@ -634,7 +637,8 @@ async fn sshd_and_its_session_processes_die_when_a_test_panics() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn names_that_are_not_utf8_are_listed_and_addressable() -> Result<()> {
+async fn names_that_are_not_utf8_are_listed_and_addressable_with_ssh2() -> Result<()> {
+    let client = SftpClient::Ssh2;
     use std::os::unix::ffi::OsStrExt;
     let sshd = Sshd::start()?;
     let raw: &[u8] = b"r\xe9sum\xe9\t1.pdf";
@@ -642,7 +646,7 @@ async fn names_that_are_not_utf8_are_listed_and_addressable() -> Result<()> {
         sshd.data_root().join(std::ffi::OsStr::from_bytes(raw)),
         b"12345",
     )?;
-    let s = store(&sshd);
+    let s = store(&sshd, client);
     let entries = s.list(&s.root().path()).await?;
     assert_eq!(entries.len(), 1);
     let e = &entries[0];
@@ -652,3 +656,75 @@ async fn names_that_are_not_utf8_are_listed_and_addressable() -> Result<()> {
     assert_eq!(&s.read_small(&e.path, 100).await?[..], b"12345");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn russh_lists_names_that_are_not_utf8_and_refuses_to_address_them_clearly() -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let sshd = Sshd::start()?;
+    let raw: &[u8] = b"r\xe9sum\xe9.pdf";
+    std::fs::write(
+        sshd.data_root().join(std::ffi::OsStr::from_bytes(raw)),
+        b"12345",
+    )?;
+    std::fs::write(sshd.data_root().join("plain.pdf"), b"x")?;
+    let s = store(&sshd, SftpClient::Russh);
+    // The listing as a whole still works.
+    let mut names: Vec<_> = s
+        .list(&s.root().path())
+        .await?
+        .into_iter()
+        .map(|e| e.display_name)
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(names[0], "plain.pdf");
+    assert!(names[1].contains('\u{fffd}'), "{names:?}");
+    // The real (non-UTF-8) path is refused with an error that says why.
+    let real = s.root().path().join(raw)?;
+    let err = s.stat(&real).await.unwrap_err();
+    assert!(err.to_string().contains("UTF-8"), "{err}");
+    assert!(!err.is_retryable());
+    Ok(())
+}
+
+/// Runs each listed test once per SSH client.
+macro_rules! both_clients {
+    ($($name:ident),* $(,)?) => {
+        mod with_ssh2 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(xecm_core::adapters::sftp::SftpClient::Ssh2).await
+                }
+            )*
+        }
+        mod with_russh {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(xecm_core::adapters::sftp::SftpClient::Russh).await
+                }
+            )*
+        }
+    };
+}
+
+both_clients!(
+    key_auth_round_trips_a_file_with_matching_hash,
+    negotiates_the_fastest_safe_cipher_with_strict_kex,
+    passphrase_protected_key_authenticates_and_a_wrong_passphrase_is_an_auth_error,
+    rsa_key_in_legacy_pem_format_authenticates,
+    password_auth_works_for_the_password_account_only,
+    host_key_mismatch_fails_closed_and_names_the_presented_key,
+    lists_ten_thousand_entries_in_pages_with_metadata,
+    claim_rename_race_has_exactly_one_winner,
+    claim_race_has_one_winner_also_for_files_owned_by_another_user,
+    rename_no_replace_refuses_an_existing_target_and_replace_overwrites,
+    atomic_put_is_never_visible_half_written_to_a_concurrent_lister,
+    failed_puts_leave_neither_target_nor_temporary_file,
+    path_escapes_are_refused_before_reaching_the_server,
+    missing_files_and_directories_are_not_found_and_mkdir_is_idempotent,
+    a_dropped_connection_is_reopened_transparently_for_idempotent_calls,
+    a_session_that_died_while_idle_is_replaced_before_a_rename,
+    parallel_reads_use_parallel_sessions,
+);

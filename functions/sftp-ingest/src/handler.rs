@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use serde_json::Value;
-use xecm_core::adapters::sftp::{SftpSettings, SftpStore};
+use xecm_core::adapters::sftp::{SftpSettings, open_store as open_sftp};
 use xecm_core::config::Config;
 use xecm_core::domain::route::{IngestEvent, Route, parse_ingest_event};
 use xecm_core::flows::ingest::{self, IngestDeps, RunContext, SystemClock};
 use xecm_core::ports::ecm::Ecm;
 use xecm_core::ports::events::EventSink;
+use xecm_core::ports::file_store::FileStore;
 use xecm_core::ports::secrets::Secrets;
 use xecm_core::runtime::{FunctionError, Invocation};
 
@@ -36,7 +37,10 @@ fn store_error(e: xecm_core::ports::file_store::FileStoreError, host: &str) -> F
     }
 }
 
-async fn open_store(state: &State, route: &Route) -> Result<SftpStore, FunctionError> {
+async fn open_store(
+    state: &State,
+    route: &Route,
+) -> Result<(std::sync::Arc<dyn FileStore>, String), FunctionError> {
     let secret_id = state.config.sftp_secret_id(&route.config.sftp_secret);
     let json = state.secrets.get(secret_id).await.map_err(|e| {
         if e.is_retryable() {
@@ -51,11 +55,12 @@ async fn open_store(state: &State, route: &Route) -> Result<SftpStore, FunctionE
         .map_err(|e| FunctionError::permanent("SecretInvalid", e.to_string()))?;
     settings.max_sessions = route.limits().parallelism as usize + SPARE_SESSIONS;
     let host = format!("{}:{}", settings.host, settings.port);
-    let store = SftpStore::new(settings).map_err(|e| store_error(e, &host))?;
+    let sftp_host = settings.host.clone();
+    let store = open_sftp(settings).map_err(|e| store_error(e, &host))?;
     // Fail the invocation (not each file) when the server is unreachable or
     // refuses our key.
     store.check().await.map_err(|e| store_error(e, &host))?;
-    Ok(store)
+    Ok((store, sftp_host))
 }
 
 /// One invocation: a scheduled run or a manual retry.
@@ -70,8 +75,7 @@ pub async fn handle(
         IngestEvent::Scheduled(r) => r,
         IngestEvent::Retry { route, .. } => route,
     };
-    let store = open_store(state, route).await?;
-    let host = store.settings().host.clone();
+    let (store, host) = open_store(state, route).await?;
     if let IngestEvent::Scheduled(_) = &event {
         // The ECM is needed for every file: check it once up front.
         state.ecm.enterprise_volume().await.map_err(|e| {
@@ -84,7 +88,7 @@ pub async fn handle(
     }
     let clock = SystemClock;
     let deps = IngestDeps {
-        store: &store,
+        store: store.as_ref(),
         ecm: state.ecm.as_ref(),
         events: state.events.as_ref(),
         clock: &clock,

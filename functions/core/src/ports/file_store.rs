@@ -177,6 +177,11 @@ pub trait FileStore: Send + Sync {
     /// The root every path of this store lies within.
     fn root(&self) -> &RemoteRoot;
 
+    /// Stats the root: verifies reach, host key and credentials up front.
+    async fn check(&self) -> Result<FileMeta, FileStoreError> {
+        self.stat(&self.root().path()).await
+    }
+
     /// Lists `dir` in pages (`.` and `..` omitted; order as the server gives).
     async fn list_pages(&self, dir: &RemotePath) -> Result<PageStream, FileStoreError>;
 

@@ -353,18 +353,7 @@ impl Conn {
         // A random suffix keeps two concurrent writers of the same name from
         // sharing one temporary file; the leading dot keeps listers (which
         // skip dot-files) from picking it up.
-        let tmp_name = [
-            b".".as_slice(),
-            path.file_name(),
-            format!(".{:08x}.part", fastrand::u32(..)).as_bytes(),
-        ]
-        .concat();
-        let tmp = path
-            .with_name(tmp_name)?
-            .ok_or_else(|| FileStoreError::WrongKind {
-                path: path.to_string(),
-                kind: EntryKind::Dir,
-            })?;
+        let tmp = super::temp_sibling(path, "part")?;
         let result = self
             .write_tmp(&tmp, path, rx, expected_len)
             .and_then(|receipt| {
@@ -563,18 +552,7 @@ impl Conn {
             Err(FileStoreError::AlreadyExists { .. }) => {}
             other => return other,
         }
-        let aside_name = [
-            b".".as_slice(),
-            to.file_name(),
-            format!(".{:08x}.old", fastrand::u32(..)).as_bytes(),
-        ]
-        .concat();
-        let aside = to
-            .with_name(aside_name)?
-            .ok_or_else(|| FileStoreError::WrongKind {
-                path: to.to_string(),
-                kind: EntryKind::Dir,
-            })?;
+        let aside = super::temp_sibling(to, "old")?;
         self.rename_no_replace(to, &aside)?;
         if let Err(e) = self.rename_no_replace(from, to) {
             let _ = self.rename_no_replace(&aside, to);

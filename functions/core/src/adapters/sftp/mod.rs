@@ -13,6 +13,7 @@
 //! copy flows must keep concurrent transfers below `max_sessions`.
 
 mod conn;
+mod russh_store;
 pub mod settings;
 
 use std::panic::AssertUnwindSafe;
@@ -24,12 +25,40 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-pub use self::settings::{HostKeyPin, SettingsError, SftpAuth, SftpSettings};
+pub use self::russh_store::RusshStore;
+pub use self::settings::{HostKeyPin, SettingsError, SftpAuth, SftpClient, SftpSettings};
 use crate::domain::paths::{RemotePath, RemoteRoot};
 use crate::ports::file_store::{
-    ByteStream, FileMeta, FileStore, FileStoreError, PageStream, PutReceipt, ReadHandle, RenameMode,
+    ByteStream, EntryKind, FileMeta, FileStore, FileStoreError, PageStream, PutReceipt, ReadHandle,
+    RenameMode,
 };
 use conn::Conn;
+
+/// Opens a store for `settings` with the SSH client they name (`client`
+/// in the secret; ssh2 unless it says `russh`). No connection is made until
+/// the first operation.
+pub fn open_store(settings: SftpSettings) -> Result<Arc<dyn FileStore>, FileStoreError> {
+    Ok(match settings.client {
+        SftpClient::Ssh2 => Arc::new(SftpStore::new(settings)?),
+        SftpClient::Russh => Arc::new(RusshStore::new(settings)),
+    })
+}
+
+/// A dot-named sibling of `path` with a random part, e.g. `.a.pdf.1f2e3d4c.part`:
+/// unique per writer, and skipped by listers that ignore dot-files.
+pub(crate) fn temp_sibling(path: &RemotePath, suffix: &str) -> Result<RemotePath, FileStoreError> {
+    let name = [
+        b".".as_slice(),
+        path.file_name(),
+        format!(".{:08x}.{suffix}", fastrand::u32(..)).as_bytes(),
+    ]
+    .concat();
+    path.with_name(name)?
+        .ok_or_else(|| FileStoreError::WrongKind {
+            path: path.to_string(),
+            kind: EntryKind::Dir,
+        })
+}
 
 /// A job runs on a session thread with that thread's (lazy) connection.
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;
@@ -148,13 +177,6 @@ impl SftpStore {
 
     pub fn settings(&self) -> &SftpSettings {
         &self.settings
-    }
-
-    /// Connects (or reuses a session) and stats the root: verifies reach,
-    /// host key and credentials up front.
-    pub async fn check(&self) -> Result<FileMeta, FileStoreError> {
-        let root = self.settings.root.path();
-        self.stat(&root).await
     }
 
     fn gone(op: &'static str, path: &RemotePath) -> FileStoreError {

@@ -32,7 +32,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::adapters::sftp::{SftpSettings, SftpStore};
+use crate::adapters::sftp::{SftpSettings, open_store};
 use crate::domain::audit::{DocumentExported, EventDetail, ExportRejected};
 use crate::domain::export_route::{
     Delivery, Destination, ExportDecision, ExportRoute, ExportRoutes, NodeFacts, PackageFormat,
@@ -137,12 +137,15 @@ pub trait Destinations: Send + Sync {
 /// [`Destinations`] over Secrets Manager and the ssh2 adapter. Stores are
 /// kept per secret id for `ttl` so warm invocations reuse SSH sessions, and
 /// rebuilt afterwards so a rotated key or host key takes effect.
+/// A store and when it was opened.
+type CachedStore = (Instant, Arc<dyn FileStore>);
+
 pub struct SftpDestinations {
     secrets: Arc<dyn Secrets>,
     /// Route secret names → secret ids (`Config::sftp_secrets`).
     names: BTreeMap<String, String>,
     ttl: Duration,
-    cache: tokio::sync::Mutex<HashMap<String, (Instant, Arc<SftpStore>)>>,
+    cache: tokio::sync::Mutex<HashMap<String, CachedStore>>,
 }
 
 impl std::fmt::Debug for SftpDestinations {
@@ -183,7 +186,7 @@ impl Destinations for SftpDestinations {
         if let Some((at, store)) = cache.get(&secret_id)
             && at.elapsed() < self.ttl
         {
-            return Ok(Arc::clone(store) as Arc<dyn FileStore>);
+            return Ok(Arc::clone(store));
         }
         let raw = self.secrets.get(&secret_id).await?;
         let settings =
@@ -193,7 +196,7 @@ impl Destinations for SftpDestinations {
                     reason: e.to_string(),
                 }
             })?;
-        let store = Arc::new(SftpStore::new(settings)?);
+        let store = open_store(settings)?;
         cache.insert(secret_id, (Instant::now(), Arc::clone(&store)));
         Ok(store)
     }

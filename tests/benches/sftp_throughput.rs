@@ -20,7 +20,10 @@
 //! - `ecm→sftp`: the client's streaming download into `put_atomic`,
 //!   compared with OpenSSH `sftp put`.
 //!
-//! Usage: sftp_throughput [--size-mib N] [--runs N] [--skip-proxy]
+//! Every "ours" row is measured once per SSH client (ssh2, the default, and
+//! russh), or only for the one named by `--client`.
+//!
+//! Usage: sftp_throughput [--size-mib N] [--runs N] [--skip-proxy] [--client ssh2|russh]
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -30,7 +33,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use xecm_core::adapters::otcs::{EcmSettings, OtcsClient, OtcsOptions};
-use xecm_core::adapters::sftp::{SftpSettings, SftpStore};
+use xecm_core::adapters::sftp::{SftpSettings, open_store};
 use xecm_core::ports::ecm::{ByteStream as EcmByteStream, Content, Ecm, NodeId, UploadRequest};
 use xecm_core::ports::file_store::{ByteStream, FileStore, FileStoreError, RenameMode};
 use xecm_stack::latency_proxy::LatencyProxy;
@@ -63,6 +66,13 @@ fn main() -> Result<()> {
     }
 }
 
+/// The SFTP secret JSON with its `client` set.
+fn with_client(secret: &str, client: &str) -> Result<String> {
+    let mut v: serde_json::Value = serde_json::from_str(secret)?;
+    v["client"] = client.into();
+    Ok(v.to_string())
+}
+
 fn flag(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
@@ -80,10 +90,10 @@ fn vm_hwm_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn store_from_env() -> Result<SftpStore> {
+fn store_from_env() -> Result<Arc<dyn FileStore>> {
     let json = std::env::var(SECRET_ENV).context("secret env")?;
     let s = SftpSettings::from_secret_json("bench", &json)?.with_root("/data")?;
-    Ok(SftpStore::new(s)?)
+    Ok(open_store(s)?)
 }
 
 /// Child: stream a remote file to a sink. Prints `bytes secs hwm_kib`.
@@ -341,6 +351,12 @@ async fn orchestrate(args: &[String]) -> Result<()> {
     let size_mib: u64 = flag(args, "--size-mib").map_or(Ok(1024), |s| s.parse())?;
     let runs: usize = flag(args, "--runs").map_or(Ok(2), |s| s.parse())?;
     let skip_proxy = args.iter().any(|a| a == "--skip-proxy");
+    let clients: Vec<&str> = match flag(args, "--client").as_deref() {
+        None => vec!["ssh2", "russh"],
+        Some("ssh2") => vec!["ssh2"],
+        Some("russh") => vec!["russh"],
+        Some(other) => bail!("--client {other}: expected ssh2 or russh"),
+    };
     let size = size_mib * 1024 * 1024;
 
     let sshd = Sshd::start()?;
@@ -384,7 +400,7 @@ async fn orchestrate(args: &[String]) -> Result<()> {
     }
 
     println!(
-        "file {size_mib} MiB, best of {runs}; OpenSSH sftp cipher {OPENSSH_CIPHER}, ours: the adapter's default order"
+        "file {size_mib} MiB, best of {runs}; OpenSSH sftp cipher {OPENSSH_CIPHER}, ours: each client's default order"
     );
     let (load, _) = std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -393,8 +409,9 @@ async fn orchestrate(args: &[String]) -> Result<()> {
         .unwrap_or_default();
     println!("load average (1 min) at start: {load}");
     println!(
-        "{:<16} {:<4} {:>12} {:>10} {:>6} {:>13} {:>13} {:>8}",
+        "{:<16} {:<6} {:<4} {:>12} {:>10} {:>6} {:>13} {:>13} {:>8}",
         "network",
+        "client",
         "dir",
         "openssh MB/s",
         "ours MB/s",
@@ -415,11 +432,6 @@ async fn orchestrate(args: &[String]) -> Result<()> {
                 .map(|_| openssh(&sshd, port, &kh2, "get /data/big.bin /dev/null\n", size))
                 .collect::<Result<Vec<_>>>()?,
         );
-        let ours_get = best(
-            (0..runs)
-                .map(|_| run_child("child-read", &secret, &["big.bin"], size))
-                .collect::<Result<Vec<_>>>()?,
-        );
         // Upload (the local source is the same file, hot in the page cache).
         let put_batch = format!("put {} /data/ssh-up.bin\n", local.display());
         let ssh_put = best(
@@ -427,25 +439,34 @@ async fn orchestrate(args: &[String]) -> Result<()> {
                 .map(|_| openssh(&sshd, port, &kh, &put_batch, size))
                 .collect::<Result<Vec<_>>>()?,
         );
-        let size_s = size.to_string();
-        let ours_put = best(
-            (0..runs)
-                .map(|_| run_child("child-write", &secret, &["our-up.bin", &size_s], size))
-                .collect::<Result<Vec<_>>>()?,
-        );
         openssh_figs.push((ssh_get.mb_s, ssh_put.mb_s));
-        for (dir, ssh, ours) in [("get", ssh_get, ours_get), ("put", ssh_put, ours_put)] {
-            println!(
-                "{:<16} {:<4} {:>12.0} {:>10.0} {:>6.2} {:>12.2}s {:>12.2}s {:>5.1}MiB",
-                net,
-                dir,
-                ssh.mb_s,
-                ours.mb_s,
-                ours.mb_s / ssh.mb_s,
-                ssh.cpu_s_per_gib,
-                ours.cpu_s_per_gib,
-                ours.hwm_mib.unwrap_or(0.0)
+        let size_s = size.to_string();
+        for &client in &clients {
+            let secret = with_client(&secret, client)?;
+            let ours_get = best(
+                (0..runs)
+                    .map(|_| run_child("child-read", &secret, &["big.bin"], size))
+                    .collect::<Result<Vec<_>>>()?,
             );
+            let ours_put = best(
+                (0..runs)
+                    .map(|_| run_child("child-write", &secret, &["our-up.bin", &size_s], size))
+                    .collect::<Result<Vec<_>>>()?,
+            );
+            for (dir, ssh, ours) in [("get", &ssh_get, ours_get), ("put", &ssh_put, ours_put)] {
+                println!(
+                    "{:<16} {:<6} {:<4} {:>12.0} {:>10.0} {:>6.2} {:>12.2}s {:>12.2}s {:>5.1}MiB",
+                    net,
+                    client,
+                    dir,
+                    ssh.mb_s,
+                    ours.mb_s,
+                    ours.mb_s / ssh.mb_s,
+                    ssh.cpu_s_per_gib,
+                    ours.cpu_s_per_gib,
+                    ours.hwm_mib.unwrap_or(0.0)
+                );
+            }
         }
         let _ = std::fs::remove_file(sshd.data_root().join("ssh-up.bin"));
         let _ = std::fs::remove_file(sshd.data_root().join("our-up.bin"));
@@ -460,54 +481,64 @@ async fn orchestrate(args: &[String]) -> Result<()> {
     .to_string();
     println!();
     println!(
-        "{:<16} {:<9} {:>12} {:>10} {:>6} {:>13} {:>8}",
-        "network", "path", "openssh MB/s", "ours MB/s", "ratio", "ours cpu/GiB", "ours RSS"
+        "{:<16} {:<6} {:<9} {:>12} {:>10} {:>6} {:>13} {:>8}",
+        "network",
+        "client",
+        "path",
+        "openssh MB/s",
+        "ours MB/s",
+        "ratio",
+        "ours cpu/GiB",
+        "ours RSS"
     );
     for (i, &(net, port)) in nets.iter().enumerate() {
         let mut v: serde_json::Value = serde_json::from_str(&sshd.sftp_secret_json())?;
         v["port"] = port.into();
-        let secret = v.to_string();
         let env = [(ECM_ENV, ecm_secret.as_str())];
-        let mut to_ecm = Vec::new();
-        let mut node = None;
-        for r in 0..runs {
-            let name = format!("bench-{i}-{r}.bin");
-            let (fig, id) =
-                run_child_env("child-to-ecm", &secret, &["big.bin", &name], size, &env)?;
-            to_ecm.push(fig);
-            node = id;
+        for &client in &clients {
+            let secret = with_client(&v.to_string(), client)?;
+            let mut to_ecm = Vec::new();
+            let mut node = None;
+            for r in 0..runs {
+                let name = format!("bench-{i}-{client}-{r}.bin");
+                let (fig, id) =
+                    run_child_env("child-to-ecm", &secret, &["big.bin", &name], size, &env)?;
+                to_ecm.push(fig);
+                node = id;
+            }
+            let node = node.ok_or_else(|| anyhow!("child-to-ecm printed no node id"))?;
+            let node_s = node.to_string();
+            let from_ecm = (0..runs)
+                .map(|_| {
+                    run_child_env(
+                        "child-from-ecm",
+                        &secret,
+                        &[&node_s, "from-ecm.bin"],
+                        size,
+                        &env,
+                    )
+                    .map(|(f, _)| f)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let (ssh_get, ssh_put) = openssh_figs[i];
+            for (dir, ssh, ours) in [
+                ("sftp→ecm", ssh_get, best(to_ecm)),
+                ("ecm→sftp", ssh_put, best(from_ecm)),
+            ] {
+                println!(
+                    "{:<16} {:<6} {:<9} {:>12.0} {:>10.0} {:>6.2} {:>12.2}s {:>5.1}MiB",
+                    net,
+                    client,
+                    dir,
+                    ssh,
+                    ours.mb_s,
+                    ours.mb_s / ssh,
+                    ours.cpu_s_per_gib,
+                    ours.hwm_mib.unwrap_or(0.0)
+                );
+            }
+            let _ = std::fs::remove_file(sshd.data_root().join("from-ecm.bin"));
         }
-        let node = node.ok_or_else(|| anyhow!("child-to-ecm printed no node id"))?;
-        let node_s = node.to_string();
-        let from_ecm = (0..runs)
-            .map(|_| {
-                run_child_env(
-                    "child-from-ecm",
-                    &secret,
-                    &[&node_s, "from-ecm.bin"],
-                    size,
-                    &env,
-                )
-                .map(|(f, _)| f)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let (ssh_get, ssh_put) = openssh_figs[i];
-        for (dir, ssh, ours) in [
-            ("sftp→ecm", ssh_get, best(to_ecm)),
-            ("ecm→sftp", ssh_put, best(from_ecm)),
-        ] {
-            println!(
-                "{:<16} {:<9} {:>12.0} {:>10.0} {:>6.2} {:>12.2}s {:>5.1}MiB",
-                net,
-                dir,
-                ssh,
-                ours.mb_s,
-                ours.mb_s / ssh,
-                ours.cpu_s_per_gib,
-                ours.hwm_mib.unwrap_or(0.0)
-            );
-        }
-        let _ = std::fs::remove_file(sshd.data_root().join("from-ecm.bin"));
     }
     emulator.shutdown().await;
     drop(proxy);

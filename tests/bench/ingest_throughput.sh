@@ -8,7 +8,9 @@
 # Prints files/s, MB/s, the ratios and the peak RSS of sftp-ingest.
 # Needs root (the stack starts a chrooted sshd).
 #
-#   tests/bench/ingest_throughput.sh [--small N] [--large-mib M] [--parallelism P]
+#   tests/bench/ingest_throughput.sh [--small N] [--large-mib M] [--parallelism P] [--client ssh2|russh]
+#
+# --client sets the SSH client in the route's SFTP secret (default ssh2).
 #
 # Built with the release profile minus fat LTO / one codegen unit (they only
 # shrink the Lambda binary and triple the build time).
@@ -19,12 +21,14 @@ ROOT=$(pwd)
 SMALL=2000
 LARGE_MIB=1024
 PARALLELISM=8
+CLIENT=ssh2
 while [ $# -gt 0 ]; do
     case $1 in
     --small) SMALL=$2; shift 2 ;;
     --large-mib) LARGE_MIB=$2; shift 2 ;;
     --parallelism) PARALLELISM=$2; shift 2 ;;
-    *) echo "usage: $0 [--small N] [--large-mib M] [--parallelism P]" >&2; exit 2 ;;
+    --client) CLIENT=$2; shift 2 ;;
+    *) echo "usage: $0 [--small N] [--large-mib M] [--parallelism P] [--client ssh2|russh]" >&2; exit 2 ;;
     esac
 done
 
@@ -50,7 +54,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-"$BIN/xecm-stack" up --env-file "$WORK/stack.env" >"$WORK/stack.log" 2>&1 &
+"$BIN/xecm-stack" up --env-file "$WORK/stack.env" --sftp-client "$CLIENT" >"$WORK/stack.log" 2>&1 &
 STACK_PID=$!
 for _ in $(seq 1 600); do
     [ -s "$WORK/stack.env" ] && break
@@ -106,6 +110,7 @@ folder() { # folder NAME: a new folder under 540101 for one contender's uploads
 }
 
 # ---------------------------------------------------------------- data
+echo "SSH client of sftp-ingest: $CLIENT"
 echo "generating $SMALL x 16 KiB and 1 x $LARGE_MIB MiB under $DATA/inbound/bench-*"
 mkdir -p "$DATA/inbound/bench-small" "$DATA/inbound/bench-large"
 python3 - "$DATA/inbound/bench-small" "$SMALL" <<'PY'

@@ -9,10 +9,12 @@
 //!
 //! Peak RSS of the export process comes from `wait4` (ru_maxrss), so it is
 //! the function's own, not this orchestrator's (which hosts the emulator).
-//! Cipher: chacha20-poly1305 for everyone (the adapter's default).
+//! OpenSSH runs with chacha20-poly1305; our client (ssh2 by default, or
+//! russh with `--client russh`, set in the stack's SFTP secret) uses its own
+//! default cipher order.
 //!
 //! Run through `tests/bench/export_throughput.sh` (needs root for sshd).
-//! Usage: export_throughput [--size-mib 1024] [--runs 2]
+//! Usage: export_throughput [--size-mib 1024] [--runs 2] [--client ssh2|russh]
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -21,11 +23,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use serde_json::json;
 use xecm_core::adapters::otcs::{EcmSettings, OtcsClient, OtcsOptions};
-use xecm_core::adapters::sftp::{SftpSettings, SftpStore};
+use xecm_core::adapters::sftp::{SftpSettings, open_store};
 use xecm_core::ports::ecm::{AppliedCategory, Content, Ecm, NodeId, UploadRequest};
-use xecm_core::ports::file_store::{ByteStream, FileStore, FileStoreError, RenameMode};
+use xecm_core::ports::file_store::{ByteStream, FileStoreError, RenameMode};
 use xecm_stack::lambda::function_binary;
-use xecm_stack::stack::{LocalStack, SFTP_SECRET_ID};
+use xecm_stack::stack::{LocalStack, SFTP_SECRET_ID, StackOptions};
 
 const SECRET_ENV: &str = "XECM_BENCH_SFTP_SECRET";
 const CIPHER: &str = "chacha20-poly1305@openssh.com";
@@ -65,7 +67,7 @@ async fn child_write(args: &[String]) -> Result<()> {
     let path = args.first().ok_or_else(|| anyhow!("path"))?;
     let size: u64 = args.get(1).ok_or_else(|| anyhow!("size"))?.parse()?;
     let json = std::env::var(SECRET_ENV).context("secret env")?;
-    let store = SftpStore::new(SftpSettings::from_secret_json("bench", &json)?)?;
+    let store = open_store(SftpSettings::from_secret_json("bench", &json)?)?;
     store.check().await?;
     let p = store.root().resolve(path)?;
     let block = block();
@@ -170,7 +172,20 @@ async fn orchestrate(args: &[String]) -> Result<()> {
     let size_mib: u64 = flag(args, "--size-mib").map_or(Ok(1024), |s| s.parse())?;
     let runs: usize = flag(args, "--runs").map_or(Ok(2), |s| s.parse())?;
     let size = size_mib * 1024 * 1024;
-    let stack = LocalStack::start().await?;
+    let client = flag(args, "--client").unwrap_or_else(|| "ssh2".into());
+    if client != "ssh2" && client != "russh" {
+        bail!("--client {client}: expected ssh2 or russh");
+    }
+    let stack = LocalStack::start_with(StackOptions {
+        sftp_client: Some(client.clone()),
+        ..StackOptions::default()
+    })
+    .await?;
+    let sftp_secret = {
+        let mut v: serde_json::Value = serde_json::from_str(&stack.sshd.sftp_secret_json())?;
+        v["client"] = client.clone().into();
+        v.to_string()
+    };
     let work = tempfile::tempdir()?;
     let local = work.path().join("big.bin");
     {
@@ -268,7 +283,7 @@ async fn orchestrate(args: &[String]) -> Result<()> {
         // The adapter's own write.
         let out = Command::new(std::env::current_exe()?)
             .args(["child-write", "data/bench/adapter.bin", &size.to_string()])
-            .env(SECRET_ENV, stack.sshd.sftp_secret_json())
+            .env(SECRET_ENV, &sftp_secret)
             .stdin(Stdio::null())
             .output()?;
         if !out.status.success() {
@@ -314,7 +329,9 @@ async fn orchestrate(args: &[String]) -> Result<()> {
     }
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     let (e, a, p, s) = (best(&export), best(&adapter), best(&put), best(&script));
-    println!("export {size_mib} MiB ECM -> SFTP, best of {runs}, cipher {CIPHER}");
+    println!(
+        "export {size_mib} MiB ECM -> SFTP, best of {runs}; our SSH client {client}, OpenSSH cipher {CIPHER}"
+    );
     println!(
         "  ecm-export (resend, whole process)   {e:7.0} MB/s   peak RSS {:.1} MiB",
         rss as f64 / 1024.0

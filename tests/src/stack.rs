@@ -39,6 +39,9 @@ pub struct StackOptions {
     pub emulator_data_dir: Option<PathBuf>,
     /// Emulator port (a free one when `None`).
     pub emulator_port: Option<u16>,
+    /// The `client` of the seeded SFTP secrets (`ssh2` or `russh`); the
+    /// adapters' default (ssh2) when `None`.
+    pub sftp_client: Option<String>,
 }
 
 /// The running stack. Field order is drop order: the emulator, then moto,
@@ -103,6 +106,10 @@ impl LocalStack {
         let mut sftp_pw_secret: Value = serde_json::from_str(&sshd.password_secret_json())
             .context("sshd's password secret is not JSON")?;
         sftp_pw_secret["root"] = json!(sshd.remote_root());
+        if let Some(client) = &options.sftp_client {
+            sftp_secret["client"] = json!(client);
+            sftp_pw_secret["client"] = json!(client);
+        }
         moto.put_json_secret(SFTP_SECRET_ID, &sftp_secret).await?;
         moto.put_json_secret(SFTP_PASSWORD_SECRET_ID, &sftp_pw_secret)
             .await?;

@@ -54,7 +54,10 @@ fn body(len: usize, chunk: usize, seed: u8) -> (ByteStream, String) {
     (Box::pin(futures_util::stream::iter(chunks)), sha)
 }
 
-async fn read_all(store: &Arc<dyn FileStore>, path: &RemotePath) -> Result<Vec<u8>, FileStoreError> {
+async fn read_all(
+    store: &Arc<dyn FileStore>,
+    path: &RemotePath,
+) -> Result<Vec<u8>, FileStoreError> {
     let mut h = store.open_read(path).await?;
     let mut out = Vec::new();
     while let Some(c) = h.body.next().await {

@@ -40,6 +40,9 @@ enum Command {
         /// Persist the emulator's state in this directory.
         #[arg(long)]
         emulator_data: Option<PathBuf>,
+        /// SSH client named in the seeded SFTP secrets (default: ssh2).
+        #[arg(long, value_parser = ["ssh2", "russh"])]
+        sftp_client: Option<String>,
     },
     /// Print the SFTP data root and the Content Server tree of a running stack.
     Report {
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
                 callback_url,
                 emulator_port,
                 emulator_data,
+                sftp_client,
             } => {
                 up(
                     &env_file,
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
                         callback_url,
                         emulator_data_dir: emulator_data,
                         emulator_port,
+                        sftp_client,
                     },
                 )
                 .await

@@ -35,6 +35,20 @@ impl Invocation {
     }
 }
 
+/// The invocation deadline from `Lambda-Runtime-Deadline-Ms`. Lambda sends
+/// Unix epoch milliseconds; a value too small to be one (before 2001) is read
+/// as milliseconds from now, which is what local Runtime API emulators
+/// (cargo-lambda sends its timeout, e.g. `600000`) mean by it. Without this
+/// every local invocation would look past its deadline.
+pub fn deadline_from_header(deadline_ms: u64, now: SystemTime) -> SystemTime {
+    const EPOCH_MS_2001: u64 = 978_307_200_000;
+    if deadline_ms < EPOCH_MS_2001 {
+        now + Duration::from_millis(deadline_ms)
+    } else {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(deadline_ms)
+    }
+}
+
 /// Whether a failed invocation can succeed when tried again unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
@@ -318,7 +332,7 @@ where
                 let ctx = event.context;
                 let invocation = Invocation {
                     request_id: ctx.request_id.clone(),
-                    deadline: ctx.deadline(),
+                    deadline: deadline_from_header(ctx.deadline, SystemTime::now()),
                     function_arn: ctx.invoked_function_arn.clone(),
                 };
                 async move { handler(event.payload, invocation).await }
@@ -360,6 +374,22 @@ mod tests {
 
     fn args(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn deadline_header_is_epoch_ms_from_lambda_and_relative_from_emulators() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        // Lambda: absolute.
+        let abs = 1_795_000_300_000;
+        assert_eq!(
+            deadline_from_header(abs, now),
+            SystemTime::UNIX_EPOCH + Duration::from_millis(abs)
+        );
+        // cargo-lambda: its timeout, relative to now.
+        assert_eq!(
+            deadline_from_header(600_000, now),
+            now + Duration::from_secs(600)
+        );
     }
 
     #[test]

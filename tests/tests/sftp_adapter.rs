@@ -523,6 +523,15 @@ async fn missing_files_and_directories_are_not_found_and_mkdir_is_idempotent(
     .await?;
     let err = s.mkdir_all(&p(&s, "a/file/sub")).await.unwrap_err();
     assert!(matches!(err, FileStoreError::WrongKind { .. }), "{err}");
+    // rmdir removes empty directories only.
+    let err = s.remove_dir(&p(&s, "a/b")).await.unwrap_err();
+    assert!(!matches!(err, FileStoreError::NotFound { .. }), "{err}");
+    assert_eq!(s.stat(&p(&s, "a/b/c")).await?.kind, EntryKind::Dir);
+    s.remove_dir(&p(&s, "a/b/c")).await?;
+    s.remove_dir(&p(&s, "a/b")).await?;
+    assert!(s.try_stat(&p(&s, "a/b")).await?.is_none());
+    let err = s.remove_dir(&p(&s, "a/b")).await.unwrap_err();
+    assert!(matches!(err, FileStoreError::NotFound { .. }), "{err}");
     // The chroot keeps us out of the root-owned parent.
     let err = open_store(
         settings_from(&sshd.sftp_secret_json(), client)

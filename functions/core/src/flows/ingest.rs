@@ -50,10 +50,13 @@
 //! size (different sizes cannot be identical content); if it then differs,
 //! the file is opened a second time for the upload.
 //!
-//! Known gaps: a crash between a `rename`-policy create and the archive makes
+//! Once a file has left its claim (archived, deleted or moved to `failed/`),
+//! the claim's now empty directories are removed (best effort; a leftover
+//! empty directory is harmless and skipped by later runs).
+//!
+//! Known gap: a crash between a `rename`-policy create and the archive makes
 //! the rerun create one more numbered copy (numbered siblings are not
-//! searched for the pending key); empty claim directories are left behind
-//! (the `FileStore` port has no rmdir).
+//! searched for the pending key).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -385,6 +388,9 @@ struct Run<'a> {
     folders: tokio::sync::Mutex<BTreeMap<(NodeId, Vec<String>), NodeId>>,
     /// SFTP directories known to exist (claim, archive and failed folders).
     dirs: std::sync::Mutex<BTreeSet<Vec<u8>>>,
+    /// Claim directories whose files have left them: removed at the end of
+    /// the run if empty (files of one run share a claim directory).
+    released: std::sync::Mutex<BTreeSet<RemotePath>>,
     /// Events not yet published: sent in batches of [`EVENT_BATCH`] (one
     /// PutEvents call each) and the rest at the end of the run.
     events: tokio::sync::Mutex<Vec<Event>>,
@@ -438,6 +444,7 @@ pub async fn run(
             workspaces: tokio::sync::Mutex::new(BTreeMap::new()),
             folders: tokio::sync::Mutex::new(BTreeMap::new()),
             dirs: std::sync::Mutex::new(BTreeSet::new()),
+            released: std::sync::Mutex::new(BTreeSet::new()),
             events: tokio::sync::Mutex::new(Vec::new()),
         };
         let src_text = run.src.to_string();
@@ -541,6 +548,7 @@ pub async fn run(
             }
             run.post_action_index(&index_rel, &segs).await;
         }
+        run.remove_released_dirs().await;
         run.flush_events().await;
         Ok::<_, IngestError>(())
     }
@@ -1693,6 +1701,9 @@ impl Run<'_> {
         if let Some((_, p, segs)) = &c.sidecar {
             let _ = self.post_action(p, &rel_text(segs)).await;
         }
+        if moved.is_ok() {
+            self.release_claim_dirs(c).await;
+        }
         let now = self.now();
         let detail = TransferIngested {
             route: self.route.name().to_owned(),
@@ -1736,6 +1747,44 @@ impl Run<'_> {
         }
         info!(node = %r.node_id.unwrap_or(0), outcome = ?outcome, "ingested");
         r
+    }
+
+    /// Notes the claim's directories (`.inflight/<tag>/` and, for a
+    /// recursive route, the subdirectories under it) for removal at the end
+    /// of the run, once the file has left them.
+    async fn release_claim_dirs(&self, c: &Claimed) {
+        let Ok(tag_dir) = self.inflight.join(c.tag.dir_name()) else {
+            return;
+        };
+        let mut released = self.released.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dir = c.path.parent();
+        while let Some(d) = dir {
+            if !d.as_bytes().starts_with(tag_dir.as_bytes()) {
+                break;
+            }
+            let last = d == tag_dir;
+            dir = d.parent();
+            released.insert(d);
+            if last {
+                break;
+            }
+        }
+    }
+
+    /// Removes the released claim directories that are empty, deepest first
+    /// (best effort: one still holding a file, e.g. a claim deferred to the
+    /// next run, is kept).
+    async fn remove_released_dirs(&self) {
+        let mut dirs: Vec<RemotePath> =
+            std::mem::take(&mut *self.released.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .collect();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.as_bytes().len()));
+        for d in dirs {
+            if let Err(e) = self.deps.store.remove_dir(&d).await {
+                tracing::debug!(dir = %d, error = %e, "claim directory kept");
+            }
+        }
     }
 
     /// Archive (unique name) or delete; returns where it went.
@@ -1830,6 +1879,7 @@ impl Run<'_> {
                         let _ = store.rename(sp, &sto, RenameMode::NoReplace).await;
                     }
                     failed_rel = Some(file);
+                    self.release_claim_dirs(c).await;
                     break;
                 }
                 Err(FileStoreError::AlreadyExists { .. }) => continue,

@@ -236,6 +236,10 @@ pub trait FileStore: Send + Sync {
     /// Removes a file (not a directory).
     async fn remove(&self, path: &RemotePath) -> Result<(), FileStoreError>;
 
+    /// Removes an empty directory; a directory that is not empty is refused
+    /// (`Failed`), never emptied.
+    async fn remove_dir(&self, dir: &RemotePath) -> Result<(), FileStoreError>;
+
     /// Writes a small file (marker, sidecar, error report) atomically.
     async fn write_small(
         &self,
@@ -629,6 +633,35 @@ pub mod memory {
                     kind: EntryKind::Dir,
                 }),
                 None => Err(not_found(path)),
+            }
+        }
+
+        async fn remove_dir(&self, dir: &RemotePath) -> Result<(), FileStoreError> {
+            self.check(dir)?;
+            let mut n = self.lock();
+            match n.get(dir.as_bytes()) {
+                Some(Node::Dir) => {
+                    let d = dir.as_bytes();
+                    let has_children = n.keys().any(|k| {
+                        k.len() > d.len()
+                            && k.starts_with(d)
+                            && (d == b"/" || k.get(d.len()) == Some(&b'/'))
+                    });
+                    if has_children {
+                        return Err(FileStoreError::Failed {
+                            op: "rmdir",
+                            path: dir.to_string(),
+                            reason: "directory not empty".into(),
+                        });
+                    }
+                    n.remove(d);
+                    Ok(())
+                }
+                Some(Node::File(..)) => Err(FileStoreError::WrongKind {
+                    path: dir.to_string(),
+                    kind: EntryKind::File,
+                }),
+                None => Err(not_found(dir)),
             }
         }
     }

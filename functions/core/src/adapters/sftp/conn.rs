@@ -570,6 +570,12 @@ impl Conn {
             .unlink(std_path(path))
             .map_err(|e| map_err("remove", path, &e))
     }
+
+    pub(crate) fn remove_dir(&self, dir: &RemotePath) -> Result<(), FileStoreError> {
+        self.sftp
+            .rmdir(std_path(dir))
+            .map_err(|e| map_err("rmdir", dir, &e))
+    }
 }
 
 /// Lists an opened directory, sending pages of up to `LIST_PAGE`

@@ -349,4 +349,11 @@ impl FileStore for SftpStore {
         self.call("remove", path, move |w| w.run(false, |c| c.remove(&p)))
             .await
     }
+
+    async fn remove_dir(&self, dir: &RemotePath) -> Result<(), FileStoreError> {
+        self.check_within(dir)?;
+        let d = dir.clone();
+        self.call("rmdir", dir, move |w| w.run(false, |c| c.remove_dir(&d)))
+            .await
+    }
 }

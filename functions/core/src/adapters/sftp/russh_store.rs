@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use futures_util::stream::{FuturesOrdered, FuturesUnordered};
@@ -715,7 +715,9 @@ async fn write_body(
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut sent = 0u64;
-    let mut pending = BytesMut::new();
+    // Filled up to one write and then moved into the request whole: one
+    // copy per byte on our side (russh-sftp wants an owned `Vec`).
+    let mut pending: Vec<u8> = Vec::with_capacity(c.write_len);
     let mut inflight: FuturesUnordered<_> = FuturesUnordered::new();
     let mut done = false;
     while !done {
@@ -733,24 +735,36 @@ async fn write_body(
                         actual: size,
                     });
                 }
-                pending.extend_from_slice(&chunk);
+                let mut rest: &[u8] = &chunk;
+                while !rest.is_empty() {
+                    let take = rest.len().min(c.write_len - pending.len());
+                    pending.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if pending.len() == c.write_len {
+                        let block =
+                            std::mem::replace(&mut pending, Vec::with_capacity(c.write_len));
+                        while inflight.len() >= IO_IN_FLIGHT {
+                            if let Some(r) = inflight.next().await {
+                                let r: Result<Status, SftpError> = r;
+                                r.map_err(|e| map_err("write", tmp, &e))?;
+                            }
+                        }
+                        let n = block.len() as u64;
+                        inflight.push(write(sent, block));
+                        sent += n;
+                    }
+                }
             }
             None => done = true,
         }
-        // Full blocks go out at once; the tail waits for more (or the end).
-        while pending.len() >= c.write_len || (done && !pending.is_empty()) {
-            let n = pending.len().min(c.write_len);
-            let block = pending.split_to(n);
-            while inflight.len() >= IO_IN_FLIGHT {
-                if let Some(r) = inflight.next().await {
-                    let r: Result<Status, SftpError> = r;
-                    r.map_err(|e| map_err("write", tmp, &e))?;
-                }
-            }
-            inflight.push(write(sent, block.to_vec()));
-            sent += n as u64;
-        }
     }
+    // The tail.
+    if !pending.is_empty() {
+        let n = pending.len() as u64;
+        inflight.push(write(sent, pending));
+        sent += n;
+    }
+    debug_assert_eq!(sent, size);
     while let Some(r) = inflight.next().await {
         r.map_err(|e| map_err("write", tmp, &e))?;
     }
@@ -1015,6 +1029,19 @@ impl FileStore for RusshStore {
                 .await
                 .map(|_| ())
                 .map_err(|e| map_err("remove", path, &e))
+        })
+        .await
+    }
+
+    async fn remove_dir(&self, dir: &RemotePath) -> Result<(), FileStoreError> {
+        self.check_within(dir)?;
+        let s = utf8("rmdir", dir)?;
+        self.run(false, |c| async move {
+            c.sftp
+                .rmdir(s)
+                .await
+                .map(|_| ())
+                .map_err(|e| map_err("rmdir", dir, &e))
         })
         .await
     }

@@ -232,6 +232,30 @@ impl FileStore for MemStore {
             None => Err(nf(path)),
         }
     }
+
+    async fn remove_dir(&self, dir: &RemotePath) -> Result<(), FileStoreError> {
+        let mut n = self.nodes.lock().unwrap();
+        let mut prefix = dir.as_bytes().to_vec();
+        prefix.push(b'/');
+        if n.keys().any(|k| k.starts_with(&prefix)) {
+            return Err(FileStoreError::Failed {
+                op: "rmdir",
+                path: dir.to_string(),
+                reason: "directory not empty".into(),
+            });
+        }
+        match n.remove(dir.as_bytes()) {
+            Some(Node::Dir) => Ok(()),
+            Some(other) => {
+                n.insert(dir.as_bytes().to_vec(), other);
+                Err(FileStoreError::WrongKind {
+                    path: dir.to_string(),
+                    kind: EntryKind::File,
+                })
+            }
+            None => Err(nf(dir)),
+        }
+    }
 }
 
 struct FixedClock(DateTime<Utc>);
@@ -400,6 +424,17 @@ async fn given_ready_invoice_when_run_then_created_with_history_and_archived() {
         w.store.files_under("/in/archive/2026-11-18/"),
         vec!["/in/archive/2026-11-18/INV-4711_0000100001.pdf".to_string()]
     );
+    // The claim directory went with the file.
+    let left: Vec<String> = w
+        .store
+        .nodes
+        .lock()
+        .unwrap()
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .filter(|k| k.starts_with("/in/.inflight/"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     let evs = w.events.events();
     assert_eq!(evs.len(), 1);
     assert_eq!(evs[0].detail_type, DetailType::TransferIngested);

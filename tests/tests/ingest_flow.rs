@@ -15,24 +15,29 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use xecm_core::adapters::aws::{EventBridgeSink, SecretsManagerSecrets};
 use xecm_core::adapters::otcs::{EcmSettings, OtcsClient, OtcsOptions};
-use xecm_core::adapters::sftp::{SftpSettings, SftpStore};
+use xecm_core::adapters::sftp::{SftpClient, SftpSettings, open_store};
 use xecm_core::domain::route::{IngestEvent, Route, parse_ingest_event};
 use xecm_core::flows::ingest::{
     self, Clock, FileOutcome, IngestDeps, IngestReport, RunContext, SystemClock,
 };
 use xecm_core::ports::ecm::{ChildFilter, Ecm, NodeId};
+use xecm_core::ports::file_store::FileStore;
 use xecm_core::ports::secrets::Secrets;
 use xecm_stack::stack::{EVENT_BUS, LocalStack, SFTP_SECRET_ID};
 
 struct Env {
     stack: LocalStack,
-    store: SftpStore,
+    store: std::sync::Arc<dyn FileStore>,
     ecm: OtcsClient,
     events: EventBridgeSink,
 }
 
 impl Env {
     async fn start() -> Env {
+        Env::start_with(SftpClient::Ssh2).await
+    }
+
+    async fn start_with(client: SftpClient) -> Env {
         let stack = LocalStack::start().await.expect("local stack");
         let sdk = stack.sdk_config().await;
         let secrets = SecretsManagerSecrets::new(&sdk);
@@ -42,7 +47,8 @@ impl Env {
             .with_root(stack.sshd.remote_root())
             .expect("root");
         settings.max_sessions = 4;
-        let store = SftpStore::new(settings).expect("store");
+        settings.client = client;
+        let store = open_store(settings).expect("store");
         let ecm = OtcsClient::new(
             EcmSettings::from_secret_json(
                 "ecm",
@@ -99,7 +105,7 @@ impl Env {
 
     async fn run_with(&self, route: &Route, clock: &dyn Clock, ctx: &RunContext) -> IngestReport {
         let deps = IngestDeps {
-            store: &self.store,
+            store: self.store.as_ref(),
             ecm: &self.ecm,
             events: &self.events,
             clock,
@@ -181,7 +187,17 @@ fn history_cfg() -> Value {
 
 /// A route placing every file into the seeded records folder `folder`.
 fn simple_route(name: &str, source: &str, folder: i64, readiness: Value, policy: &str) -> Route {
-    route(json!({
+    route(simple_route_json(name, source, folder, readiness, policy))
+}
+
+fn simple_route_json(
+    name: &str,
+    source: &str,
+    folder: i64,
+    readiness: Value,
+    policy: &str,
+) -> Value {
+    json!({
         "name": name,
         "sftp_secret": SFTP_SECRET_ID,
         "source_dir": source,
@@ -195,7 +211,7 @@ fn simple_route(name: &str, source: &str, folder: i64, readiness: Value, policy:
         }},
         "limits": {"parallelism": 3, "max_attempts": 3, "lease_secs": 1800},
         "transfer_history": history_cfg()
-    }))
+    })
 }
 
 fn pdf(text: &str) -> Vec<u8> {
@@ -215,7 +231,16 @@ fn workspace_root() -> &'static Path {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_partner_drop_lands_where_the_rules_say() {
-    let env = Env::start().await;
+    mixed_partner_drop(SftpClient::Ssh2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_partner_drop_lands_where_the_rules_say_with_the_russh_client() {
+    mixed_partner_drop(SftpClient::Russh).await;
+}
+
+async fn mixed_partner_drop(client: SftpClient) {
+    let env = Env::start_with(client).await;
     let status = Command::new(workspace_root().join("tests/demo/drop.sh"))
         .arg(env.data_root())
         .env("XECM_ECM_URL", env.stack.emulator.base_url())
@@ -446,6 +471,131 @@ async fn crash_and_rerun(padding: usize) {
         env.files_in("inbound/crash/.inflight").is_empty(),
         "no claim left"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_ingest_killed_after_the_upload_then_rerun_makes_exactly_one_document() {
+    // Streamed upload: the document first carries the pending key.
+    killed_and_rerun(1024 * 1024).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_ingest_killed_after_a_small_upload_then_rerun_makes_exactly_one_document() {
+    killed_and_rerun(0).await;
+}
+
+/// The real `sftp-ingest` process is SIGKILLed while the document exists
+/// in the ECM but before RM classification, verification and archive (the
+/// emulator holds the RM call); a later run finishes the same document.
+async fn killed_and_rerun(padding: usize) {
+    let binary = xecm_stack::lambda::function_binary("sftp-ingest").expect("binary built");
+    let env = Env::start().await;
+    let name = "ledger-2026-11-27.pdf";
+    let src = "inbound/kill";
+    let mut body = pdf("daily transactions 2026-11-27");
+    body.extend(std::iter::repeat_n(b'%', padding));
+    env.drop_file(
+        format!("{src}/{name}").as_bytes(),
+        &body,
+        Duration::from_secs(60),
+    );
+    let rj = simple_route_json("kill", src, 540101, json!({"min_age_secs": 1}), "fail");
+    let r = route(rj.clone());
+    let faults = reqwest::Client::new()
+        .post(format!(
+            "{}/__emulator/faults",
+            env.stack.emulator.base_url()
+        ))
+        .json(&json!({"count": 1, "path_contains": "/rmclassifications", "delay_ms": 120_000}))
+        .send()
+        .await
+        .expect("faults");
+    assert!(faults.status().is_success());
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("event.json");
+    std::fs::write(&file, json!({ "route": rj }).to_string()).expect("event file");
+    let mut child = Command::new(binary)
+        .arg("--event")
+        .arg(&file)
+        .envs(
+            env.stack
+                .env()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .env("XECM_LOCAL_TIMEOUT_SECS", "300")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start sftp-ingest");
+    // Wait until the document is in the ECM (the process is then held in
+    // the RM call), then kill it without warning.
+    let t0 = Instant::now();
+    while env.children_named(540101, name).await == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the document never appeared"
+        );
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "sftp-ingest ended before the crash point"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "sftp-ingest must still be held in the RM call"
+    );
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("reap");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+
+    // The crash state: one document, the file still claimed, nothing archived.
+    assert_eq!(env.children_named(540101, name).await, 1);
+    assert!(
+        env.files_in(&format!("{src}/.inflight"))
+            .iter()
+            .any(|p| p.ends_with(name)),
+        "claim kept"
+    );
+    assert!(env.files_in(&format!("{src}/archive")).is_empty());
+
+    // After the lease the next run finishes the existing document.
+    let ctx = RunContext::new("it-kill-rerun", Duration::from_secs(300));
+    let rerun = env
+        .run_with(&r, &Ahead(chrono::Duration::seconds(1900)), &ctx)
+        .await;
+    let f = &rerun.files[0];
+    assert_eq!(f.outcome, FileOutcome::AlreadyIngested, "{rerun:#?}");
+    assert_eq!(env.children_named(540101, name).await, 1);
+    let node = NodeId::new(f.node_id.unwrap_or(0)).expect("node");
+    assert_eq!(env.ecm.versions(node).await.expect("versions").len(), 1);
+    assert_eq!(
+        env.ecm.rm_classifications(node).await.expect("rm"),
+        vec![7004]
+    );
+    let h = env.history(node.get()).await;
+    assert_eq!(h["9002_6"], json!(sha_hex(&body)));
+    assert!(
+        env.files_in(&format!("{src}/archive"))
+            .iter()
+            .any(|p| p.ends_with(name))
+    );
+    assert!(env.files_in(&format!("{src}/.inflight")).is_empty());
+    // The claim's directory went with the file.
+    let left: Vec<_> = std::fs::read_dir(env.data_root().join(format!("{src}/.inflight")))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "claim directories left: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

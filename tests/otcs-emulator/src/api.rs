@@ -152,10 +152,16 @@ async fn require_ticket(State(state): St, mut req: Request, next: Next) -> Respo
 async fn inject_faults(State(state): St, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     if !path.starts_with("/__emulator/")
-        && let Some(status) = state.take_fault(&path)
+        && let Some(fault) = state.take_fault(&path)
     {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return ApiError::new(status, format!("Injected fault for {path}.")).into_response();
+        if fault.delay_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(fault.delay_ms)).await;
+        }
+        if fault.status != 0 {
+            let status =
+                StatusCode::from_u16(fault.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return ApiError::new(status, format!("Injected fault for {path}.")).into_response();
+        }
     }
     next.run(req).await
 }

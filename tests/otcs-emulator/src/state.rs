@@ -20,11 +20,28 @@ struct Ticket {
 
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Fault {
+    /// The status to answer with; 0 lets the request through (after the
+    /// delay), which makes a fault that only slows a call down.
+    #[serde(default)]
     pub status: u16,
     #[serde(default = "one")]
     pub count: u32,
     #[serde(default)]
     pub path_prefix: String,
+    /// Only requests whose path also contains this.
+    #[serde(default)]
+    pub path_contains: String,
+    /// Milliseconds to wait before answering (or passing the request on).
+    /// A client that hangs up meanwhile cancels the request unprocessed.
+    #[serde(default)]
+    pub delay_ms: u64,
+}
+
+/// What an injected fault does to one request.
+#[derive(Debug, Clone, Copy)]
+pub struct FaultAction {
+    pub status: u16,
+    pub delay_ms: u64,
 }
 
 fn one() -> u32 {
@@ -156,18 +173,21 @@ impl AppState {
     }
 
     /// The status of an injected fault matching this path, consuming it.
-    pub fn take_fault(&self, path: &str) -> Option<u16> {
+    pub fn take_fault(&self, path: &str) -> Option<FaultAction> {
         let mut faults = lock(&self.faults);
-        let pos = faults
-            .iter()
-            .position(|f| f.count > 0 && path.starts_with(&f.path_prefix))?;
+        let pos = faults.iter().position(|f| {
+            f.count > 0 && path.starts_with(&f.path_prefix) && path.contains(&f.path_contains)
+        })?;
         let f = &mut faults[pos];
         f.count -= 1;
-        let status = f.status;
+        let action = FaultAction {
+            status: f.status,
+            delay_ms: f.delay_ms,
+        };
         if f.count == 0 {
             faults.remove(pos);
         }
-        Some(status)
+        Some(action)
     }
 
     pub fn notify(&self, approval: Option<Approval>) {

@@ -21,7 +21,7 @@ variable "ecm_secret_arn" {
 }
 
 variable "sftp_secret_arns" {
-  description = "SFTP secrets the functions may read, by the name routes use in `sftp_secret`: {\"host\",\"port\",\"username\",\"host_key_sha256\":[...],\"private_key\"|\"password\",...}."
+  description = "SFTP secrets the functions may read, by the name routes use in `sftp_secret`: {\"host\",\"port\",\"username\",\"host_key_sha256\":[...],\"private_key\"|\"password\",\"root\",\"client\":\"ssh2\"|\"russh\",...}."
   type        = map(string)
 }
 

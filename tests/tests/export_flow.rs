@@ -106,6 +106,7 @@ impl Stack {
             destinations: &self.destinations,
             routes: &self.routes,
             invocation_id: "it-invocation",
+            deadline: None,
         }
     }
 

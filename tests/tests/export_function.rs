@@ -126,7 +126,18 @@ impl Setup {
 
     /// Uploads a document with a Document Control status, as a user would.
     async fn upload(&self, ticket: &str, name: &str, status: &str, body: &[u8]) -> i64 {
-        let meta = json!({"type": 144, "parent_id": 3101, "name": name,
+        self.upload_to(ticket, 3101, name, status, body).await
+    }
+
+    async fn upload_to(
+        &self,
+        ticket: &str,
+        parent: i64,
+        name: &str,
+        status: &str,
+        body: &[u8],
+    ) -> i64 {
+        let meta = json!({"type": 144, "parent_id": parent, "name": name,
             "roles": {"categories": {"9001": {"9001_2": status}}}});
         let form = reqwest::multipart::Form::new()
             .text("body", meta.to_string())
@@ -235,6 +246,100 @@ async fn emulator_approval_callback_reaches_the_function_and_the_file_appears() 
         .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["status"], "duplicate", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulator_callback_for_an_approved_folder_delivers_a_package_once() {
+    let s = setup().await;
+    let t = s.ticket().await;
+    let v: Value = s
+        .http
+        .post(s.ecm("/v2/nodes"))
+        .header("OTCSTicket", &t)
+        .form(&[(
+            "body",
+            json!({"type": 0, "parent_id": 3101, "name": "Launch kit"}).to_string(),
+        )])
+        .send()
+        .await
+        .expect("folder")
+        .json()
+        .await
+        .expect("json");
+    let kit = v["results"]["data"]["properties"]["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no id in {v}"));
+    // One approved document (its own callback delivers it as a file too)
+    // and one draft inside the folder.
+    let doc = s
+        .upload_to(&t, kit, "Datasheet.pdf", "Approved", b"%PDF-1.7 data")
+        .await;
+    s.upload_to(&t, kit, "Notes.txt", "Draft", b"draft").await;
+    // The folder itself is approved: the emulator's callback names it.
+    let r = s
+        .http
+        .post(s.ecm(&format!("/v2/nodes/{kit}/categories")))
+        .header("OTCSTicket", &t)
+        .form(&[("category_id", "9001"), ("9001_2", "Approved")])
+        .send()
+        .await
+        .expect("approve folder");
+    assert!(r.status().is_success(), "approve folder: {}", r.status());
+
+    let outbound = s.stack.sshd.data_root().join("outbound");
+    let t0 = Instant::now();
+    let package = loop {
+        let found = std::fs::read_dir(&outbound).ok().and_then(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .find(|n| n.starts_with("Launch kit-evt-"))
+        });
+        if let Some(p) = found {
+            break outbound.join(p);
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no package appeared in {}",
+            outbound.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        std::fs::read(package.join("Datasheet.pdf")).expect("packaged document"),
+        b"%PDF-1.7 data"
+    );
+    assert!(!package.join("Notes.txt").exists(), "draft packaged");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(package.join("manifest.json")).expect("manifest"))
+            .expect("manifest JSON");
+    assert_eq!(manifest["root_node_id"], json!(kit), "{manifest}");
+    let entries = manifest["entries"].as_array().expect("entries");
+    assert_eq!(entries.len(), 1, "{manifest}");
+    assert_eq!(entries[0]["node_id"], json!(doc), "{manifest}");
+
+    // The same callback again, validly signed by hand: acknowledged, and
+    // still exactly one package.
+    let event_id = package
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("Launch kit-"))
+        .expect("event id in the package name")
+        .to_owned();
+    let body = json!({"event": "document.approved", "event_id": event_id, "node_id": kit,
+           "version": 0, "category_id": 9001, "attribute": "9001_2", "value": "Approved",
+           "approved_at": "2026-11-27T10:00:00Z"})
+    .to_string();
+    let (status, v) = s
+        .post(&body, now(), WEBHOOK_HMAC_KEY, "application/json")
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "duplicate", "{v}");
+    let packages = std::fs::read_dir(&outbound)
+        .expect("outbound")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("Launch kit"))
+        .count();
+    assert_eq!(packages, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,6 +40,7 @@ impl State {
             destinations: self.destinations.as_ref(),
             routes: &self.routes,
             invocation_id: &invocation.request_id,
+            deadline: Some(std::time::Instant::now() + invocation.remaining()),
         }
     }
 }
@@ -118,6 +119,11 @@ pub async fn handle_http(state: &State, event: Value, invocation: &Invocation, n
     match export::handle_callback(&cx, &cb).await {
         Ok(ExportOutcome::Delivered(r)) => http(200, json!({"status": "delivered", "delivery": r})),
         Ok(ExportOutcome::Duplicate(r)) => http(200, json!({"status": "duplicate", "delivery": r})),
+        Ok(ExportOutcome::Packaged(r)) => http(200, json!({"status": "packaged", "package": r})),
+        Ok(ExportOutcome::PackageDuplicate { node_id, package }) => http(
+            200,
+            json!({"status": "duplicate", "node_id": node_id, "package": package}),
+        ),
         Ok(ExportOutcome::Rejected { node_id, .. }) => http(
             422,
             json!({"error": "not approved for export", "node_id": node_id}),

@@ -553,7 +553,9 @@ impl Model {
         }
         let after = entry.get(&rule.attribute).cloned();
         node.modify_date = Utc::now();
-        let is_doc = node.node_type == TYPE_DOCUMENT;
+        // Documents, and folders or workspaces approved as a whole (the
+        // export function sends those as packages).
+        let is_doc = matches!(node.node_type, TYPE_DOCUMENT | TYPE_FOLDER | TYPE_WORKSPACE);
         let version = node.latest_version().map(|v| v.number).unwrap_or(0);
         if assigned {
             self.audit(node_id, audit_event::CATEGORY_CHANGE, user_id);

@@ -271,7 +271,9 @@ pub fn verify(
     {
         return Err(Rejection::new(400, "invalid event_id"));
     }
-    if cb.node_id <= 0 || cb.category_id <= 0 || cb.version == 0 {
+    // `version` is 0 only for a folder or workspace (containers have no
+    // versions); the flow refuses 0 for a document.
+    if cb.node_id <= 0 || cb.category_id <= 0 {
         return Err(Rejection::new(
             400,
             "invalid node_id, category_id or version",

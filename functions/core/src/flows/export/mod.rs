@@ -99,6 +99,10 @@ pub enum ExportError {
     InvalidNode { node_id: i64, reason: String },
     #[error("{what} is not supported yet")]
     Unsupported { what: String },
+    /// Too little of the invocation's time is left to start (or go on
+    /// with) a transfer; nothing was published, a retry starts afresh.
+    #[error("stopped before {what}: less than {margin_secs} s of the invocation left")]
+    DeadlineNear { what: String, margin_secs: u64 },
 }
 
 impl ExportError {
@@ -107,6 +111,7 @@ impl ExportError {
             ExportError::Ecm(e) => e.is_retryable(),
             ExportError::Store(e) => e.is_retryable(),
             ExportError::Secrets(e) => e.is_retryable(),
+            ExportError::DeadlineNear { .. } => true,
             _ => false,
         }
     }
@@ -124,6 +129,7 @@ impl ExportError {
             ExportError::TargetExists { .. } => "TargetExists",
             ExportError::InvalidNode { .. } => "InvalidNode",
             ExportError::Unsupported { .. } => "Unsupported",
+            ExportError::DeadlineNear { .. } => "DeadlineNear",
         }
     }
 }
@@ -209,6 +215,26 @@ pub struct ExportContext<'a> {
     pub destinations: &'a dyn Destinations,
     pub routes: &'a ExportRoutes,
     pub invocation_id: &'a str,
+    /// When the invocation must have answered; `None` for no limit.
+    pub deadline: Option<Instant>,
+}
+
+/// Time a transfer needs at least before it is started.
+pub const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
+
+impl ExportContext<'_> {
+    /// Refuses to start `what` when less than [`DEADLINE_MARGIN`] is left.
+    fn check_deadline(&self, what: impl FnOnce() -> String) -> Result<(), ExportError> {
+        match self.deadline {
+            Some(d) if d.saturating_duration_since(Instant::now()) < DEADLINE_MARGIN => {
+                Err(ExportError::DeadlineNear {
+                    what: what(),
+                    margin_secs: DEADLINE_MARGIN.as_secs(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A finished single-document export (or an acknowledged duplicate).
@@ -237,6 +263,15 @@ pub enum ExportOutcome {
     Rejected {
         node_id: i64,
         reasons: Vec<(String, String)>,
+    },
+    /// A folder or workspace was approved as a whole and went out as a
+    /// package.
+    Packaged(PackageReport),
+    /// The package for this approval event is already on the server (a
+    /// repeated callback); nothing was sent.
+    PackageDuplicate {
+        node_id: i64,
+        package: String,
     },
 }
 
@@ -526,6 +561,7 @@ async fn deliver(
         tracing::info!(key = %d.idempotency_key, "already delivered; acknowledged without a second delivery");
         return Ok(ExportOutcome::Duplicate(report(None, sha)));
     }
+    cx.check_deadline(|| format!("delivering node {} to {}", d.node_id, d.remote_path()))?;
     let store = cx.destinations.store(&d.sftp_secret).await?;
     let dir = remote_path(store.as_ref(), &d.directory)?;
     let target = dir.join(d.file_name.as_bytes())?;
@@ -635,8 +671,16 @@ pub async fn handle_callback(
     };
     let (facts, applied) = facts;
     let mut reasons = Vec::new();
+    if node.is_container() {
+        return package_callback(cx, cb, &node, facts).await;
+    }
     if node.node_type != node_type::DOCUMENT {
         reasons.push(("*".to_owned(), "not a document".to_owned()));
+    } else if cb.version == 0 {
+        reasons.push((
+            "*".to_owned(),
+            "the callback names no version for a document".to_owned(),
+        ));
     } else if cb.version > facts.version {
         // The callback claims a version the ECM does not have (yet).
         reasons.push((
@@ -667,6 +711,59 @@ pub async fn handle_callback(
         node_id: cb.node_id,
         reasons,
     })
+}
+
+/// A callback naming a folder or workspace: the first route whose approval
+/// predicate the container itself meets (e.g. a `Package Status = Released`
+/// category on the folder) and that has a destination for it exports the
+/// container's approved documents as a package named
+/// `<container>-<event_id>`, so a repeated callback finds its package
+/// already there and is acknowledged without a second delivery.
+async fn package_callback(
+    cx: &ExportContext<'_>,
+    cb: &ApprovalCallback,
+    node: &Node,
+    mut facts: NodeFacts,
+) -> Result<ExportOutcome, ExportError> {
+    facts.ancestors.insert(0, cb.node_id);
+    let mut reasons = Vec::new();
+    let mut chosen = None;
+    for r in &cx.routes.routes {
+        if let Err(why) = r.approval.check(&facts) {
+            reasons.push((r.name.clone(), why));
+        } else if pick_destination(r, &facts).is_none() {
+            reasons.push((r.name.clone(), "no destination rule matches".into()));
+        } else {
+            chosen = Some(r.name.clone());
+            break;
+        }
+    }
+    let Some(route) = chosen else {
+        reject(
+            cx,
+            cb.node_id,
+            Some(cb.version),
+            Some(&cb.event_id),
+            &reasons,
+        )
+        .await;
+        return Ok(ExportOutcome::Rejected {
+            node_id: cb.node_id,
+            reasons,
+        });
+    };
+    let package = sftp_safe_name(&format!("{}-{}", node.name, cb.event_id));
+    match export_package(cx, cb.node_id, &route, Some(&package), None).await {
+        Ok(r) => Ok(ExportOutcome::Packaged(r)),
+        Err(ExportError::TargetExists { path, .. }) => {
+            tracing::info!(path = %path, "package of this approval event already delivered");
+            Ok(ExportOutcome::PackageDuplicate {
+                node_id: cb.node_id,
+                package,
+            })
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Manual resend: the latest version, if the route still approves it,
@@ -700,6 +797,12 @@ pub async fn resend(
                     node_id: node,
                     reasons: format!("{reasons:?}"),
                 }),
+                ExportOutcome::Packaged(_) | ExportOutcome::PackageDuplicate { .. } => {
+                    Err(ExportError::InvalidNode {
+                        node_id: node,
+                        reason: "a resend needs a document".into(),
+                    })
+                }
             }
         }
         ExportDecision::Rejected { reasons } => {
@@ -856,6 +959,14 @@ pub async fn export_package(
     let dir = remote_path(store.as_ref(), &dir_segments)?;
     if format == PackageFormat::Zip {
         let zip_path = dir.join(format!("{package}.zip").as_bytes())?;
+        if store.try_stat(&zip_path).await?.is_some() {
+            return Err(ExportError::TargetExists {
+                route: route.name.clone(),
+                destination: dest.config.name.clone(),
+                path: zip_path.to_string(),
+            });
+        }
+        cx.check_deadline(|| format!("zip package {zip_path}"))?;
         store.mkdir_all(&dir).await?;
         let paths = entry_paths(&items.iter().map(|i| i.names.clone()).collect::<Vec<_>>());
         let meta = ManifestMeta {
@@ -895,12 +1006,14 @@ pub async fn export_package(
         .take(12)
         .collect();
     let tmp = dir.join(format!(".{package}.partial-{suffix}").as_bytes())?;
+    cx.check_deadline(|| format!("package {final_path}"))?;
     store.mkdir_all(&tmp).await?;
     let paths = entry_paths(&items.iter().map(|i| i.names.clone()).collect::<Vec<_>>());
     let mut entries = Vec::with_capacity(items.len());
     let mut written = Vec::new();
     let result: Result<(), ExportError> = async {
         for (item, rel) in items.iter().zip(&paths) {
+            cx.check_deadline(|| format!("package entry {rel} (package not published)"))?;
             let mut target = tmp.clone();
             for seg in rel.split('/') {
                 target = target.join(seg.as_bytes())?;
@@ -1210,6 +1323,7 @@ mod tests {
                 destinations: &self.dest,
                 routes: &self.routes,
                 invocation_id: "inv-1",
+                deadline: None,
             }
         }
 
@@ -1541,5 +1655,89 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, ExportError::TargetExists { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn document_callback_without_a_version_is_rejected() {
+        let w = World::new(false).await;
+        let id = w.doc(w.folder, "Prices.xlsx", "Approved", b"p").await;
+        let out = handle_callback(&w.cx(), &callback(id, 0)).await.unwrap();
+        let ExportOutcome::Rejected { reasons, .. } = out else {
+            panic!("{out:?}")
+        };
+        assert!(reasons[0].1.contains("no version"), "{reasons:?}");
+        assert_eq!(w.store().put_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn near_the_deadline_nothing_is_started_and_the_error_is_retryable() {
+        let w = World::new(false).await;
+        let id = w.doc(w.folder, "Prices.xlsx", "Approved", b"p").await;
+        let kit = w.ecm.create_folder(w.folder, "Kit").await.unwrap();
+        w.doc(kit, "Welcome.pdf", "Approved", b"welcome").await;
+        let mut cx = w.cx();
+        cx.deadline = Some(Instant::now() + Duration::from_secs(3));
+        let err = handle_callback(&cx, &callback(id, 1)).await.unwrap_err();
+        assert!(matches!(err, ExportError::DeadlineNear { .. }), "{err}");
+        assert!(err.is_retryable());
+        let err = export_package(&cx, kit.get(), "price-lists", Some("K"), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ExportError::DeadlineNear { .. }), "{err}");
+        assert_eq!(w.store().put_count(), 0);
+        assert!(
+            w.store().paths().iter().all(|p| !p.contains("partial")),
+            "{:?}",
+            w.store().paths()
+        );
+        // With time left the same calls go through.
+        cx.deadline = Some(Instant::now() + Duration::from_secs(600));
+        handle_callback(&cx, &callback(id, 1)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn callback_naming_an_approved_folder_exports_a_package_once() {
+        let w = World::new(false).await;
+        let kit = w.ecm.create_folder(w.folder, "Kit").await.unwrap();
+        w.doc(kit, "Welcome.pdf", "Approved", b"welcome").await;
+        w.doc(kit, "Draft.pdf", "Draft", b"not yet").await;
+
+        // Not approved as a whole yet: rejected, nothing sent.
+        let out = handle_callback(&w.cx(), &callback(kit, 1)).await.unwrap();
+        let ExportOutcome::Rejected { reasons, .. } = out else {
+            panic!("{out:?}")
+        };
+        assert!(reasons[0].1.contains("9001_2"), "{reasons:?}");
+        assert_eq!(w.store().put_count(), 0);
+
+        w.ecm
+            .apply_category(
+                kit,
+                9001,
+                &[("9001_2".to_string(), json!("Approved"))].into(),
+            )
+            .await
+            .unwrap();
+        let cb = callback(kit, 1);
+        let out = handle_callback(&w.cx(), &cb).await.unwrap();
+        let ExportOutcome::Packaged(r) = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!((r.files, r.skipped.len()), (1, 1), "{r:?}");
+        let base = format!("/outbound/{}/Kit-{}", YEAR_DIR(), cb.event_id);
+        assert_eq!(r.remote_path, base);
+        assert_eq!(
+            &w.store().file(&format!("{base}/Welcome.pdf")).unwrap()[..],
+            b"welcome"
+        );
+        let puts = w.store().put_count();
+
+        // The same callback again: acknowledged, no second package.
+        let out = handle_callback(&w.cx(), &cb).await.unwrap();
+        assert!(
+            matches!(out, ExportOutcome::PackageDuplicate { ref package, .. } if package.ends_with(&cb.event_id)),
+            "{out:?}"
+        );
+        assert_eq!(w.store().put_count(), puts);
     }
 }

@@ -639,6 +639,17 @@ fn type_matches(n: &Node, where_type: Option<i64>) -> bool {
     }
 }
 
+/// Whether `hay` contains `needle_lower` (already lowercase), ignoring case;
+/// without allocating for ASCII names, the common case in large folders.
+fn contains_ci(hay: &str, needle_lower: &str) -> bool {
+    if hay.is_ascii() && needle_lower.is_ascii() {
+        let (h, n) = (hay.as_bytes(), needle_lower.as_bytes());
+        n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+    } else {
+        hay.to_lowercase().contains(needle_lower)
+    }
+}
+
 async fn children(State(state): St, Path((ver, id)): Path<(String, i64)>, Query(q): Q) -> Res {
     let v2 = is_v2(&ver)?;
     let name = q.get("where_name").map(|s| s.to_lowercase());
@@ -655,15 +666,9 @@ async fn children(State(state): St, Path((ver, id)): Path<(String, i64)>, Query(
                 "Node {id} is not a container."
             )));
         }
-        let items: Vec<&Node> = m
-            .children(id)
-            .into_iter()
-            .filter(|n| {
-                name.as_ref()
-                    .is_none_or(|w| n.name.to_lowercase().contains(w))
-            })
-            .filter(|n| type_matches(n, where_type))
-            .collect();
+        let items: Vec<&Node> = m.children_where(id, |n| {
+            type_matches(n, where_type) && name.as_ref().is_none_or(|w| contains_ci(&n.name, w))
+        });
         let pg = page(items.len(), &limit_default);
         let slice = &items[pg.start..pg.end];
         if v2 {

@@ -70,18 +70,27 @@ impl ContentStore {
             .await
             .map_err(|e| ApiError::internal(format!("Cannot store content: {e}")))?;
         let mut size: u64 = 0;
+        // Multipart chunks are small (a few KiB to tens of KiB); each tokio
+        // file write is a trip to the blocking pool, so gather ~1 MiB first.
+        const WRITE_BLOCK: usize = 1024 * 1024;
+        let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BLOCK);
+        let store_err =
+            |e: std::io::Error| ApiError::internal(format!("Cannot store content: {e}"));
         let result: Result<(), ApiError> = async {
             while let Some(chunk) = field.chunk().await.map_err(|e| {
                 ApiError::bad_request(format!("Upload of '{file_name}' was interrupted: {e}"))
             })? {
                 size += chunk.len() as u64;
-                file.write_all(&chunk)
-                    .await
-                    .map_err(|e| ApiError::internal(format!("Cannot store content: {e}")))?;
+                buf.extend_from_slice(&chunk);
+                if buf.len() >= WRITE_BLOCK {
+                    file.write_all(&buf).await.map_err(store_err)?;
+                    buf.clear();
+                }
             }
-            file.flush()
-                .await
-                .map_err(|e| ApiError::internal(format!("Cannot store content: {e}")))
+            if !buf.is_empty() {
+                file.write_all(&buf).await.map_err(store_err)?;
+            }
+            file.flush().await.map_err(store_err)
         }
         .await;
         if let Err(e) = result {

@@ -440,10 +440,42 @@ impl RusshStore {
         &self.settings
     }
 
-    /// A live connection from the pool (round robin) and its slot; `fresh`
+    /// A live connection from the pool and its slot; `fresh`
     /// tells whether it was just opened.
+    ///
+    /// Connections are opened only as concurrency needs them: an idle live
+    /// connection is reused first (one SSH connection carries many SFTP
+    /// requests), then an empty slot gets a new one, and only when every
+    /// slot is busy do operations share the least busy connection. "Busy"
+    /// is the number of operations and streams holding the connection.
     async fn conn(&self) -> Result<(usize, Arc<Conn>, bool), FileStoreError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut empty = None;
+        let mut least: Option<(usize, usize)> = None;
+        for (i, slot) in self.slots.iter().enumerate() {
+            // A slot being connected right now is skipped, not waited for.
+            let Ok(guard) = slot.try_lock() else { continue };
+            match guard.as_ref() {
+                Some(c) if !c.handle.is_closed() => {
+                    let users = Arc::strong_count(c) - 1;
+                    if users == 0 {
+                        return Ok((i, Arc::clone(c), false));
+                    }
+                    if least.is_none_or(|(_, u)| users < u) {
+                        least = Some((i, users));
+                    }
+                }
+                _ => {
+                    if empty.is_none() {
+                        empty = Some(i);
+                    }
+                }
+            }
+        }
+        let i = match (empty, least) {
+            (Some(i), _) => i,
+            (None, Some((i, _))) => i,
+            (None, None) => self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len(),
+        };
         let mut slot = self.slots[i].lock().await;
         if let Some(c) = slot.as_ref()
             && !c.handle.is_closed()

@@ -16,7 +16,6 @@ use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
-use sha2::{Digest, Sha256};
 use ssh2::{ErrorCode, FileStat, HashType, MethodType, OpenFlags, OpenType, Session, Sftp};
 use tokio::sync::mpsc;
 
@@ -382,8 +381,7 @@ impl Conn {
                 OpenType::File,
             )
             .map_err(|e| map_err("create", tmp, &e))?;
-        let mut hasher = Sha256::new();
-        let mut size: u64 = 0;
+        let mut tally = super::Tally::new(expected_len);
         // libssh2 turns everything passed to one `write` into pipelined
         // requests and returns once some are acknowledged; the caller must
         // pass the unacknowledged bytes again at the start of the next call.
@@ -400,17 +398,7 @@ impl Conn {
                 match rx.blocking_recv() {
                     Some(item) => {
                         let chunk = item?;
-                        hasher.update(&chunk);
-                        size += chunk.len() as u64;
-                        if let Some(expected) = expected_len
-                            && size > expected
-                        {
-                            return Err(FileStoreError::SizeMismatch {
-                                path: target.to_string(),
-                                expected,
-                                actual: size,
-                            });
-                        }
+                        tally.add(&chunk, target)?;
                         buf.extend_from_slice(&chunk);
                     }
                     None => eof = true,
@@ -437,15 +425,7 @@ impl Conn {
                 start = 0;
             }
         }
-        if let Some(expected) = expected_len
-            && size != expected
-        {
-            return Err(FileStoreError::SizeMismatch {
-                path: target.to_string(),
-                expected,
-                actual: size,
-            });
-        }
+        let (size, sha256) = tally.finish(target)?;
         // fsync@openssh.com where offered; servers without it still get the
         // remote size check below.
         let synced = match f.fsync() {
@@ -465,7 +445,7 @@ impl Conn {
         }
         Ok(PutReceipt {
             size,
-            sha256: hex::encode(hasher.finalize()),
+            sha256,
             synced,
         })
     }

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use sha2::Digest;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -58,6 +59,56 @@ pub(crate) fn temp_sibling(path: &RemotePath, suffix: &str) -> Result<RemotePath
             path: path.to_string(),
             kind: EntryKind::Dir,
         })
+}
+
+/// SHA-256 and byte count of an upload body as it passes, refusing more
+/// bytes than announced as soon as they arrive.
+pub(crate) struct Tally {
+    hasher: sha2::Sha256,
+    size: u64,
+    expected: Option<u64>,
+}
+
+impl Tally {
+    pub(crate) fn new(expected: Option<u64>) -> Self {
+        Self {
+            hasher: sha2::Sha256::new(),
+            size: 0,
+            expected,
+        }
+    }
+
+    pub(crate) fn add(&mut self, chunk: &[u8], target: &RemotePath) -> Result<(), FileStoreError> {
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+        match self.expected {
+            Some(expected) if self.size > expected => Err(FileStoreError::SizeMismatch {
+                path: target.to_string(),
+                expected,
+                actual: self.size,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The size and hex SHA-256 once the body ended; fewer bytes than
+    /// announced is a mismatch.
+    pub(crate) fn finish(self, target: &RemotePath) -> Result<(u64, String), FileStoreError> {
+        if let Some(expected) = self.expected
+            && self.size != expected
+        {
+            return Err(FileStoreError::SizeMismatch {
+                path: target.to_string(),
+                expected,
+                actual: self.size,
+            });
+        }
+        Ok((self.size, hex::encode(self.hasher.finalize())))
+    }
 }
 
 /// A job runs on a session thread with that thread's (lazy) connection.

@@ -31,7 +31,6 @@ use russh_sftp::client::RawSftpSession;
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, Status, StatusCode};
 use secrecy::ExposeSecret;
-use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -744,8 +743,7 @@ async fn write_body(
             r
         }
     };
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
+    let mut tally = super::Tally::new(expected_len);
     let mut sent = 0u64;
     // Filled up to one write and then moved into the request whole: one
     // copy per byte on our side (russh-sftp wants an owned `Vec`).
@@ -756,17 +754,7 @@ async fn write_body(
         match body.next().await {
             Some(chunk) => {
                 let chunk = chunk.map_err(|e| FileStoreError::source(target, e))?;
-                hasher.update(&chunk);
-                size += chunk.len() as u64;
-                if let Some(expected) = expected_len
-                    && size > expected
-                {
-                    return Err(FileStoreError::SizeMismatch {
-                        path: target.to_string(),
-                        expected,
-                        actual: size,
-                    });
-                }
+                tally.add(&chunk, target)?;
                 let mut rest: &[u8] = &chunk;
                 while !rest.is_empty() {
                     let take = rest.len().min(c.write_len - pending.len());
@@ -796,19 +784,11 @@ async fn write_body(
         inflight.push(write(sent, pending));
         sent += n;
     }
-    debug_assert_eq!(sent, size);
+    debug_assert_eq!(sent, tally.size());
     while let Some(r) = inflight.next().await {
         r.map_err(|e| map_err("write", tmp, &e))?;
     }
-    if let Some(expected) = expected_len
-        && size != expected
-    {
-        return Err(FileStoreError::SizeMismatch {
-            path: target.to_string(),
-            expected,
-            actual: size,
-        });
-    }
+    let (size, sha256) = tally.finish(target)?;
     let synced = if c.fsync {
         c.sftp
             .fsync(handle.to_owned())
@@ -832,7 +812,7 @@ async fn write_body(
     }
     Ok(PutReceipt {
         size,
-        sha256: hex::encode(hasher.finalize()),
+        sha256,
         synced,
     })
 }

@@ -643,6 +643,26 @@ async fn deliver(
     )))
 }
 
+/// Publishes `Export Rejected` for a callback and builds its outcome.
+async fn reject_callback(
+    cx: &ExportContext<'_>,
+    cb: &ApprovalCallback,
+    reasons: Vec<(String, String)>,
+) -> ExportOutcome {
+    reject(
+        cx,
+        cb.node_id,
+        Some(cb.version),
+        Some(&cb.event_id),
+        &reasons,
+    )
+    .await;
+    ExportOutcome::Rejected {
+        node_id: cb.node_id,
+        reasons,
+    }
+}
+
 /// A verified approval callback: re-read, decide, deliver once.
 #[tracing::instrument(skip_all, fields(node_id = cb.node_id, event_id = %cb.event_id))]
 pub async fn handle_callback(
@@ -654,18 +674,7 @@ pub async fn handle_callback(
         Ok((f, n, applied)) => ((f, applied), n),
         Err(ExportError::Ecm(EcmError::NotFound { .. })) => {
             let reasons = vec![("*".to_owned(), "node not found".to_owned())];
-            reject(
-                cx,
-                cb.node_id,
-                Some(cb.version),
-                Some(&cb.event_id),
-                &reasons,
-            )
-            .await;
-            return Ok(ExportOutcome::Rejected {
-                node_id: cb.node_id,
-                reasons,
-            });
+            return Ok(reject_callback(cx, cb, reasons).await);
         }
         Err(e) => return Err(e),
     };
@@ -699,18 +708,7 @@ pub async fn handle_callback(
             ExportDecision::Rejected { reasons: r } => reasons = r,
         }
     }
-    reject(
-        cx,
-        cb.node_id,
-        Some(cb.version),
-        Some(&cb.event_id),
-        &reasons,
-    )
-    .await;
-    Ok(ExportOutcome::Rejected {
-        node_id: cb.node_id,
-        reasons,
-    })
+    Ok(reject_callback(cx, cb, reasons).await)
 }
 
 /// A callback naming a folder or workspace: the first route whose approval
@@ -739,18 +737,7 @@ async fn package_callback(
         }
     }
     let Some(route) = chosen else {
-        reject(
-            cx,
-            cb.node_id,
-            Some(cb.version),
-            Some(&cb.event_id),
-            &reasons,
-        )
-        .await;
-        return Ok(ExportOutcome::Rejected {
-            node_id: cb.node_id,
-            reasons,
-        });
+        return Ok(reject_callback(cx, cb, reasons).await);
     };
     let package = sftp_safe_name(&format!("{}-{}", node.name, cb.event_id));
     match export_package(cx, cb.node_id, &route, Some(&package), None).await {

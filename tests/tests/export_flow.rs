@@ -483,6 +483,48 @@ async fn package_has_a_correct_manifest_and_safe_entry_names() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_that_fails_midway_leaves_nothing_on_the_server() {
+    let s = Stack::start().await;
+    let kit = NodeId::new(GLOBEX_ONBOARDING).expect("id");
+    let sub = s.ecm.create_folder(kit, "Manuals").await.expect("folder");
+    s.doc(kit.get(), "A.pdf", approved(), Bytes::from_static(b"first"))
+        .await;
+    let second = s
+        .doc(
+            sub.get(),
+            "B.pdf",
+            approved(),
+            Bytes::from_static(b"second"),
+        )
+        .await;
+    // The second document's content download is refused for good (its
+    // metadata still reads fine, so the package is under way by then).
+    let r = reqwest::Client::new()
+        .post(format!("{}/__emulator/faults", s.emu.base_url()))
+        .json(&json!({"status": 404, "count": 5,
+            "path_prefix": format!("/cs/cs/api/v2/nodes/{}/", second.get()),
+            "path_contains": "/content"}))
+        .send()
+        .await
+        .expect("fault control");
+    assert!(r.status().is_success());
+    let err = export::export_package(&s.cx(), kit.get(), "customer-packages", Some("Half"), None)
+        .await
+        .expect_err("package must fail");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.to_string().contains(&second.get().to_string()), "{err}");
+    // Neither the package nor its temporary directory tree is left.
+    let left: Vec<String> = std::fs::read_dir(s.local("packages"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zip_package_on_sftp_is_readable_and_has_no_unsafe_names() {
     let s = Stack::start().await;
     let kit = NodeId::new(GLOBEX_ONBOARDING).expect("id");

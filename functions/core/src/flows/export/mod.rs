@@ -50,7 +50,7 @@ use crate::ports::ecm::{
     AppliedCategory, CategoryValues, ChildFilter, Ecm, EcmError, Node, NodeId, node_type,
 };
 use crate::ports::events::{DetailType, Event, EventSink};
-use crate::ports::file_store::{ByteStream, FileStore, FileStoreError, RenameMode};
+use crate::ports::file_store::{ByteStream, EntryKind, FileStore, FileStoreError, RenameMode};
 use crate::ports::secrets::{Secrets, SecretsError};
 
 pub mod memory;
@@ -1066,11 +1066,33 @@ pub async fn export_package(
     let manifest_sha256 = match manifest_result {
         Ok(sha) => sha,
         Err(e) => {
-            // Best effort: the files go; the empty temporary directories stay
-            // (the port has no rmdir) under a dot-name no partner picks up.
+            // Best effort: the files go, then the temporary directories
+            // (deepest first; one that is not empty stays, under a dot-name
+            // no partner picks up).
             for p in written.iter().rev() {
                 if let Err(re) = store.remove(p).await {
                     tracing::warn!(path = %p, error = %re, "cannot remove a partial package file");
+                }
+            }
+            // Every directory under the temporary root, including those made
+            // for entries that never arrived.
+            let mut dirs = vec![tmp.clone()];
+            let mut i = 0;
+            while i < dirs.len() {
+                if let Ok(entries) = store.list(&dirs[i]).await {
+                    dirs.extend(
+                        entries
+                            .into_iter()
+                            .filter(|e| e.meta.kind == EntryKind::Dir)
+                            .map(|e| e.path),
+                    );
+                }
+                i += 1;
+            }
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.as_bytes().len()));
+            for d in dirs {
+                if let Err(re) = store.remove_dir(&d).await {
+                    tracing::debug!(dir = %d, error = %re, "partial package directory kept");
                 }
             }
             return Err(e);

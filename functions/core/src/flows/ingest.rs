@@ -54,9 +54,9 @@
 //! the claim's now empty directories are removed (best effort; a leftover
 //! empty directory is harmless and skipped by later runs).
 //!
-//! Known gap: a crash between a `rename`-policy create and the archive makes
-//! the rerun create one more numbered copy (numbered siblings are not
-//! searched for the pending key).
+//! Under the `rename` policy a rerun after a crash also looks at the numbered
+//! copies (`name (2).pdf`, …) for this file's key, so a copy created just
+//! before the crash is finished rather than numbered once more.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -74,7 +74,7 @@ use crate::domain::claim::{
     self, AfterTransient, ClaimTag, ExistingClaim, FailureKind, FailureReport,
 };
 use crate::domain::classify::{self, Candidate, HEAD_LEN, MAX_INDEX_BYTES, MAX_SIDECAR_BYTES};
-use crate::domain::names::{SFTP_NAME_MAX_BYTES, escape_non_utf8, numbered};
+use crate::domain::names::{CS_NAME_MAX_CHARS, SFTP_NAME_MAX_BYTES, escape_non_utf8, numbered};
 use crate::domain::paths::{PathError, RemotePath};
 use crate::domain::placement::{self, ConflictPolicy, PlacementPlan, WorkspaceTarget};
 use crate::domain::readiness::{self, Evidence, Observation, Readiness};
@@ -395,6 +395,10 @@ struct Run<'a> {
     /// PutEvents call each) and the rest at the end of the run.
     events: tokio::sync::Mutex<Vec<Event>>,
 }
+
+/// Numbered copies (`name (2).pdf` …) searched for this file's own copy
+/// under the `rename` policy.
+const NUMBERED_COPIES_SEARCHED: u32 = 50;
 
 /// Files up to this size are read whole before the upload (module docs).
 const SMALL_FILE_BYTES: u64 = 256 * 1024;
@@ -1212,7 +1216,32 @@ impl Run<'_> {
         let ws = self.workspace(&plan).await?;
         let folder = self.folder(ws, &plan.folder).await?;
         let ecm_path = format!("node {ws}/{}", plan.folder.join("/"));
-        let existing = ecm.child_by_name(folder, &plan.document_name).await?;
+        let mut existing = ecm.child_by_name(folder, &plan.document_name).await?;
+        if plan.on_existing == ConflictPolicy::Rename
+            && let Some(node) = &existing
+            && !self
+                .carries_our_key(node.id, c, size, known_sha.as_deref())
+                .await?
+        {
+            // A run that crashed after creating a numbered copy left that
+            // copy with our key: finish it instead of numbering once more.
+            for n in 2..=NUMBERED_COPIES_SEARCHED {
+                let candidate = numbered(&plan.document_name, n, CS_NAME_MAX_CHARS);
+                let Some(sibling) = ecm.child_by_name(folder, &candidate).await? else {
+                    break;
+                };
+                if sibling.node_type == ecm_port::node_type::DOCUMENT
+                    && self
+                        .carries_our_key(sibling.id, c, size, known_sha.as_deref())
+                        .await?
+                {
+                    info!(node = %sibling.id, name = %sibling.name, "found this file's numbered copy from an earlier run");
+                    plan.document_name = sibling.name.clone();
+                    existing = Some(sibling);
+                    break;
+                }
+            }
+        }
         let mut name = plan.document_name.clone();
         let mut add_version_to: Option<(NodeId, u32)> = None;
 
@@ -1583,6 +1612,29 @@ impl Run<'_> {
             sha256: get(th.attributes.sha256).filter(|s| s.len() == 64),
             key: get(th.attributes.idempotency_key),
         })
+    }
+
+    /// Whether `node`'s transfer history carries this file's key: the
+    /// pending key a crashed streamed upload leaves (route, path, size,
+    /// mtime), or, for a small file whose SHA-256 is known, the final key.
+    async fn carries_our_key(
+        &self,
+        node: NodeId,
+        c: &Claimed,
+        size: u64,
+        known_sha: Option<&str>,
+    ) -> Result<bool, EcmError> {
+        let hist = self.history(node).await?;
+        let Some(key) = hist.key.as_deref() else {
+            return Ok(false);
+        };
+        let ours = pending_key(self.route.name(), &c.rel, size, c.mtime, 0);
+        let ours_id = pending_identity(&ours).map(|(i, _)| i);
+        if pending_identity(key).map(|(i, _)| i) == ours_id && ours_id.is_some() {
+            return Ok(true);
+        }
+        Ok(known_sha
+            .is_some_and(|sha| key == idempotency_key(self.route.name(), &c.rel, size, sha)))
     }
 
     async fn child_names(&self, folder: NodeId) -> Result<BTreeSet<String>, EcmError> {

@@ -14,6 +14,7 @@ use super::*;
 use crate::domain::paths::{RemotePath, RemoteRoot};
 use crate::domain::route::{IngestEvent, parse_ingest_event};
 use crate::ports::ecm::memory::MemoryEcm;
+use crate::ports::ecm::{ChildFilter, UploadReceipt};
 use crate::ports::events::MemoryEvents;
 use crate::ports::file_store::{
     ByteStream, DirEntry, EntryKind, FileMeta, FileStore, FileStoreError, PageStream, PutReceipt,
@@ -324,6 +325,62 @@ struct World {
 }
 
 impl World {
+    /// The workspace folder the default rule files supplier 0000100001's
+    /// November 2026 invoices into, as a run would create it.
+    async fn supplier_invoice_folder(&self) -> NodeId {
+        let ws = self
+            .ecm
+            .create_workspace(&CreateWorkspace {
+                template_id: NodeId::new(TEMPLATE).unwrap(),
+                type_id: 100,
+                name: "Supplier 0000100001".into(),
+                parent: None,
+                business_object: Some(BusinessObject {
+                    ext_system_id: "SAP".into(),
+                    bo_type: "LFA1".into(),
+                    bo_id: "0000100001".into(),
+                }),
+                categories: vec![],
+            })
+            .await
+            .unwrap();
+        self.ecm
+            .ensure_folder_path(ws, &["Invoices".into(), "2026".into(), "11".into()])
+            .await
+            .unwrap()
+    }
+
+    /// A document whose transfer history carries `key` (what a run leaves).
+    async fn doc_with_key(
+        &self,
+        folder: NodeId,
+        name: &str,
+        body: &[u8],
+        key: &str,
+    ) -> UploadReceipt {
+        let mut vals = CategoryValues::new();
+        vals.insert("9002_10".into(), serde_json::json!(key));
+        let bytes = Bytes::from(body.to_vec());
+        self.ecm
+            .upload(UploadRequest {
+                parent: folder,
+                name: name.into(),
+                description: None,
+                categories: vec![AppliedCategory {
+                    category_id: 9002,
+                    values: vals,
+                }],
+                classifications: vec![],
+                content: Content {
+                    stream: Box::pin(futures_util::stream::iter([Ok(bytes)])),
+                    length: body.len() as u64,
+                    file_name: name.into(),
+                    mime_type: "application/pdf".into(),
+                },
+            })
+            .await
+            .unwrap()
+    }
     fn new() -> Self {
         let ecm = MemoryEcm::new();
         ecm.add_workspace_type(100, "Supplier", &["Supplier template"]);
@@ -565,53 +622,11 @@ async fn given_crash_after_upload_when_rerun_after_lease_then_one_document_and_a
         &body,
         NOW - 5000,
     );
-    let ws = w
-        .ecm
-        .create_workspace(&CreateWorkspace {
-            template_id: NodeId::new(TEMPLATE).unwrap(),
-            type_id: 100,
-            name: "Supplier 0000100001".into(),
-            parent: None,
-            business_object: Some(BusinessObject {
-                ext_system_id: "SAP".into(),
-                bo_type: "LFA1".into(),
-                bo_id: "0000100001".into(),
-            }),
-            categories: vec![],
-        })
-        .await
-        .unwrap();
-    let folder = w
-        .ecm
-        .ensure_folder_path(ws, &["Invoices".into(), "2026".into(), "11".into()])
-        .await
-        .unwrap();
-    let mut vals = CategoryValues::new();
-    vals.insert(
-        "9002_10".into(),
-        serde_json::json!(pending_key("acme", rel, body.len() as u64, NOW - 5000, 1)),
-    );
-    let bytes = Bytes::from(body.clone());
+    let folder = w.supplier_invoice_folder().await;
+    let key = pending_key("acme", rel, body.len() as u64, NOW - 5000, 1);
     let receipt = w
-        .ecm
-        .upload(UploadRequest {
-            parent: folder,
-            name: "Invoice 4711.pdf".into(),
-            description: None,
-            categories: vec![AppliedCategory {
-                category_id: 9002,
-                values: vals,
-            }],
-            classifications: vec![],
-            content: Content {
-                stream: Box::pin(futures_util::stream::iter([Ok(bytes)])),
-                length: body.len() as u64,
-                file_name: rel.into(),
-                mime_type: "application/pdf".into(),
-            },
-        })
-        .await
-        .unwrap();
+        .doc_with_key(folder, "Invoice 4711.pdf", &body, &key)
+        .await;
 
     let rep = w.run(&r, "req-2").await;
 
@@ -629,6 +644,65 @@ async fn given_crash_after_upload_when_rerun_after_lease_then_one_document_and_a
     // And a further run does nothing.
     let again = w.run(&r, "req-3").await;
     assert!(again.files.is_empty(), "{again:#?}");
+}
+
+#[tokio::test]
+async fn given_crash_after_a_numbered_copy_when_rerun_with_rename_policy_then_that_copy_is_finished()
+ {
+    let w = World::new();
+    let r = route(serde_json::json!([]), "rename");
+    let body = pdf("crash, second file of the name");
+    let tag = ClaimTag::new("acme", 1, NOW - 4000, "crashed-run");
+    let rel = "INV-4711_0000100001.pdf";
+    w.store.put(
+        &format!("in/.inflight/{}/{rel}", tag.dir_name()),
+        &body,
+        NOW - 5000,
+    );
+    let folder = w.supplier_invoice_folder().await;
+    // The name was taken by an earlier, different file ...
+    let other = pdf("the first file of the name");
+    w.doc_with_key(
+        folder,
+        "Invoice 4711.pdf",
+        &other,
+        &idempotency_key(
+            "acme",
+            "old/INV-4711.pdf",
+            other.len() as u64,
+            &sha_hex(&other),
+        ),
+    )
+    .await;
+    // ... so the crashed run had created the numbered copy.
+    let key = pending_key("acme", rel, body.len() as u64, NOW - 5000, 1);
+    let copy = w
+        .doc_with_key(folder, "Invoice 4711 (2).pdf", &body, &key)
+        .await;
+
+    let rep = w.run(&r, "req-2").await;
+
+    assert_eq!(rep.files.len(), 1, "{rep:#?}");
+    assert_eq!(
+        rep.files[0].outcome,
+        FileOutcome::AlreadyIngested,
+        "{rep:#?}"
+    );
+    assert_eq!(rep.files[0].node_id, Some(copy.node_id.get()));
+    let names: Vec<String> = w
+        .ecm
+        .children(folder, &ChildFilter::default(), 1, 100)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names.len(), 2, "no third copy: {names:?}");
+    let (_, versions, hist) = w.doc(copy.node_id.get()).await;
+    assert_eq!(versions, vec![1]);
+    assert_eq!(hist["9002_6"], sha_hex(&body));
+    assert_eq!(w.store.files_under("/in/archive/").len(), 1);
 }
 
 #[tokio::test]

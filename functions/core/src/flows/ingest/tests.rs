@@ -325,6 +325,16 @@ struct World {
 }
 
 impl World {
+    /// A file claimed by a run that died (lease long expired), mtime
+    /// `NOW - 5000`.
+    fn put_crashed_claim(&self, rel: &str, body: &[u8]) {
+        let tag = ClaimTag::new("acme", 1, NOW - 4000, "crashed-run");
+        self.store.put(
+            &format!("in/.inflight/{}/{rel}", tag.dir_name()),
+            body,
+            NOW - 5000,
+        );
+    }
     /// The workspace folder the default rule files supplier 0000100001's
     /// November 2026 invoices into, as a run would create it.
     async fn supplier_invoice_folder(&self) -> NodeId {
@@ -615,13 +625,8 @@ async fn given_crash_after_upload_when_rerun_after_lease_then_one_document_and_a
     let body = pdf("crash");
     // What a crashed run leaves: the file claimed (old tag, lease expired)
     // and a document carrying the pending key, without SHA-256.
-    let tag = ClaimTag::new("acme", 1, NOW - 4000, "crashed-run");
     let rel = "INV-4711_0000100001.pdf";
-    w.store.put(
-        &format!("in/.inflight/{}/{rel}", tag.dir_name()),
-        &body,
-        NOW - 5000,
-    );
+    w.put_crashed_claim(rel, &body);
     let folder = w.supplier_invoice_folder().await;
     let key = pending_key("acme", rel, body.len() as u64, NOW - 5000, 1);
     let receipt = w
@@ -652,13 +657,8 @@ async fn given_crash_after_a_numbered_copy_when_rerun_with_rename_policy_then_th
     let w = World::new();
     let r = route(serde_json::json!([]), "rename");
     let body = pdf("crash, second file of the name");
-    let tag = ClaimTag::new("acme", 1, NOW - 4000, "crashed-run");
     let rel = "INV-4711_0000100001.pdf";
-    w.store.put(
-        &format!("in/.inflight/{}/{rel}", tag.dir_name()),
-        &body,
-        NOW - 5000,
-    );
+    w.put_crashed_claim(rel, &body);
     let folder = w.supplier_invoice_folder().await;
     // The name was taken by an earlier, different file ...
     let other = pdf("the first file of the name");

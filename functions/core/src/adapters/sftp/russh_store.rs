@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
 use futures_util::stream::{FuturesOrdered, FuturesUnordered};
+use futures_util::{FutureExt, StreamExt};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{cipher, client, kex, mac};
 use russh_sftp::client::RawSftpSession;
@@ -772,6 +772,13 @@ async fn write_body(
                         let n = block.len() as u64;
                         inflight.push(write(sent, block));
                         sent += n;
+                        // A request future sends nothing until polled: poll
+                        // the set once now, so the write goes out while we
+                        // wait for the next body chunk (and reap what is done).
+                        while let Some(Some(r)) = inflight.next().now_or_never() {
+                            let r: Result<Status, SftpError> = r;
+                            r.map_err(|e| map_err("write", tmp, &e))?;
+                        }
                     }
                 }
             }

@@ -320,8 +320,9 @@ impl FileStore for SftpStore {
                     return;
                 }
             };
+            let size_hint = meta.size;
             let _ = meta_tx.send(Ok(meta));
-            if let Err(e) = conn::stream_file(&p, f, &tx) {
+            if let Err(e) = conn::stream_file(&p, f, size_hint, &tx) {
                 w.after_error(&e);
                 let _ = tx.blocking_send(Err(e));
             }

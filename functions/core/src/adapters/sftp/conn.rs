@@ -32,7 +32,7 @@ pub(crate) const IO_BLOCK: usize = 2 * 1024 * 1024;
 
 /// Chunks handed to async code are at least this large (the last may be
 /// smaller), so per-chunk overhead downstream stays negligible.
-const CHUNK_TARGET: usize = 1024 * 1024;
+pub(crate) const CHUNK_TARGET: usize = 1024 * 1024;
 
 /// Smallest read buffer, for files that are smaller still (or grew).
 const MIN_BLOCK: usize = 32 * 1024;

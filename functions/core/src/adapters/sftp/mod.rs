@@ -358,14 +358,32 @@ impl FileStore for SftpStore {
             .send(job)
             .await
             .map_err(|_| Self::gone("put", path))?;
+        // Small chunks (an HTTP download yields ~16 KiB frames) are gathered
+        // into ≥ 1 MiB pieces first: each piece is one hand-over to the
+        // session thread, and per-chunk hand-overs cost a context switch each.
+        let mut acc = bytes::BytesMut::new();
         while let Some(item) = body.next().await {
+            let item = match item {
+                Ok(chunk) if chunk.len() >= conn::CHUNK_TARGET && acc.is_empty() => Ok(chunk),
+                Ok(chunk) => {
+                    acc.extend_from_slice(&chunk);
+                    if acc.len() < conn::CHUNK_TARGET {
+                        continue;
+                    }
+                    Ok(acc.split().freeze())
+                }
+                Err(e) => Err(FileStoreError::source(path, e)),
+            };
             let failed = item.is_err();
-            let item = item.map_err(|e| FileStoreError::source(path, e));
             // A send error means the session gave up (its error comes on
             // res_rx); stop pulling the body.
             if tx.send(item).await.is_err() || failed {
+                acc.clear();
                 break;
             }
+        }
+        if !acc.is_empty() {
+            let _ = tx.send(Ok(acc.freeze())).await;
         }
         drop(tx);
         res_rx.await.map_err(|_| Self::gone("put", path))?

@@ -119,6 +119,59 @@ impl Env {
         self.run_with(route, &SystemClock, &ctx).await
     }
 
+    /// Injects an emulator fault (`/__emulator/faults`).
+    async fn fault(&self, fault: Value) {
+        let r = reqwest::Client::new()
+            .post(format!(
+                "{}/__emulator/faults",
+                self.stack.emulator.base_url()
+            ))
+            .json(&fault)
+            .send()
+            .await
+            .expect("faults");
+        assert!(r.status().is_success());
+    }
+
+    /// A run past the lease of a crashed run's claim on `src/name`: it
+    /// must finish the one existing document (same version, RM applied,
+    /// SHA-256 recorded) and archive the file. Returns the transfer history.
+    async fn rerun_after_lease_finishes(
+        &self,
+        r: &Route,
+        invocation: &str,
+        src: &str,
+        name: &str,
+        body: &[u8],
+    ) -> serde_json::Map<String, Value> {
+        let ctx = RunContext::new(invocation, Duration::from_secs(300));
+        let rerun = self
+            .run_with(r, &Ahead(chrono::Duration::seconds(1900)), &ctx)
+            .await;
+        let f = &rerun.files[0];
+        assert_eq!(f.outcome, FileOutcome::AlreadyIngested, "{rerun:#?}");
+        assert_eq!(self.children_named(540101, name).await, 1);
+        let node = NodeId::new(f.node_id.unwrap_or(0)).expect("node");
+        assert_eq!(self.ecm.versions(node).await.expect("versions").len(), 1);
+        assert_eq!(
+            self.ecm.rm_classifications(node).await.expect("rm"),
+            vec![7004],
+            "RM classification applied by the rerun"
+        );
+        let h = self.history(node.get()).await;
+        assert_eq!(h["9002_6"], json!(sha_hex(body)));
+        assert!(
+            self.files_in(&format!("{src}/archive"))
+                .iter()
+                .any(|p| p.ends_with(name))
+        );
+        assert!(
+            self.files_in(&format!("{src}/.inflight")).is_empty(),
+            "no claim left"
+        );
+        h
+    }
+
     async fn history(&self, node: i64) -> serde_json::Map<String, Value> {
         let cats = self
             .ecm
@@ -421,16 +474,8 @@ async fn crash_and_rerun(padding: usize) {
     // The document is created, then every call on it fails: the state a
     // process killed right after the upload leaves (document with the
     // pending key, file still claimed, nothing archived).
-    let faults = reqwest::Client::new()
-        .post(format!(
-            "{}/__emulator/faults",
-            env.stack.emulator.base_url()
-        ))
-        .json(&json!({"status": 503, "count": 5, "path_prefix": "/cs/cs/api/v2/nodes/1"}))
-        .send()
-        .await
-        .expect("faults");
-    assert!(faults.status().is_success());
+    env.fault(json!({"status": 503, "count": 5, "path_prefix": "/cs/cs/api/v2/nodes/1"}))
+        .await;
     let first = env.run(&r, "it-crash-1").await;
     assert_eq!(first.files[0].outcome, FileOutcome::Deferred, "{first:#?}");
     assert_eq!(env.children_named(540101, "ledger-2026-11-26.pdf").await, 1);
@@ -445,32 +490,16 @@ async fn crash_and_rerun(padding: usize) {
     let held = env.run(&r, "it-crash-2").await;
     assert_eq!(held.files[0].outcome, FileOutcome::Deferred);
     // ... after the lease it finishes the existing document.
-    let ctx = RunContext::new("it-crash-3", Duration::from_secs(300));
-    let rerun = env
-        .run_with(&r, &Ahead(chrono::Duration::seconds(1900)), &ctx)
+    let h = env
+        .rerun_after_lease_finishes(
+            &r,
+            "it-crash-3",
+            "inbound/crash",
+            "ledger-2026-11-26.pdf",
+            &body,
+        )
         .await;
-    let f = &rerun.files[0];
-    assert_eq!(f.outcome, FileOutcome::AlreadyIngested, "{rerun:#?}");
-    assert_eq!(env.children_named(540101, "ledger-2026-11-26.pdf").await, 1);
-    let node = NodeId::new(f.node_id.unwrap_or(0)).expect("node");
-    assert_eq!(env.ecm.versions(node).await.expect("versions").len(), 1);
-    assert_eq!(
-        env.ecm.rm_classifications(node).await.expect("rm"),
-        vec![7004],
-        "RM classification applied by the rerun"
-    );
-    let h = env.history(node.get()).await;
-    assert_eq!(h["9002_6"], json!(sha_hex(&body)));
     assert!(h["9002_10"].as_str().unwrap_or("").starts_with("ik1-"));
-    assert!(
-        env.files_in("inbound/crash/archive")
-            .iter()
-            .any(|p| p.ends_with("ledger-2026-11-26.pdf"))
-    );
-    assert!(
-        env.files_in("inbound/crash/.inflight").is_empty(),
-        "no claim left"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,16 +530,8 @@ async fn killed_and_rerun(padding: usize) {
     );
     let rj = simple_route_json("kill", src, 540101, json!({"min_age_secs": 1}), "fail");
     let r = route(rj.clone());
-    let faults = reqwest::Client::new()
-        .post(format!(
-            "{}/__emulator/faults",
-            env.stack.emulator.base_url()
-        ))
-        .json(&json!({"count": 1, "path_contains": "/rmclassifications", "delay_ms": 120_000}))
-        .send()
-        .await
-        .expect("faults");
-    assert!(faults.status().is_success());
+    env.fault(json!({"count": 1, "path_contains": "/rmclassifications", "delay_ms": 120_000}))
+        .await;
 
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("event.json");
@@ -566,27 +587,8 @@ async fn killed_and_rerun(padding: usize) {
     assert!(env.files_in(&format!("{src}/archive")).is_empty());
 
     // After the lease the next run finishes the existing document.
-    let ctx = RunContext::new("it-kill-rerun", Duration::from_secs(300));
-    let rerun = env
-        .run_with(&r, &Ahead(chrono::Duration::seconds(1900)), &ctx)
+    env.rerun_after_lease_finishes(&r, "it-kill-rerun", src, name, &body)
         .await;
-    let f = &rerun.files[0];
-    assert_eq!(f.outcome, FileOutcome::AlreadyIngested, "{rerun:#?}");
-    assert_eq!(env.children_named(540101, name).await, 1);
-    let node = NodeId::new(f.node_id.unwrap_or(0)).expect("node");
-    assert_eq!(env.ecm.versions(node).await.expect("versions").len(), 1);
-    assert_eq!(
-        env.ecm.rm_classifications(node).await.expect("rm"),
-        vec![7004]
-    );
-    let h = env.history(node.get()).await;
-    assert_eq!(h["9002_6"], json!(sha_hex(&body)));
-    assert!(
-        env.files_in(&format!("{src}/archive"))
-            .iter()
-            .any(|p| p.ends_with(name))
-    );
-    assert!(env.files_in(&format!("{src}/.inflight")).is_empty());
     // The claim's directory went with the file.
     let left: Vec<_> = std::fs::read_dir(env.data_root().join(format!("{src}/.inflight")))
         .map(|rd| {

@@ -226,10 +226,6 @@ impl SftpStore {
         Ok(Self { settings, jobs: tx })
     }
 
-    pub fn settings(&self) -> &SftpSettings {
-        &self.settings
-    }
-
     fn gone(op: &'static str, path: &RemotePath) -> FileStoreError {
         FileStoreError::Transient {
             op,

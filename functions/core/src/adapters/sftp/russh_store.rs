@@ -435,10 +435,6 @@ impl RusshStore {
         }
     }
 
-    pub fn settings(&self) -> &SftpSettings {
-        &self.settings
-    }
-
     /// A live connection from the pool and its slot; `fresh`
     /// tells whether it was just opened.
     ///

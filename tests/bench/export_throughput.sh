@@ -11,7 +11,6 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_PROFILE_BENCH_LTO=false
 export CARGO_PROFILE_BENCH_CODEGEN_UNITS=16
-export CARGO_PROFILE_BENCH_OPT_LEVEL=3
 # The bench runs the ecm-export binary of the same profile.
 cargo build --profile bench -p ecm-export
 exec cargo bench -p xecm-stack --bench export_throughput -- "$@"

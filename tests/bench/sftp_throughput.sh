@@ -7,12 +7,10 @@
 #
 # Built with optimisation (the bench profile), but without the release
 # profile's fat LTO / single codegen unit, which only shrink the Lambda
-# binary and would triple the build time; the hot loops (libssh2, OpenSSL,
-# sha2) are opt-level 3 either way.
+# binary and would triple the build time.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v /usr/sbin/sshd >/dev/null || apt-get -o DPkg::Lock::Timeout=120 install -y openssh-server
 export CARGO_PROFILE_BENCH_LTO=false
 export CARGO_PROFILE_BENCH_CODEGEN_UNITS=16
-export CARGO_PROFILE_BENCH_OPT_LEVEL=3
 exec cargo bench -p xecm-stack --bench sftp_throughput -- "$@"

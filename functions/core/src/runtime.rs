@@ -314,6 +314,31 @@ where
     }
 }
 
+/// Keeps glibc malloc from handing freed memory back to the kernel after
+/// every transfer buffer. SFTP reads and writes go through 255 KiB buffers
+/// allocated and freed at a high rate on several threads; with glibc's
+/// defaults each arena trims its heap as soon as 128 KiB at its top are
+/// free, so the next buffer costs fresh pages again (page faults, kernel
+/// zeroing, unmapping). A profile of a 1 GiB ingest put a third of the
+/// function's system CPU there; with a 128 MiB trim threshold (and a fixed
+/// 32 MiB mmap threshold, so buffers never get their own mappings) system
+/// CPU fell from ~0.75 s to ~0.4 s per GiB and peak RSS stayed at ~34 MiB.
+/// Other C libraries (musl) are left alone.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const MMAP_THRESHOLD: libc::c_int = 32 << 20;
+        const TRIM_THRESHOLD: libc::c_int = 128 << 20;
+        // SAFETY: mallopt only adjusts malloc's tunables; it is thread-safe
+        // and both values are within glibc's accepted ranges. A refusal
+        // (return 0) leaves the defaults, which are merely slower.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        }
+    }
+}
+
 /// [`serve`] with the local event already read by [`local_event`]: `None`
 /// serves Lambda invocations, `Some(event)` runs that one invocation.
 pub async fn serve_event<H, Fut>(
@@ -325,6 +350,7 @@ where
     H: Fn(Value, Invocation) -> Fut,
     Fut: Future<Output = Result<Value, FunctionError>>,
 {
+    tune_allocator();
     let Some(event) = local else {
         let handler = &handler;
         let service =

@@ -161,6 +161,9 @@ bench_set() { # bench_set small|large FILES BYTES
     local tk fid
     tk=$(ticket)
     fid=$(folder "$tk" "script-$set")
+    # Each contender starts with no dirty pages of the one before it still
+    # being written back (the 1 GiB runs write 1 GiB into the emulator).
+    sync
     t0=$(now)
     mkdir -p "$WORK/stage"
     printf 'get -r %s %s\n' "/data/$src" "$WORK/stage/" | "${SFTP[@]}" "$DEST" >/dev/null
@@ -175,6 +178,7 @@ bench_set() { # bench_set small|large FILES BYTES
 
     # ours
     route_event "bench-$set" "$src" "ingest-$set" >"$WORK/$set.json"
+    sync
     t0=$(now)
     XECM_LOCAL_TIMEOUT_SECS=900 RUST_LOG=warn /usr/bin/time -f '%M' -o "$WORK/$set.rss" \
         "$BIN/sftp-ingest" --event "$WORK/$set.json" >"$WORK/$set.out"

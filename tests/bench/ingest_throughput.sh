@@ -5,12 +5,18 @@
 #   (a) OpenSSH `sftp get -r` / `get` of the same data to a local directory;
 #   (b) the script a user would otherwise write: `sftp get` into a temp dir,
 #       then one `curl -F` upload per file to the emulator.
+# For the large file it also times the SFTP adapter's own read of it
+# (`xecm-stack sftp-read`, same secret and client as the function).
 # Prints files/s, MB/s, the ratios and the peak RSS of sftp-ingest.
 # Needs root (the stack starts a chrooted sshd).
 #
-#   tests/bench/ingest_throughput.sh [--small N] [--large-mib M] [--parallelism P] [--client ssh2|russh]
+#   tests/bench/ingest_throughput.sh [--small N] [--large-mib M] [--parallelism P]
+#                                    [--client ssh2|russh] [--rtt-ms MS]
 #
 # --client sets the SSH client in the route's SFTP secret (default ssh2).
+# --rtt-ms puts a proxy adding that round-trip time in front of sshd (every
+# contender goes through it): a partner's server across a WAN instead of
+# loopback, where sshd, the emulator and the client share the same cores.
 #
 # Built with the release profile minus fat LTO / one codegen unit (they only
 # shrink the Lambda binary and triple the build time).
@@ -22,13 +28,15 @@ SMALL=2000
 LARGE_MIB=1024
 PARALLELISM=8
 CLIENT=ssh2
+RTT_MS=
 while [ $# -gt 0 ]; do
     case $1 in
     --small) SMALL=$2; shift 2 ;;
     --large-mib) LARGE_MIB=$2; shift 2 ;;
     --parallelism) PARALLELISM=$2; shift 2 ;;
     --client) CLIENT=$2; shift 2 ;;
-    *) echo "usage: $0 [--small N] [--large-mib M] [--parallelism P] [--client ssh2|russh]" >&2; exit 2 ;;
+    --rtt-ms) RTT_MS=$2; shift 2 ;;
+    *) echo "usage: $0 [--small N] [--large-mib M] [--parallelism P] [--client ssh2|russh] [--rtt-ms MS]" >&2; exit 2 ;;
     esac
 done
 
@@ -54,7 +62,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-"$BIN/xecm-stack" up --env-file "$WORK/stack.env" --sftp-client "$CLIENT" >"$WORK/stack.log" 2>&1 &
+"$BIN/xecm-stack" up --env-file "$WORK/stack.env" --sftp-client "$CLIENT" ${RTT_MS:+--sftp-rtt-ms "$RTT_MS"} \
+    >"$WORK/stack.log" 2>&1 &
 STACK_PID=$!
 for _ in $(seq 1 600); do
     [ -s "$WORK/stack.env" ] && break
@@ -110,7 +119,7 @@ folder() { # folder NAME: a new folder under 540101 for one contender's uploads
 }
 
 # ---------------------------------------------------------------- data
-echo "SSH client of sftp-ingest: $CLIENT"
+echo "SSH client of sftp-ingest: $CLIENT${RTT_MS:+; SFTP behind a proxy adding $RTT_MS ms RTT}"
 echo "generating $SMALL x 16 KiB and 1 x $LARGE_MIB MiB under $DATA/inbound/bench-*"
 mkdir -p "$DATA/inbound/bench-small" "$DATA/inbound/bench-large"
 python3 - "$DATA/inbound/bench-small" "$SMALL" <<'PY'
@@ -157,6 +166,12 @@ bench_set() { # bench_set small|large FILES BYTES
     T[$set.sftp]=$(echo "$t1 - $t0" | bc -l)
     rm -rf "$WORK/get"
 
+    # The adapter's own read of the large file (to nowhere).
+    if [ "$set" = large ]; then
+        sync
+        read -r _ T[large.adapter] < <("$BIN/xecm-stack" sftp-read "$src/big-$LARGE_MIB.bin")
+    fi
+
     # (b) the script: sftp get into a temp dir, then one curl -F per file
     local tk fid
     tk=$(ticket)
@@ -197,6 +212,11 @@ PY
         "sftp get" "${T[$set.sftp]}" "$(echo "$files / ${T[$set.sftp]}" | bc -l)" "$(echo "$bytes / ${T[$set.sftp]} / 1000000" | bc -l)" \
         "script (get + curl)" "${T[$set.script]}" "$(echo "$files / ${T[$set.script]}" | bc -l)" "$(echo "$bytes / ${T[$set.script]} / 1000000" | bc -l)" \
         "sftp-ingest" "${T[$set.ours]}" "$(echo "$files / ${T[$set.ours]}" | bc -l)" "$(echo "$bytes / ${T[$set.ours]} / 1000000" | bc -l)"
+    if [ "$set" = large ]; then
+        printf '   %-22s %8.2f s  %9s files/s  %8.1f MB/s   sftp-ingest vs adapter read: %.2fx\n' \
+            "adapter read (no sink)" "${T[large.adapter]}" "-" "$(echo "$bytes / ${T[large.adapter]} / 1000000" | bc -l)" \
+            "$(echo "${T[large.adapter]} / ${T[$set.ours]}" | bc -l)"
+    fi
     printf '   sftp-ingest vs script: %.2fx   vs bare sftp get: %.2fx   peak RSS %d KiB (%.1f MiB)\n' \
         "$(echo "${T[$set.script]} / ${T[$set.ours]}" | bc -l)" "$(echo "${T[$set.sftp]} / ${T[$set.ours]}" | bc -l)" \
         "${T[$set.rss]}" "$(echo "${T[$set.rss]} / 1024" | bc -l)"
@@ -204,4 +224,4 @@ PY
 
 bench_set small "$SMALL" $((SMALL * 16384))
 bench_set large 1 $((LARGE_MIB * 1024 * 1024))
-echo "targets: >= 1.5x the script on both sets; small >= 0.5x bare sftp get files/s; RSS <= 64 MiB"
+echo "targets: >= 1.5x the script on both sets; small >= 0.5x bare sftp get files/s; large no loss against the adapter's read; RSS <= 64 MiB"

@@ -14,7 +14,11 @@
 //! default cipher order.
 //!
 //! Run through `tests/bench/export_throughput.sh` (needs root for sshd).
-//! Usage: export_throughput [--size-mib 1024] [--runs 2] [--client ssh2|russh]
+//! Usage: export_throughput [--size-mib 1024] [--runs 2] [--client ssh2|russh] [--rtt-ms MS]
+//!
+//! `--rtt-ms` puts a proxy adding that round-trip time in front of sshd;
+//! every contender's SFTP traffic goes through it (a destination across a
+//! WAN rather than on the same two cores).
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -159,7 +163,7 @@ fn sftp_put(
     .arg(format!("Ciphers={CIPHER}"))
     .arg("-i")
     .arg(stack.sshd.client_key_path())
-    .args(["-P", &stack.sshd.port().to_string(), "-b"])
+    .args(["-P", &stack.sftp_port().to_string(), "-b"])
     .arg(bf.path())
     .arg(format!("{}@127.0.0.1", stack.sshd.username()));
     let (secs, _, _) = timed_child(cmd)?;
@@ -178,14 +182,19 @@ async fn orchestrate(args: &[String]) -> Result<()> {
     if client != "ssh2" && client != "russh" {
         bail!("--client {client}: expected ssh2 or russh");
     }
+    let rtt = flag(args, "--rtt-ms")
+        .map(|s| s.parse().map(std::time::Duration::from_millis))
+        .transpose()?;
     let stack = LocalStack::start_with(StackOptions {
         sftp_client: Some(client.clone()),
+        sftp_rtt: rtt,
         ..StackOptions::default()
     })
     .await?;
     let sftp_secret = {
         let mut v: serde_json::Value = serde_json::from_str(&stack.sshd.sftp_secret_json())?;
         v["client"] = client.clone().into();
+        v["port"] = stack.sftp_port().into();
         v.to_string()
     };
     let work = tempfile::tempdir()?;
@@ -246,7 +255,13 @@ async fn orchestrate(args: &[String]) -> Result<()> {
         json!({"action": "resend", "node_id": node.get(), "route": "bench"}).to_string(),
     )?;
     let kh = work.path().join("known_hosts");
-    std::fs::write(&kh, stack.sshd.known_hosts_line()?)?;
+    std::fs::write(
+        &kh,
+        stack.sshd.known_hosts_line()?.replace(
+            &format!("]:{} ", stack.sshd.port()),
+            &format!("]:{} ", stack.sftp_port()),
+        ),
+    )?;
     std::fs::create_dir_all(stack.sshd.data_root().join("bench"))?;
     std::fs::set_permissions(
         stack.sshd.data_root().join("bench"),
@@ -332,7 +347,9 @@ async fn orchestrate(args: &[String]) -> Result<()> {
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     let (e, a, p, s) = (best(&export), best(&adapter), best(&put), best(&script));
     println!(
-        "export {size_mib} MiB ECM -> SFTP, best of {runs}; our SSH client {client}, OpenSSH cipher {CIPHER}"
+        "export {size_mib} MiB ECM -> SFTP, best of {runs}; our SSH client {client}, OpenSSH cipher {CIPHER}{}",
+        rtt.map(|r| format!("; SFTP behind a proxy adding {} ms RTT", r.as_millis()))
+            .unwrap_or_default()
     );
     println!(
         "  ecm-export (resend, whole process)   {e:7.0} MB/s   peak RSS {:.1} MiB",

@@ -13,6 +13,7 @@ use aws_config::SdkConfig;
 use otcs_emulator::{CallbackConfig, EmulatorConfig, RunningEmulator};
 use serde_json::{Value, json};
 
+use crate::latency_proxy::LatencyProxy;
 use crate::moto::{EventCapture, Moto};
 use crate::sshd::Sshd;
 
@@ -42,6 +43,10 @@ pub struct StackOptions {
     /// The `client` of the seeded SFTP secrets (`ssh2` or `russh`); the
     /// adapters' default (ssh2) when `None`.
     pub sftp_client: Option<String>,
+    /// Put a [`LatencyProxy`] with this round-trip time in front of sshd:
+    /// the seeded secrets and `XECM_SFTP_PORT` then name the proxy, so the
+    /// functions (and OpenSSH clients using the env) see a WAN-like server.
+    pub sftp_rtt: Option<Duration>,
 }
 
 /// The running stack. Field order is drop order: the emulator, then moto,
@@ -50,6 +55,8 @@ pub struct LocalStack {
     pub emulator: RunningEmulator,
     pub events: EventCapture,
     pub moto: Moto,
+    /// In front of sshd when [`StackOptions::sftp_rtt`] is set.
+    pub sftp_proxy: Option<LatencyProxy>,
     pub sshd: Sshd,
     env: Vec<(String, String)>,
 }
@@ -110,6 +117,20 @@ impl LocalStack {
             sftp_secret["client"] = json!(client);
             sftp_pw_secret["client"] = json!(client);
         }
+        let sftp_proxy = match options.sftp_rtt {
+            Some(rtt) => {
+                let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], sshd.port()));
+                Some(
+                    LatencyProxy::start(upstream, rtt / 2)
+                        .await
+                        .context("starting the SFTP latency proxy")?,
+                )
+            }
+            None => None,
+        };
+        let sftp_port = sftp_proxy.as_ref().map_or(sshd.port(), LatencyProxy::port);
+        sftp_secret["port"] = json!(sftp_port);
+        sftp_pw_secret["port"] = json!(sftp_port);
         moto.put_json_secret(SFTP_SECRET_ID, &sftp_secret).await?;
         moto.put_json_secret(SFTP_PASSWORD_SECRET_ID, &sftp_pw_secret)
             .await?;
@@ -131,7 +152,7 @@ impl LocalStack {
                 ("XECM_WEBHOOK_SECRET_ID", WEBHOOK_SECRET_ID.to_string()),
                 ("XECM_EVENT_BUS", EVENT_BUS.to_string()),
                 ("XECM_SFTP_HOST", sshd.host().to_string()),
-                ("XECM_SFTP_PORT", sshd.port().to_string()),
+                ("XECM_SFTP_PORT", sftp_port.to_string()),
                 ("XECM_SFTP_REMOTE_ROOT", sshd.remote_root().to_string()),
                 (
                     "XECM_SFTP_DATA_ROOT",
@@ -145,6 +166,7 @@ impl LocalStack {
             emulator,
             events,
             moto,
+            sftp_proxy,
             sshd,
             env,
         })
@@ -155,6 +177,14 @@ impl LocalStack {
     /// identifiers. Never a credential other than moto's dummy keys.
     pub fn env(&self) -> &[(String, String)] {
         &self.env
+    }
+
+    /// The port SFTP clients should use: the latency proxy's when there is
+    /// one, sshd's otherwise.
+    pub fn sftp_port(&self) -> u16 {
+        self.sftp_proxy
+            .as_ref()
+            .map_or(self.sshd.port(), LatencyProxy::port)
     }
 
     /// The value of one variable of [`LocalStack::env`].

@@ -6,6 +6,11 @@
 //!   foreground until Ctrl-C or SIGTERM, then stops everything it started.
 //! - `xecm-stack report --env-file FILE`: prints what is on the SFTP server
 //!   and in the Content Server, for a person to see what a run did.
+//! - `xecm-stack sftp-read PATH` (with the env file's variables in the
+//!   environment): streams PATH through the SFTP adapter, configured from
+//!   the stack's SFTP secret in Secrets Manager as the functions are, and
+//!   prints `bytes seconds` — the adapter's own read throughput, for the
+//!   ingest benchmark to compare against.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -43,7 +48,14 @@ enum Command {
         /// SSH client named in the seeded SFTP secrets (default: ssh2).
         #[arg(long, value_parser = ["ssh2", "russh"])]
         sftp_client: Option<String>,
+        /// Put a proxy adding this round-trip time (ms) in front of sshd;
+        /// the secrets and XECM_SFTP_PORT name the proxy.
+        #[arg(long)]
+        sftp_rtt_ms: Option<u64>,
     },
+    /// Read PATH (relative to the SFTP secret's root) through the SFTP
+    /// adapter and print `bytes seconds`; needs the env file's variables.
+    SftpRead { path: String },
     /// Print the SFTP data root and the Content Server tree of a running stack.
     Report {
         #[arg(long)]
@@ -75,6 +87,7 @@ fn main() -> ExitCode {
                 emulator_port,
                 emulator_data,
                 sftp_client,
+                sftp_rtt_ms,
             } => {
                 up(
                     &env_file,
@@ -83,11 +96,13 @@ fn main() -> ExitCode {
                         emulator_data_dir: emulator_data,
                         emulator_port,
                         sftp_client,
+                        sftp_rtt: sftp_rtt_ms.map(std::time::Duration::from_millis),
                     },
                 )
                 .await
             }
             Command::Report { env_file } => report(&env_file).await,
+            Command::SftpRead { path } => sftp_read(&path).await,
         }
     });
     match result {
@@ -162,6 +177,32 @@ async fn report(env_file: &Path) -> Result<()> {
     println!(
         "\nContent Server: {ecm}/ui (read-only view of workspaces, folders, documents, versions, categories, audit)"
     );
+    Ok(())
+}
+
+async fn sftp_read(path: &str) -> Result<()> {
+    use futures_util::StreamExt;
+    use secrecy::ExposeSecret;
+    use xecm_core::adapters::aws::{SecretsManagerSecrets, load_sdk_config};
+    use xecm_core::adapters::sftp::{SftpSettings, open_store};
+    use xecm_core::ports::secrets::Secrets;
+    xecm_core::runtime::tune_allocator();
+    let id = std::env::var("XECM_SFTP_SECRET_ID")
+        .context("XECM_SFTP_SECRET_ID is not set (source the stack's env file)")?;
+    let secrets = SecretsManagerSecrets::new(&load_sdk_config().await);
+    let json = secrets.get(&id).await?;
+    let store = open_store(SftpSettings::from_secret_json(&id, json.expose_secret())?)?;
+    // Connected outside the timed part, like `sftp -b` and the functions'
+    // own pool.
+    store.check().await?;
+    let p = store.root().resolve(path)?;
+    let t0 = std::time::Instant::now();
+    let mut h = store.open_read(&p).await?;
+    let mut n: u64 = 0;
+    while let Some(chunk) = h.body.next().await {
+        n += chunk?.len() as u64;
+    }
+    println!("{n} {}", t0.elapsed().as_secs_f64());
     Ok(())
 }
 

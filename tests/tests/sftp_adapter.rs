@@ -515,6 +515,13 @@ async fn missing_files_and_directories_are_not_found_and_mkdir_is_idempotent(
     s.mkdir_all(&d).await?;
     s.mkdir_all(&d).await?;
     assert_eq!(s.stat(&d).await?.kind, EntryKind::Dir);
+    // Deepest first: a new chain below an existing level, a new leaf.
+    s.mkdir_all(&p(&s, "a/x/y/z")).await?;
+    s.mkdir_all(&p(&s, "a/b/c/d")).await?;
+    for dir in ["a/x", "a/x/y", "a/x/y/z", "a/b/c/d"] {
+        assert_eq!(s.stat(&p(&s, dir)).await?.kind, EntryKind::Dir, "{dir}");
+    }
+    s.remove_dir(&p(&s, "a/b/c/d")).await?;
     s.write_small(
         &p(&s, "a/file"),
         Bytes::from_static(b"x"),

@@ -458,25 +458,35 @@ impl Conn {
         })
     }
 
-    /// `mkdir -p` below the root.
+    /// `mkdir -p` below the root, deepest first: an existing directory
+    /// costs two round trips (mkdir refused, stat) and a new one under an
+    /// existing parent one, instead of a stat per path segment — it matters
+    /// on a partner's server across a WAN. See `super::MkdirStep`.
     pub(crate) fn mkdir_all(&self, dir: &RemotePath) -> Result<(), FileStoreError> {
-        for p in dir.ancestors_below_root() {
-            match self.try_stat(&p)? {
-                Some(m) if m.kind == EntryKind::Dir => continue,
-                Some(m) => {
-                    return Err(FileStoreError::WrongKind {
-                        path: p.to_string(),
-                        kind: m.kind,
-                    });
-                }
-                None => {}
+        let chain = dir.ancestors_below_root();
+        let mut k = chain.len();
+        // Up from the leaf until a mkdir succeeds or a directory exists.
+        while k > 0 {
+            let p = &chain[k - 1];
+            let made = self.sftp.mkdir(std_path(p), 0o755);
+            let step = match made {
+                Ok(()) => super::MkdirStep::Made,
+                Err(e) => super::MkdirStep::after_refusal(p, self.try_stat(p)?, k == 1, || {
+                    map_err("mkdir", p, &e)
+                })?,
+            };
+            match step {
+                super::MkdirStep::Made | super::MkdirStep::Exists => break,
+                super::MkdirStep::ParentMissing => k -= 1,
             }
-            if let Err(e) = self.sftp.mkdir(std_path(&p), 0o755) {
+        }
+        // Then down again: the levels below the one made or found.
+        for p in chain.iter().skip(k) {
+            if let Err(e) = self.sftp.mkdir(std_path(p), 0o755) {
                 // Lost a race with a concurrent mkdir: fine if it is a dir now.
-                match self.try_stat(&p)? {
-                    Some(m) if m.kind == EntryKind::Dir => {}
-                    _ => return Err(map_err("mkdir", &p, &e)),
-                }
+                super::MkdirStep::after_refusal(p, self.try_stat(p)?, true, || {
+                    map_err("mkdir", p, &e)
+                })?;
             }
         }
         Ok(())

@@ -423,3 +423,38 @@ impl FileStore for SftpStore {
             .await
     }
 }
+
+/// One step of the adapters' deepest-first `mkdir -p`: what a refused
+/// mkdir of `path` means, given what a stat then saw there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MkdirStep {
+    /// The mkdir succeeded.
+    Made,
+    /// A directory is there (already, or made concurrently).
+    Exists,
+    /// Nothing is there: the parent must be missing; go one level up.
+    ParentMissing,
+}
+
+impl MkdirStep {
+    /// After a refused mkdir: a directory there is fine; another kind of
+    /// entry is `WrongKind`; nothing there means a missing parent, unless
+    /// `top` (no parent below the root to make, or a level whose parent was
+    /// just made), where the refusal itself is the error.
+    pub(crate) fn after_refusal(
+        path: &RemotePath,
+        seen: Option<FileMeta>,
+        top: bool,
+        refusal: impl FnOnce() -> FileStoreError,
+    ) -> Result<Self, FileStoreError> {
+        match seen {
+            Some(m) if m.kind == EntryKind::Dir => Ok(Self::Exists),
+            Some(m) => Err(FileStoreError::WrongKind {
+                path: path.to_string(),
+                kind: m.kind,
+            }),
+            None if top => Err(refusal()),
+            None => Ok(Self::ParentMissing),
+        }
+    }
+}

@@ -34,6 +34,7 @@ use secrecy::ExposeSecret;
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::MkdirStep;
 use super::settings::{SftpAuth, SftpSettings};
 use crate::domain::paths::{RemotePath, RemoteRoot};
 use crate::ports::file_store::{
@@ -990,28 +991,33 @@ impl FileStore for RusshStore {
 
     async fn mkdir_all(&self, dir: &RemotePath) -> Result<(), FileStoreError> {
         self.check_within(dir)?;
+        // Deepest first, as the ssh2 adapter (see `super::MkdirStep`).
         self.run(true, |c| async move {
-            for p in dir.ancestors_below_root() {
-                match try_stat_on(&c, &p).await? {
-                    Some(m) if m.kind == EntryKind::Dir => continue,
-                    Some(m) => {
-                        return Err(FileStoreError::WrongKind {
-                            path: p.to_string(),
-                            kind: m.kind,
-                        });
+            let chain = dir.ancestors_below_root();
+            let attrs = || FileAttributes {
+                permissions: Some(0o755),
+                ..FileAttributes::empty()
+            };
+            let mut k = chain.len();
+            while k > 0 {
+                let p = &chain[k - 1];
+                let step = match c.sftp.mkdir(utf8("mkdir", p)?, attrs()).await {
+                    Ok(_) => MkdirStep::Made,
+                    Err(e) => {
+                        let seen = try_stat_on(&c, p).await?;
+                        MkdirStep::after_refusal(p, seen, k == 1, || map_err("mkdir", p, &e))?
                     }
-                    None => {}
-                }
-                let attrs = FileAttributes {
-                    permissions: Some(0o755),
-                    ..FileAttributes::empty()
                 };
-                if let Err(e) = c.sftp.mkdir(utf8("mkdir", &p)?, attrs).await {
-                    // Lost a race with a concurrent mkdir: fine if it is a dir now.
-                    match try_stat_on(&c, &p).await? {
-                        Some(m) if m.kind == EntryKind::Dir => {}
-                        _ => return Err(map_err("mkdir", &p, &e)),
-                    }
+                match step {
+                    MkdirStep::Made | MkdirStep::Exists => break,
+                    MkdirStep::ParentMissing => k -= 1,
+                }
+            }
+            for p in chain.iter().skip(k) {
+                if let Err(e) = c.sftp.mkdir(utf8("mkdir", p)?, attrs()).await {
+                    // Lost a race with a concurrent mkdir: fine if a dir now.
+                    let seen = try_stat_on(&c, p).await?;
+                    MkdirStep::after_refusal(p, seen, true, || map_err("mkdir", p, &e))?;
                 }
             }
             Ok(())

@@ -207,6 +207,12 @@ c = r["counts"]
 print(f"   sftp-ingest counts: {c}, left {r['left_for_next_run']}")
 if c["ingested"] != int(sys.argv[2]):
     sys.exit("   sftp-ingest did not ingest every file: the timing is not comparable")
+if len(r["files"]) == 1 and r["files"][0].get("duration_ms"):
+    f = r["files"][0]
+    secs = f["duration_ms"] / 1000
+    print(f"   sftp-ingest file phase (claimed -> verified in the ECM -> archived): "
+          f"{secs:.2f} s, {f['size'] / secs / 1e6:.1f} MB/s; the rest of the run is start-up,"
+          " SSH connection, listing and claim")
 PY
     printf '   %-22s %8.2f s  %9.1f files/s  %8.1f MB/s\n' \
         "sftp get" "${T[$set.sftp]}" "$(echo "$files / ${T[$set.sftp]}" | bc -l)" "$(echo "$bytes / ${T[$set.sftp]} / 1000000" | bc -l)" \

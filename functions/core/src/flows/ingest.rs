@@ -218,6 +218,12 @@ pub struct FileReport {
     pub moved_to: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Milliseconds from the start of the file's processing (after its
+    /// claim) until the document is verified in the ECM and the source
+    /// archived or deleted, as in the `Transfer Ingested` event; ingested
+    /// files only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
 }
 
 impl FileReport {
@@ -233,6 +239,7 @@ impl FileReport {
             sha256: None,
             moved_to: None,
             reason: None,
+            duration_ms: None,
         }
     }
 
@@ -1789,6 +1796,7 @@ impl Run<'_> {
         r.ecm_path = Some(format!("{}/{}", done.ecm_path, done.document_name));
         r.size = Some(c.size);
         r.sha256 = Some(done.sha256);
+        r.duration_ms = Some(detail.duration_ms);
         match moved {
             Ok(m) => r.moved_to = Some(m),
             Err(e) => {

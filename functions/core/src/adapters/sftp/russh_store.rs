@@ -48,8 +48,27 @@ const MAX_IO: u64 = 255 * 1024;
 /// The SFTP v3 guarantee, for servers without `limits@openssh.com`.
 const SAFE_IO: u64 = 32 * 1024;
 /// Requests in flight per transfer: 16 × 255 KiB ≈ 4 MiB, enough to fill a
-/// 20 ms round trip at ≈ 200 MB/s.
+/// 20 ms round trip at ≈ 200 MB/s. Writes stay at this: OpenSSH's sshd
+/// grants a 2 MiB channel window, so more would only queue on our side.
+/// Reads go deeper on distant servers, see [`reads_in_flight`].
 const IO_IN_FLIGHT: usize = 16;
+/// Our channel window (what the server may send before we acknowledge).
+const WINDOW: u32 = 16 * 1024 * 1024;
+/// The rate the read pipeline is sized for: bytes in flight = round trip ×
+/// this, between `IO_IN_FLIGHT` requests and our window.
+const READ_TARGET_BYTES_PER_SEC: f64 = 800e6;
+
+/// Read requests to keep in flight for a server `rtt` away with reads of
+/// `read_len` bytes: enough for [`READ_TARGET_BYTES_PER_SEC`] (a 20 ms WAN
+/// link gets 16 MiB in flight), never fewer than `IO_IN_FLIGHT` and never
+/// more than fits in our window. Memory follows: up to the window per
+/// transfer on distant servers, 4 MiB on near ones.
+fn reads_in_flight(rtt: Duration, read_len: u32) -> usize {
+    let len = f64::from(read_len.max(1));
+    let want = (rtt.as_secs_f64() * READ_TARGET_BYTES_PER_SEC / len).ceil() as usize;
+    let cap = (WINDOW as usize / read_len.max(1) as usize).max(IO_IN_FLIGHT);
+    want.clamp(IO_IN_FLIGHT, cap)
+}
 /// Chunks buffered between a read's pump task and its consumer.
 const BODY_CHANNEL: usize = 8;
 /// Entries per listing page handed to the caller.
@@ -151,6 +170,8 @@ struct Conn {
     sftp: RawSftpSession,
     handle: client::Handle<PinCheck>,
     read_len: u32,
+    /// Read requests kept in flight, from the round trip at connect.
+    reads_in_flight: usize,
     write_len: usize,
     posix_rename: bool,
     fsync: bool,
@@ -258,7 +279,7 @@ async fn connect(s: &SftpSettings) -> Result<Conn, FileStoreError> {
         preferred: preferred(),
         // Bigger windows and packets than the defaults: fewer window
         // adjustments and per-packet costs on bulk transfers.
-        window_size: 16 * 1024 * 1024,
+        window_size: WINDOW,
         maximum_packet_size: 65535,
         inactivity_timeout: None,
         nodelay: true,
@@ -372,7 +393,10 @@ async fn connect(s: &SftpSettings) -> Result<Conn, FileStoreError> {
     let mut sftp = RawSftpSession::new_with_config(ch.into_stream(), cfg);
     let root = RemoteRoot::parse("/").map_err(|e| transient(e.to_string()))?;
     let here = root.path();
+    // The version exchange is one round trip: it sizes the read pipeline.
+    let t0 = Instant::now();
     let version = sftp.init().await.map_err(|e| map_err("init", &here, &e))?;
+    let rtt = t0.elapsed();
     let has = |name: &str, v: &str| version.extensions.get(name).is_some_and(|x| x == v);
     let (mut read_len, mut write_len) = (SAFE_IO, SAFE_IO);
     if has("limits@openssh.com", "1") {
@@ -394,6 +418,7 @@ async fn connect(s: &SftpSettings) -> Result<Conn, FileStoreError> {
         sftp.set_limits(limits);
     }
     Ok(Conn {
+        reads_in_flight: reads_in_flight(rtt, read_len as u32),
         read_len: read_len as u32,
         write_len: write_len as usize,
         posix_rename: has("posix-rename@openssh.com", "1"),
@@ -637,7 +662,7 @@ async fn rename_on(
     }
 }
 
-/// Streams `handle` into `tx` with `IO_IN_FLIGHT` reads outstanding.
+/// Streams `handle` into `tx` with `c.reads_in_flight` reads outstanding.
 /// Returns Ok when the file ends or the receiver goes away.
 async fn pump_read(
     c: &Conn,
@@ -652,7 +677,7 @@ async fn pump_read(
     };
     let mut next = 0u64;
     let mut inflight = FuturesOrdered::new();
-    for _ in 0..IO_IN_FLIGHT {
+    for _ in 0..c.reads_in_flight {
         inflight.push_back(read(next, len));
         next += u64::from(len);
     }
@@ -1065,5 +1090,27 @@ impl FileStore for RusshStore {
                 .map_err(|e| map_err("rmdir", dir, &e))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_pipeline_depth_follows_the_round_trip() {
+        let ms = Duration::from_millis;
+        let big = MAX_IO as u32;
+        // Near servers: the base depth.
+        assert_eq!(reads_in_flight(Duration::ZERO, big), IO_IN_FLIGHT);
+        assert_eq!(reads_in_flight(ms(2), big), IO_IN_FLIGHT);
+        // 10 ms: 8 MB in flight; 20 ms: 16 MB.
+        assert_eq!(reads_in_flight(ms(10), big), 31);
+        // Far servers: no more than our window holds.
+        assert_eq!(reads_in_flight(ms(20), big), 62);
+        assert_eq!(reads_in_flight(ms(300), big), 64);
+        // Servers limited to 32 KiB reads get more, smaller requests.
+        assert_eq!(reads_in_flight(ms(20), SAFE_IO as u32), 489);
+        assert_eq!(reads_in_flight(ms(300), SAFE_IO as u32), 512);
     }
 }

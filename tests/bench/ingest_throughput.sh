@@ -11,8 +11,10 @@
 # Needs root (the stack starts a chrooted sshd).
 #
 #   tests/bench/ingest_throughput.sh [--small N] [--large-mib M] [--parallelism P]
-#                                    [--client ssh2|russh] [--rtt-ms MS]
+#                                    [--client ssh2|russh] [--rtt-ms MS] [--runs N]
 #
+# --runs repeats the 1 GiB set N times (the file is moved back from the
+# archive between runs) and ends with the median and range of its ratios.
 # --client sets the SSH client in the route's SFTP secret (default ssh2).
 # --rtt-ms puts a proxy adding that round-trip time in front of sshd (every
 # contender goes through it): a partner's server across a WAN instead of
@@ -29,6 +31,7 @@ LARGE_MIB=1024
 PARALLELISM=8
 CLIENT=ssh2
 RTT_MS=
+RUNS=1
 while [ $# -gt 0 ]; do
     case $1 in
     --small) SMALL=$2; shift 2 ;;
@@ -36,7 +39,8 @@ while [ $# -gt 0 ]; do
     --parallelism) PARALLELISM=$2; shift 2 ;;
     --client) CLIENT=$2; shift 2 ;;
     --rtt-ms) RTT_MS=$2; shift 2 ;;
-    *) echo "usage: $0 [--small N] [--large-mib M] [--parallelism P] [--client ssh2|russh] [--rtt-ms MS]" >&2; exit 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
+    *) echo "usage: $0 [--small N] [--large-mib M] [--parallelism P] [--client ssh2|russh] [--rtt-ms MS] [--runs N]" >&2; exit 2 ;;
     esac
 done
 
@@ -148,9 +152,11 @@ EOF
 }
 
 declare -A T
-bench_set() { # bench_set small|large FILES BYTES
-    local set=$1 files=$2 bytes=$3 src="inbound/bench-$1"
-    echo "== $set: $files files, $bytes bytes"
+RATIOS_SCRIPT=()
+RATIOS_ADAPTER=()
+bench_set() { # bench_set small|large FILES BYTES [RUN]
+    local set=$1 files=$2 bytes=$3 src="inbound/bench-$1" run=${4:-1}
+    echo "== $set: $files files, $bytes bytes${4:+ (run $4 of $RUNS)}"
     sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
 
     # (a) bare OpenSSH sftp get
@@ -175,7 +181,7 @@ bench_set() { # bench_set small|large FILES BYTES
     # (b) the script: sftp get into a temp dir, then one curl -F per file
     local tk fid
     tk=$(ticket)
-    fid=$(folder "$tk" "script-$set")
+    fid=$(folder "$tk" "script-$set-$run")
     # Each contender starts with no dirty pages of the one before it still
     # being written back (the 1 GiB runs write 1 GiB into the emulator).
     sync
@@ -192,7 +198,7 @@ bench_set() { # bench_set small|large FILES BYTES
     rm -rf "$WORK/stage"
 
     # ours
-    route_event "bench-$set" "$src" "ingest-$set" >"$WORK/$set.json"
+    route_event "bench-$set" "$src" "ingest-$set-$run" >"$WORK/$set.json"
     sync
     t0=$(now)
     XECM_LOCAL_TIMEOUT_SECS=900 RUST_LOG=warn /usr/bin/time -f '%M' -o "$WORK/$set.rss" \
@@ -223,11 +229,33 @@ PY
             "adapter read (no sink)" "${T[large.adapter]}" "-" "$(echo "$bytes / ${T[large.adapter]} / 1000000" | bc -l)" \
             "$(echo "${T[large.adapter]} / ${T[$set.ours]}" | bc -l)"
     fi
+    if [ "$set" = large ]; then
+        RATIOS_SCRIPT+=("$(echo "${T[$set.script]} / ${T[$set.ours]}" | bc -l)")
+        RATIOS_ADAPTER+=("$(echo "${T[large.adapter]} / ${T[$set.ours]}" | bc -l)")
+    fi
     printf '   sftp-ingest vs script: %.2fx   vs bare sftp get: %.2fx   peak RSS %d KiB (%.1f MiB)\n' \
         "$(echo "${T[$set.script]} / ${T[$set.ours]}" | bc -l)" "$(echo "${T[$set.sftp]} / ${T[$set.ours]}" | bc -l)" \
         "${T[$set.rss]}" "$(echo "${T[$set.rss]} / 1024" | bc -l)"
 }
 
 bench_set small "$SMALL" $((SMALL * 16384))
-bench_set large 1 $((LARGE_MIB * 1024 * 1024))
+if [ "$RUNS" -le 1 ]; then
+    bench_set large 1 $((LARGE_MIB * 1024 * 1024))
+else
+    for run in $(seq 1 "$RUNS"); do
+        bench_set large 1 $((LARGE_MIB * 1024 * 1024)) "$run"
+        # Back from the archive for the next run, old enough to be ready.
+        f=$(find "$DATA/inbound/bench-large" -path '*archive*' -name "big-$LARGE_MIB.bin" | head -1)
+        [ -n "$f" ] || { echo "the 1 GiB file was not archived; cannot repeat" >&2; exit 1; }
+        mv "$f" "$DATA/inbound/bench-large/"
+        touch -d '-10 minutes' "$DATA/inbound/bench-large/big-$LARGE_MIB.bin"
+    done
+    python3 - "${RATIOS_SCRIPT[*]}" "${RATIOS_ADAPTER[*]}" <<'PY'
+import statistics, sys
+for name, text in (("vs script", sys.argv[1]), ("vs adapter read", sys.argv[2])):
+    v = sorted(float(x) for x in text.split())
+    print(f"== large, {len(v)} runs, sftp-ingest {name}: median {statistics.median(v):.2f}x, "
+          f"range {v[0]:.2f}-{v[-1]:.2f}x")
+PY
+fi
 echo "targets: >= 1.5x the script on both sets; small >= 0.5x bare sftp get files/s; large no loss against the adapter's read; RSS <= 64 MiB"

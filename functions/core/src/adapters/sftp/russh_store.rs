@@ -57,16 +57,19 @@ const WINDOW: u32 = 16 * 1024 * 1024;
 /// The rate the read pipeline is sized for: bytes in flight = round trip ×
 /// this, between `IO_IN_FLIGHT` requests and our window.
 const READ_TARGET_BYTES_PER_SEC: f64 = 800e6;
+/// Never more outstanding requests than OpenSSH's own client sends (its
+/// `-R` default), so servers tuned for it are not surprised.
+const MAX_READS_IN_FLIGHT: usize = 64;
 
 /// Read requests to keep in flight for a server `rtt` away with reads of
 /// `read_len` bytes: enough for [`READ_TARGET_BYTES_PER_SEC`] (a 20 ms WAN
-/// link gets 16 MiB in flight), never fewer than `IO_IN_FLIGHT` and never
-/// more than fits in our window. Memory follows: up to the window per
-/// transfer on distant servers, 4 MiB on near ones.
+/// link gets 16 MiB in flight), never fewer than `IO_IN_FLIGHT`, never more
+/// than fits in our window or than `MAX_READS_IN_FLIGHT`. Memory follows:
+/// up to the window per transfer on distant servers, 4 MiB on near ones.
 fn reads_in_flight(rtt: Duration, read_len: u32) -> usize {
     let len = f64::from(read_len.max(1));
     let want = (rtt.as_secs_f64() * READ_TARGET_BYTES_PER_SEC / len).ceil() as usize;
-    let cap = (WINDOW as usize / read_len.max(1) as usize).max(IO_IN_FLIGHT);
+    let cap = (WINDOW as usize / read_len.max(1) as usize).clamp(IO_IN_FLIGHT, MAX_READS_IN_FLIGHT);
     want.clamp(IO_IN_FLIGHT, cap)
 }
 /// Chunks buffered between a read's pump task and its consumer.
@@ -1109,8 +1112,9 @@ mod tests {
         // Far servers: no more than our window holds.
         assert_eq!(reads_in_flight(ms(20), big), 62);
         assert_eq!(reads_in_flight(ms(300), big), 64);
-        // Servers limited to 32 KiB reads get more, smaller requests.
-        assert_eq!(reads_in_flight(ms(20), SAFE_IO as u32), 489);
-        assert_eq!(reads_in_flight(ms(300), SAFE_IO as u32), 512);
+        // Servers limited to 32 KiB reads: as many requests as OpenSSH's
+        // client keeps outstanding, no more.
+        assert_eq!(reads_in_flight(ms(1), SAFE_IO as u32), 25);
+        assert_eq!(reads_in_flight(ms(20), SAFE_IO as u32), MAX_READS_IN_FLIGHT);
     }
 }

@@ -706,6 +706,64 @@ async fn russh_lists_names_that_are_not_utf8_and_refuses_to_address_them_clearly
     Ok(())
 }
 
+/// A large put to a distant server (behind a 10 ms RTT proxy) goes over
+/// several SFTP channels of one connection, writing the same temporary
+/// file; the result is whole and exact, and sshd saw several sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn russh_spreads_a_large_put_to_a_distant_server_over_several_channels() -> Result<()> {
+    let sshd = Sshd::start()?;
+    let proxy = xecm_stack::latency_proxy::LatencyProxy::start(
+        std::net::SocketAddr::from(([127, 0, 0, 1], sshd.port())),
+        Duration::from_millis(5),
+    )
+    .await?;
+    let mut v: serde_json::Value = serde_json::from_str(&sshd.sftp_secret_json())?;
+    v["port"] = proxy.port().into();
+    let s = open_store(settings_from(&v.to_string(), SftpClient::Russh))?;
+    let len = 80 * 1024 * 1024;
+    let (b, sha) = body(len, 1024 * 1024, 7);
+    let target = p(&s, "far/big.bin");
+    s.mkdir_all(&p(&s, "far")).await?;
+    let r = s
+        .put_atomic(&target, b, Some(len as u64), RenameMode::NoReplace)
+        .await?;
+    assert_eq!((r.size, r.sha256.as_str()), (len as u64, sha.as_str()));
+    let on_disk = std::fs::read(sshd.data_root().join("far/big.bin"))?;
+    assert_eq!(on_disk.len(), len);
+    assert_eq!(hex::encode(Sha256::digest(&on_disk)), sha);
+    // Nothing left under a temporary name.
+    let names: Vec<_> = s
+        .list(&p(&s, "far"))
+        .await?
+        .into_iter()
+        .map(|e| e.display_name)
+        .collect();
+    assert_eq!(names, ["big.bin"]);
+    // One connection, three SFTP sessions on it (ids 0, 1 and 2).
+    let log = sshd.log();
+    assert_eq!(log.matches("Accepted publickey").count(), 1, "{log}");
+    for id in ["id 0", "id 1", "id 2"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("Starting session: forced-command") && l.ends_with(id)),
+            "no SFTP session {id} in the sshd log:\n{log}"
+        );
+    }
+    // A small put to the same server stays on one channel.
+    let (b, sha) = body(1024 * 1024, 64 * 1024, 9);
+    let r = s
+        .put_atomic(
+            &p(&s, "far/small.bin"),
+            b,
+            Some(1024 * 1024),
+            RenameMode::NoReplace,
+        )
+        .await?;
+    assert_eq!(r.sha256, sha);
+    assert!(!sshd.log().lines().any(|l| l.ends_with("id 3")));
+    Ok(())
+}
+
 /// Runs each listed test once per SSH client.
 macro_rules! both_clients {
     ($($name:ident),* $(,)?) => {

@@ -52,6 +52,13 @@ const SAFE_IO: u64 = 32 * 1024;
 /// grants a 2 MiB channel window, so more would only queue on our side.
 /// Reads go deeper on distant servers, see [`reads_in_flight`].
 const IO_IN_FLIGHT: usize = 16;
+/// SFTP channels a large put to a distant server is spread over (sshd's
+/// default `MaxSessions` is 10 per connection).
+const PARALLEL_WRITERS: usize = 3;
+/// Round trip from which a large put uses several channels.
+const PARALLEL_WRITE_MIN_RTT: Duration = Duration::from_millis(5);
+/// Body size from which a put to a distant server uses several channels.
+const PARALLEL_WRITE_MIN_BYTES: u64 = 64 * 1024 * 1024;
 /// Our channel window (what the server may send before we acknowledge).
 const WINDOW: u32 = 16 * 1024 * 1024;
 /// The rate the read pipeline is sized for: bytes in flight = round trip ×
@@ -175,6 +182,8 @@ struct Conn {
     read_len: u32,
     /// Read requests kept in flight, from the round trip at connect.
     reads_in_flight: usize,
+    /// The round trip measured at connect.
+    rtt: Duration,
     write_len: usize,
     posix_rename: bool,
     fsync: bool,
@@ -380,6 +389,43 @@ async fn connect(s: &SftpSettings) -> Result<Conn, FileStoreError> {
         });
     }
 
+    let session = open_session(&handle, s, &target).await?;
+    Ok(Conn {
+        reads_in_flight: reads_in_flight(session.rtt, session.read_len),
+        rtt: session.rtt,
+        read_len: session.read_len,
+        write_len: session.write_len,
+        posix_rename: session.posix_rename,
+        fsync: session.fsync,
+        sftp: session.sftp,
+        handle,
+        last_used: std::sync::Mutex::new(Instant::now()),
+    })
+}
+
+/// An SFTP session on its own channel of an SSH connection.
+struct Session {
+    sftp: RawSftpSession,
+    /// The version exchange's round trip.
+    rtt: Duration,
+    read_len: u32,
+    write_len: usize,
+    posix_rename: bool,
+    fsync: bool,
+}
+
+/// Opens a channel on `handle`, starts the `sftp` subsystem on it and
+/// negotiates (version, extensions, limits).
+async fn open_session(
+    handle: &client::Handle<PinCheck>,
+    s: &SftpSettings,
+    target: &str,
+) -> Result<Session, FileStoreError> {
+    let transient = |reason: String| FileStoreError::Transient {
+        op: "connect",
+        path: target.to_owned(),
+        reason,
+    };
     let open = async {
         let ch = handle.channel_open_session().await?;
         ch.request_subsystem(true, "sftp").await?;
@@ -420,15 +466,13 @@ async fn connect(s: &SftpSettings) -> Result<Conn, FileStoreError> {
             .min(MAX_IO);
         sftp.set_limits(limits);
     }
-    Ok(Conn {
-        reads_in_flight: reads_in_flight(rtt, read_len as u32),
+    Ok(Session {
+        sftp,
+        rtt,
         read_len: read_len as u32,
         write_len: write_len as usize,
         posix_rename: has("posix-rename@openssh.com", "1"),
         fsync: has("fsync@openssh.com", "1"),
-        sftp,
-        handle,
-        last_used: std::sync::Mutex::new(Instant::now()),
     })
 }
 
@@ -726,6 +770,7 @@ async fn pump_read(
 /// checks the size, syncs where supported and compares the remote size.
 async fn write_tmp(
     c: &Conn,
+    settings: &SftpSettings,
     tmp: &RemotePath,
     target: &RemotePath,
     body: &mut crate::ports::file_store::ByteStream,
@@ -746,28 +791,80 @@ async fn write_tmp(
         .await
         .map_err(|e| map_err("create", tmp, &e))?
         .handle;
-    let r = write_body(c, tmp, target, &handle, body, expected_len).await;
+    let extra = if parallel_write(c.rtt, expected_len) {
+        extra_writers(c, settings, tmp_s).await
+    } else {
+        Vec::new()
+    };
+    let mut writers: Vec<(&RawSftpSession, &str)> = vec![(&c.sftp, handle.as_str())];
+    writers.extend(extra.iter().map(|(s, h)| (&s.sftp, h.as_str())));
+    let r = write_body(c, tmp, target, &writers, body, expected_len).await;
+    for (s, h) in extra {
+        let _ = s.sftp.close(h).await;
+        let _ = s.sftp.close_session();
+    }
     let closed = c.sftp.close(handle).await;
     let receipt = r?;
     closed.map_err(|e| map_err("close", tmp, &e))?;
     Ok(receipt)
 }
 
+/// Whether a put goes over `PARALLEL_WRITERS` channels: only to a distant
+/// server (where one channel's window, 2 MiB on OpenSSH, caps the rate at
+/// window / round trip) and only for a body large enough to repay opening
+/// the channels (a few round trips).
+fn parallel_write(rtt: Duration, expected_len: Option<u64>) -> bool {
+    rtt >= PARALLEL_WRITE_MIN_RTT && expected_len.is_some_and(|n| n >= PARALLEL_WRITE_MIN_BYTES)
+}
+
+/// More SFTP sessions on channels of `c`'s connection, each with `tmp`
+/// open for writing (created already). Best effort: a server that refuses
+/// more channels (sshd's `MaxSessions`) leaves the put on one channel.
+async fn extra_writers(c: &Conn, settings: &SftpSettings, tmp: &str) -> Vec<(Session, String)> {
+    let target = format!("{}:{}", settings.host, settings.port);
+    let open_one = || async {
+        let s = open_session(&c.handle, settings, &target).await.ok()?;
+        let h = s
+            .sftp
+            .open(tmp, OpenFlags::WRITE, FileAttributes::empty())
+            .await
+            .ok()?
+            .handle;
+        Some((s, h))
+    };
+    let opened = futures_util::future::join_all((1..PARALLEL_WRITERS).map(|_| open_one())).await;
+    let writers: Vec<_> = opened.into_iter().flatten().collect();
+    if writers.len() + 1 < PARALLEL_WRITERS {
+        tracing::debug!(
+            channels = writers.len() + 1,
+            "the server granted fewer SFTP channels than asked for"
+        );
+    }
+    writers
+}
+
+/// Blocks go round-robin over `writers` (session, handle of the same open
+/// file); the first is `c`'s own session, which also syncs and checks.
 async fn write_body(
     c: &Conn,
     tmp: &RemotePath,
     target: &RemotePath,
-    handle: &str,
+    writers: &[(&RawSftpSession, &str)],
     body: &mut crate::ports::file_store::ByteStream,
     expected_len: Option<u64>,
 ) -> Result<PutReceipt, FileStoreError> {
-    let write = |off: u64, data: Vec<u8>| {
-        let h = handle.to_owned();
+    let handle = writers[0].1;
+    let mut turn = 0usize;
+    let mut write = |off: u64, data: Vec<u8>| {
+        let (sftp, h) = writers[turn % writers.len()];
+        turn += 1;
+        let h = h.to_owned();
         async move {
-            let r: Result<Status, SftpError> = c.sftp.write(h, off, data).await;
+            let r: Result<Status, SftpError> = sftp.write(h, off, data).await;
             r
         }
     };
+    let in_flight = IO_IN_FLIGHT * writers.len();
     let mut tally = super::Tally::new(expected_len);
     let mut sent = 0u64;
     // Filled up to one write and then moved into the request whole: one
@@ -788,7 +885,7 @@ async fn write_body(
                     if pending.len() == c.write_len {
                         let block =
                             std::mem::replace(&mut pending, Vec::with_capacity(c.write_len));
-                        while inflight.len() >= IO_IN_FLIGHT {
+                        while inflight.len() >= in_flight {
                             if let Some(r) = inflight.next().await {
                                 let r: Result<Status, SftpError> = r;
                                 r.map_err(|e| map_err("write", tmp, &e))?;
@@ -1002,10 +1099,11 @@ impl FileStore for RusshStore {
                         reason: "the upload body was already consumed".into(),
                     });
                 };
-                let r = match write_tmp(&c, tmp, path, &mut body, expected_len).await {
-                    Ok(receipt) => rename_on(&c, tmp, path, mode).await.map(|()| receipt),
-                    Err(e) => Err(e),
-                };
+                let r =
+                    match write_tmp(&c, &self.settings, tmp, path, &mut body, expected_len).await {
+                        Ok(receipt) => rename_on(&c, tmp, path, mode).await.map(|()| receipt),
+                        Err(e) => Err(e),
+                    };
                 if r.is_err()
                     && let Ok(t) = utf8("remove", tmp)
                 {

@@ -761,6 +761,21 @@ async fn russh_spreads_a_large_put_to_a_distant_server_over_several_channels() -
         .await?;
     assert_eq!(r.sha256, sha);
     assert!(!sshd.log().lines().any(|l| l.ends_with("id 3")));
+    // The extra channels were closed after the put (no leak towards the
+    // server's MaxSessions).
+    let closed = |log: &str| {
+        ["id 1", "id 2"].iter().all(|id| {
+            log.lines()
+                .any(|l| l.starts_with("Close session") && l.ends_with(id))
+        })
+    };
+    for _ in 0..50 {
+        if closed(&sshd.log()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(closed(&sshd.log()), "{}", sshd.log());
     Ok(())
 }
 

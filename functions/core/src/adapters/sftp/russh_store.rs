@@ -48,9 +48,10 @@ const MAX_IO: u64 = 255 * 1024;
 /// The SFTP v3 guarantee, for servers without `limits@openssh.com`.
 const SAFE_IO: u64 = 32 * 1024;
 /// Requests in flight per transfer: 16 × 255 KiB ≈ 4 MiB, enough to fill a
-/// 20 ms round trip at ≈ 200 MB/s. Writes stay at this: OpenSSH's sshd
-/// grants a 2 MiB channel window, so more would only queue on our side.
-/// Reads go deeper on distant servers, see [`reads_in_flight`].
+/// 20 ms round trip at ≈ 200 MB/s. Writes keep this many per channel:
+/// OpenSSH's sshd grants a 2 MiB window per channel, so more would only
+/// queue on our side (large puts to distant servers use several channels,
+/// see [`parallel_write`]). Reads go deeper there, see [`reads_in_flight`].
 const IO_IN_FLIGHT: usize = 16;
 /// SFTP channels a large put to a distant server is spread over (sshd's
 /// default `MaxSessions` is 10 per connection).
@@ -180,9 +181,8 @@ struct Conn {
     sftp: RawSftpSession,
     handle: client::Handle<PinCheck>,
     read_len: u32,
-    /// Read requests kept in flight, from the round trip at connect.
-    reads_in_flight: usize,
-    /// The round trip measured at connect.
+    /// The round trip measured at connect (sizes read pipelines and
+    /// decides on parallel puts).
     rtt: Duration,
     write_len: usize,
     posix_rename: bool,
@@ -389,9 +389,8 @@ async fn connect(s: &SftpSettings) -> Result<Conn, FileStoreError> {
         });
     }
 
-    let session = open_session(&handle, s, &target).await?;
+    let session = open_session(&handle, s).await?;
     Ok(Conn {
-        reads_in_flight: reads_in_flight(session.rtt, session.read_len),
         rtt: session.rtt,
         read_len: session.read_len,
         write_len: session.write_len,
@@ -419,11 +418,10 @@ struct Session {
 async fn open_session(
     handle: &client::Handle<PinCheck>,
     s: &SftpSettings,
-    target: &str,
 ) -> Result<Session, FileStoreError> {
     let transient = |reason: String| FileStoreError::Transient {
         op: "connect",
-        path: target.to_owned(),
+        path: format!("{}:{}", s.host, s.port),
         reason,
     };
     let open = async {
@@ -709,7 +707,7 @@ async fn rename_on(
     }
 }
 
-/// Streams `handle` into `tx` with `c.reads_in_flight` reads outstanding.
+/// Streams `handle` into `tx` with [`reads_in_flight`] reads outstanding.
 /// Returns Ok when the file ends or the receiver goes away.
 async fn pump_read(
     c: &Conn,
@@ -724,7 +722,7 @@ async fn pump_read(
     };
     let mut next = 0u64;
     let mut inflight = FuturesOrdered::new();
-    for _ in 0..c.reads_in_flight {
+    for _ in 0..reads_in_flight(c.rtt, len) {
         inflight.push_back(read(next, len));
         next += u64::from(len);
     }
@@ -821,9 +819,8 @@ fn parallel_write(rtt: Duration, expected_len: Option<u64>) -> bool {
 /// open for writing (created already). Best effort: a server that refuses
 /// more channels (sshd's `MaxSessions`) leaves the put on one channel.
 async fn extra_writers(c: &Conn, settings: &SftpSettings, tmp: &str) -> Vec<(Session, String)> {
-    let target = format!("{}:{}", settings.host, settings.port);
     let open_one = || async {
-        let s = open_session(&c.handle, settings, &target).await.ok()?;
+        let s = open_session(&c.handle, settings).await.ok()?;
         let h = s
             .sftp
             .open(tmp, OpenFlags::WRITE, FileAttributes::empty())

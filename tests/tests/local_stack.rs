@@ -191,3 +191,47 @@ fn stack_command_writes_its_env_file_and_leaves_nothing_running_after_sigterm() 
     );
     assert!(!env_file.exists(), "env file left behind");
 }
+
+/// With a round trip asked for, the seeded secrets and `XECM_SFTP_PORT`
+/// name the latency proxy, not sshd, and the adapter works through it;
+/// `xecm-stack sftp-read` reads a file through the secret it finds in moto.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_trip_puts_the_proxy_in_the_secrets_and_sftp_read_goes_through_it() {
+    let stack = LocalStack::start_with(xecm_stack::stack::StackOptions {
+        sftp_rtt: Some(Duration::from_millis(10)),
+        ..Default::default()
+    })
+    .await
+    .expect("local stack");
+    let proxy = stack.sftp_port();
+    assert_ne!(proxy, stack.sshd.port());
+    assert_eq!(
+        stack.env_var("XECM_SFTP_PORT"),
+        Some(proxy.to_string().as_str())
+    );
+    let settings = sftp_settings_from_moto(&stack).await;
+    assert_eq!(settings.port, proxy);
+
+    std::fs::write(stack.sshd.data_root().join("far.bin"), vec![7u8; 300_000]).expect("file");
+    let out = Command::new(env!("CARGO_BIN_EXE_xecm-stack"))
+        .args(["sftp-read", "far.bin"])
+        .envs(stack.env().iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("xecm-stack sftp-read");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.split_whitespace().next(), Some("300000"), "{text}");
+
+    // A missing file is an error that names it.
+    let out = Command::new(env!("CARGO_BIN_EXE_xecm-stack"))
+        .args(["sftp-read", "nope.bin"])
+        .envs(stack.env().iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("xecm-stack sftp-read");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.bin"));
+}

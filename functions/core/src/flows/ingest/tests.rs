@@ -459,6 +459,8 @@ async fn given_ready_invoice_when_run_then_created_with_history_and_archived() {
     assert_eq!(rep.counts.ingested, 1, "{rep:#?}");
     let f = &rep.files[0];
     assert_eq!(f.outcome, FileOutcome::Created);
+    // The file's own duration is reported (as in the Transfer Ingested event).
+    assert!(f.duration_ms.is_some(), "{f:#?}");
     let (name, versions, hist) = w.doc(f.node_id.unwrap()).await;
     assert_eq!(name, "Invoice 4711.pdf");
     assert_eq!(versions, vec![1]);
@@ -506,6 +508,7 @@ async fn given_ready_invoice_when_run_then_created_with_history_and_archived() {
     assert_eq!(evs.len(), 1);
     assert_eq!(evs[0].detail_type, DetailType::TransferIngested);
     assert_eq!(evs[0].detail["sha256"], sha_hex(&body));
+    assert_eq!(evs[0].detail["duration_ms"], f.duration_ms.unwrap_or(0));
 }
 
 #[tokio::test]

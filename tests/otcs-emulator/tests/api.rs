@@ -778,6 +778,46 @@ async fn data_dir_keeps_nodes_and_content_across_restart() {
     assert!(next > doc);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_upload_written_behind_comes_back_byte_exact() {
+    // 40 MiB + 5 bytes: several 8 MiB ranges are sent to disk and dropped
+    // from the cache while the upload is still arriving, the last one is
+    // partial.
+    let body: Vec<u8> = (0..40 * 1024 * 1024 + 5u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    for config in [
+        EmulatorConfig::default(),
+        EmulatorConfig {
+            data_dir: Some(dir.path().to_path_buf()),
+            ..EmulatorConfig::default()
+        },
+    ] {
+        let app = spawn_with(config).await;
+        let folder = app.new_folder("Large").await;
+        let (s, v) = app
+            .upload(folder, "large.bin", body.clone(), json!({}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let doc = id_of(&v);
+        let r = app
+            .http
+            .get(app.url(&format!("/v1/nodes/{doc}/content")))
+            .header("OTCSTicket", &app.ticket)
+            .send()
+            .await
+            .expect("content");
+        assert_eq!(r.content_length(), Some(body.len() as u64));
+        let got = r.bytes().await.expect("bytes");
+        assert!(
+            got[..] == body[..],
+            "content differs from what was uploaded"
+        );
+        app.emu.shutdown().await;
+    }
+}
+
 // ---------- HTML view ----------
 
 #[tokio::test]

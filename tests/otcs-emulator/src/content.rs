@@ -184,35 +184,32 @@ impl CacheTrim {
         use std::os::fd::AsRawFd;
         let fd = file.as_raw_fd();
         self.written += n;
-        while self.written - self.queued >= Self::UNIT {
-            // SAFETY: plain syscalls on an open descriptor we own; failures
-            // only mean the cache is not trimmed, never a wrong file.
+        // Failures only mean the cache is not trimmed, never a wrong file.
+        let sync = |off: u64, flags: libc::c_uint| {
+            // SAFETY: a plain syscall on a descriptor `file` keeps open.
             unsafe {
-                libc::sync_file_range(
-                    fd,
-                    self.queued as libc::off64_t,
-                    Self::UNIT as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
+                libc::sync_file_range(fd, off as libc::off64_t, Self::UNIT as libc::off64_t, flags)
+            };
+        };
+        while self.written - self.queued >= Self::UNIT {
+            sync(self.queued, libc::SYNC_FILE_RANGE_WRITE);
             self.queued += Self::UNIT;
             if self.queued - self.dropped > Self::LAG * Self::UNIT {
+                sync(
+                    self.dropped,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                );
+                // SAFETY: as above.
                 unsafe {
-                    libc::sync_file_range(
-                        fd,
-                        self.dropped as libc::off64_t,
-                        Self::UNIT as libc::off64_t,
-                        libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                            | libc::SYNC_FILE_RANGE_WRITE
-                            | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                    );
                     libc::posix_fadvise(
                         fd,
                         self.dropped as libc::off64_t,
                         Self::UNIT as libc::off64_t,
                         libc::POSIX_FADV_DONTNEED,
-                    );
-                }
+                    )
+                };
                 self.dropped += Self::UNIT;
             }
         }

@@ -765,13 +765,7 @@ async fn data_dir_keeps_nodes_and_content_across_restart() {
     assert_eq!(v["results"][0]["data"]["properties"]["id"], json!(doc));
     let (_, v) = app.get(&format!("/v2/nodes/{doc}/categories/9001")).await;
     assert_eq!(v["results"]["data"]["categories"]["9001_2"], json!("Draft"));
-    let r = app
-        .http
-        .get(app.url(&format!("/v1/nodes/{doc}/content")))
-        .header("OTCSTicket", &app.ticket)
-        .send()
-        .await
-        .expect("content");
+    let r = app.content(doc).await;
     assert_eq!(&r.bytes().await.expect("bytes")[..], b"kept bytes");
     // New ids continue after the old ones.
     let next = app.new_folder("After restart").await;
@@ -801,13 +795,7 @@ async fn large_upload_written_behind_comes_back_byte_exact() {
             .await;
         assert_eq!(s, 200, "{v}");
         let doc = id_of(&v);
-        let r = app
-            .http
-            .get(app.url(&format!("/v1/nodes/{doc}/content")))
-            .header("OTCSTicket", &app.ticket)
-            .send()
-            .await
-            .expect("content");
+        let r = app.content(doc).await;
         assert_eq!(r.content_length(), Some(body.len() as u64));
         let got = r.bytes().await.expect("bytes");
         assert!(

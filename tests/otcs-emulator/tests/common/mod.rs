@@ -149,6 +149,16 @@ impl App {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// `GET v1/nodes/{doc}/content` with the ticket.
+    pub async fn content(&self, doc: i64) -> reqwest::Response {
+        self.http
+            .get(self.url(&format!("/v1/nodes/{doc}/content")))
+            .header("OTCSTicket", &self.ticket)
+            .send()
+            .await
+            .expect("content request")
+    }
+
     pub async fn new_folder(&self, name: &str) -> i64 {
         let (s, v) = self.create_folder(2000, name).await;
         assert_eq!(s, 200, "{v}");

@@ -170,6 +170,33 @@ fn sftp_put(
     Ok(secs)
 }
 
+/// Busy and idle CPU-seconds of the whole machine so far (/proc/stat).
+fn cpu_times() -> Result<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let f: Vec<f64> = stat
+        .lines()
+        .next()
+        .context("/proc/stat is empty")?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if f.len() < 7 {
+        bail!("/proc/stat: unexpected cpu line");
+    }
+    // user nice system idle iowait irq softirq, in USER_HZ (100 on Linux).
+    let busy = f[0] + f[1] + f[2] + f[5] + f[6];
+    Ok((busy / 100.0, (f[3] + f[4]) / 100.0))
+}
+
+/// CPU-seconds busy and idle over `f`.
+fn with_cpu<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64, f64)> {
+    let (b0, i0) = cpu_times()?;
+    let t = f()?;
+    let (b1, i1) = cpu_times()?;
+    Ok((t, b1 - b0, i1 - i0))
+}
+
 fn mbs(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / secs / 1e6
 }
@@ -242,6 +269,16 @@ async fn orchestrate(args: &[String]) -> Result<()> {
         "uploaded {size_mib} MiB to the emulator in {:.1}s",
         t0.elapsed().as_secs_f64()
     );
+    // Read it once, so that every run (not only the first) finds the
+    // document in the emulator's page cache: the emulator drops uploads
+    // from its cache as it writes them.
+    {
+        use futures_util::StreamExt;
+        let mut d = ecm.download(node, None).await?;
+        while let Some(chunk) = d.stream.next().await {
+            chunk?;
+        }
+    }
 
     let routes = json!({
         "export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 3, "destination": 4, "sha256": 5}},
@@ -281,6 +318,8 @@ async fn orchestrate(args: &[String]) -> Result<()> {
 
     let (mut export, mut rss, mut adapter, mut put, mut script) =
         (Vec::new(), 0u64, Vec::new(), Vec::new(), Vec::new());
+    // Machine CPU-seconds (busy, idle) while each of the two ran.
+    let (mut cpu_export, mut cpu_adapter) = (Vec::new(), Vec::new());
     let dest = stack.sshd.data_root().join("bench");
     // Each contender's file is checked and removed right after it is timed.
     // This machine is a VM that hands freed memory back to its host, so a
@@ -309,7 +348,8 @@ async fn orchestrate(args: &[String]) -> Result<()> {
                     .envs(stack.env().iter().map(|(k, v)| (k.as_str(), v.as_str())))
                     .env("XECM_EXPORT_ROUTES", routes.to_string())
                     .env("RUST_LOG", "warn");
-                let (secs, maxrss, out) = timed_child(cmd)?;
+                let ((secs, maxrss, out), busy, idle) = with_cpu(|| timed_child(cmd))?;
+                cpu_export.push((busy, idle));
                 if !out.contains("resent") {
                     bail!("export run {run}: output {out}");
                 }
@@ -318,11 +358,14 @@ async fn orchestrate(args: &[String]) -> Result<()> {
                 rss = rss.max(maxrss);
             } else {
                 // The adapter's own write.
-                let out = Command::new(std::env::current_exe()?)
-                    .args(["child-write", "data/bench/adapter.bin", &size.to_string()])
-                    .env(SECRET_ENV, &sftp_secret)
-                    .stdin(Stdio::null())
-                    .output()?;
+                let (out, busy, idle) = with_cpu(|| {
+                    Ok(Command::new(std::env::current_exe()?)
+                        .args(["child-write", "data/bench/adapter.bin", &size.to_string()])
+                        .env(SECRET_ENV, &sftp_secret)
+                        .stdin(Stdio::null())
+                        .output()?)
+                })?;
+                cpu_adapter.push((busy, idle));
                 if !out.status.success() {
                     bail!("child-write: {}", String::from_utf8_lossy(&out.stderr));
                 }
@@ -365,12 +408,17 @@ async fn orchestrate(args: &[String]) -> Result<()> {
         std::fs::remove_file(&dl)?;
         take("script.bin")?;
         eprintln!(
-            "run {run}: export {:.0} MB/s, adapter write {:.0}, sftp put {:.0}, curl+sftp {:.0} ({} first)",
+            "run {run}: export {:.0} MB/s, adapter write {:.0}, sftp put {:.0}, curl+sftp {:.0} ({} first); \
+             CPU-s busy/idle on the machine: export {:.2}/{:.2}, adapter {:.2}/{:.2}",
             export[run],
             adapter[run],
             put[run],
             script[run],
-            if run % 2 == 0 { "export" } else { "adapter" }
+            if run % 2 == 0 { "export" } else { "adapter" },
+            cpu_export[run].0,
+            cpu_export[run].1,
+            cpu_adapter[run].0,
+            cpu_adapter[run].1,
         );
     }
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);

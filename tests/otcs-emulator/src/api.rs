@@ -819,15 +819,13 @@ async fn stream_content(state: &AppState, id: i64, which: &str, user: i64) -> Re
         m.audit(id, audit_event::FETCH, user);
         Ok(v)
     })?;
-    let file = tokio::fs::File::open(state.content.path(&v.content))
-        .await
-        .map_err(|e| {
-            ApiError::internal(format!(
-                "Content of node {id} version {} is missing: {e}",
-                v.number
-            ))
-        })?;
-    let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+    let file = std::fs::File::open(state.content.path(&v.content)).map_err(|e| {
+        ApiError::internal(format!(
+            "Content of node {id} version {} is missing: {e}",
+            v.number
+        ))
+    })?;
+    let stream = crate::content::read_ahead(file);
     let disposition = format!(
         "attachment; filename=\"{}\"",
         v.file_name.replace(['"', '\\', '\r', '\n'], "_")

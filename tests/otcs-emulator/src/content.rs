@@ -65,7 +65,7 @@ impl ContentStore {
             fastrand::u64(..)
         );
         let path = self.path(&name);
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
         let (back_tx, mut back_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
         let writer = tokio::task::spawn_blocking(move || write_behind(&path, rx, back_tx));
         let mut size: u64 = 0;
@@ -87,22 +87,23 @@ impl ContentStore {
                     let full = std::mem::replace(&mut buf, next);
                     // A closed channel means the writer stopped on an error,
                     // which joining it below reports.
-                    if send_blocking(&tx, full).await.is_err() {
+                    if tx.send(full).await.is_err() {
                         break;
                     }
                 }
             }
             if !buf.is_empty() {
-                let _ = send_blocking(&tx, std::mem::take(&mut buf)).await;
+                let _ = tx.send(std::mem::take(&mut buf)).await;
             }
             Ok(())
         }
         .await;
         drop(tx);
-        let written = writer
-            .await
-            .map_err(|e| ApiError::internal(format!("Cannot store content: {e}")))
-            .and_then(|r| r.map_err(|e| ApiError::internal(format!("Cannot store content: {e}"))));
+        let written = match writer.await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+        .map_err(|e| ApiError::internal(format!("Cannot store content: {e}")));
         let result = received.and(written);
         if let Err(e) = result {
             self.remove(&name);
@@ -151,24 +152,6 @@ pub fn read_ahead(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-/// Sends a block to the writer thread, waiting (off the async threads) while
-/// it is two blocks behind.
-async fn send_blocking(
-    tx: &std::sync::mpsc::SyncSender<Vec<u8>>,
-    block: Vec<u8>,
-) -> Result<(), ()> {
-    match tx.try_send(block) {
-        Ok(()) => Ok(()),
-        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Err(()),
-        Err(std::sync::mpsc::TrySendError::Full(block)) => {
-            let tx = tx.clone();
-            tokio::task::spawn_blocking(move || tx.send(block).map_err(|_| ()))
-                .await
-                .map_err(|_| ())?
-        }
-    }
-}
-
 /// Writes the blocks of one upload in order and keeps its page-cache
 /// footprint small: written ranges are sent to disk as they complete and
 /// dropped from the cache a few megabytes behind the write head. Without
@@ -179,13 +162,13 @@ async fn send_blocking(
 /// emulator's share of a benchmark.
 fn write_behind(
     path: &Path,
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
     back: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
 ) -> std::io::Result<()> {
     use std::io::Write;
     let mut file = std::fs::File::create(path)?;
     let mut cache = CacheTrim::default();
-    for mut block in rx {
+    while let Some(mut block) = rx.blocking_recv() {
         file.write_all(&block)?;
         cache.written(&file, block.len() as u64);
         block.clear();

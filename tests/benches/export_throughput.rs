@@ -7,6 +7,13 @@
 //! - the script a user would otherwise write: `curl` download from the
 //!   Content Server to disk, then `sftp put`.
 //!
+//! Besides the whole process, the export's transfer phase (its report's
+//! `transfer_ms`: download opened → file renamed into place, the span the
+//! adapter's own write is timed over) is compared with the adapter's write,
+//! and with the adapter's write while the emulator serves the same document
+//! to a `curl` at the export's rate: the load the export's own download puts
+//! on the two cores that sshd, the emulator and the function share here.
+//!
 //! Peak RSS of the export process comes from `wait4` (ru_maxrss), so it is
 //! the function's own, not this orchestrator's (which hosts the emulator).
 //! OpenSSH runs with chacha20-poly1305; our client (ssh2 by default, or
@@ -88,6 +95,30 @@ async fn child_write(args: &[String]) -> Result<()> {
         .await?;
     println!("{} {}", r.size, t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The adapter's own write of `size` bytes, in a child process (as the
+/// export runs in one); the seconds its put took.
+fn adapter_write(sftp_secret: &str, size: u64) -> Result<f64> {
+    let out = Command::new(std::env::current_exe()?)
+        .args(["child-write", "data/bench/adapter.bin", &size.to_string()])
+        .env(SECRET_ENV, sftp_secret)
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        bail!("child-write: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let f: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if f.len() != 2 {
+        bail!(
+            "child-write output {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(f[1])
 }
 
 /// Runs `cmd`, returns (seconds, peak RSS KiB of the child).
@@ -318,6 +349,9 @@ async fn orchestrate(args: &[String]) -> Result<()> {
 
     let (mut export, mut rss, mut adapter, mut put, mut script) =
         (Vec::new(), 0u64, Vec::new(), Vec::new(), Vec::new());
+    // The export's transfer phase, and the adapter's write under the load
+    // of the emulator serving the document at that rate.
+    let (mut transfer, mut loaded) = (Vec::new(), Vec::new());
     // Machine CPU-seconds (busy, idle) while each of the two ran.
     let (mut cpu_export, mut cpu_adapter) = (Vec::new(), Vec::new());
     let dest = stack.sshd.data_root().join("bench");
@@ -350,39 +384,46 @@ async fn orchestrate(args: &[String]) -> Result<()> {
                     .env("RUST_LOG", "warn");
                 let ((secs, maxrss, out), busy, idle) = with_cpu(|| timed_child(cmd))?;
                 cpu_export.push((busy, idle));
-                if !out.contains("resent") {
-                    bail!("export run {run}: output {out}");
-                }
+                let report: serde_json::Value = serde_json::from_str(&out)
+                    .with_context(|| format!("export run {run}: output {out}"))?;
+                let ms = report["delivery"]["transfer_ms"]
+                    .as_u64()
+                    .filter(|_| report["status"] == "resent")
+                    .with_context(|| format!("export run {run}: output {out}"))?;
                 take("big.bin")?;
                 export.push(mbs(size, secs));
+                transfer.push(mbs(size, ms as f64 / 1e3));
                 rss = rss.max(maxrss);
             } else {
                 // The adapter's own write.
-                let (out, busy, idle) = with_cpu(|| {
-                    Ok(Command::new(std::env::current_exe()?)
-                        .args(["child-write", "data/bench/adapter.bin", &size.to_string()])
-                        .env(SECRET_ENV, &sftp_secret)
-                        .stdin(Stdio::null())
-                        .output()?)
-                })?;
+                let (secs, busy, idle) = with_cpu(|| adapter_write(&sftp_secret, size))?;
                 cpu_adapter.push((busy, idle));
-                if !out.status.success() {
-                    bail!("child-write: {}", String::from_utf8_lossy(&out.stderr));
-                }
-                let f: Vec<f64> = String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .filter_map(|x| x.parse().ok())
-                    .collect();
-                if f.len() != 2 {
-                    bail!(
-                        "child-write output {:?}",
-                        String::from_utf8_lossy(&out.stdout)
-                    );
-                }
                 take("adapter.bin")?;
-                adapter.push(mbs(size, f[1]));
+                adapter.push(mbs(size, secs));
             }
         }
+
+        // The adapter's write again, while the emulator serves the document
+        // to curl at the rate the export's transfer ran at.
+        let rate = (transfer[run] * 1e6) as u64;
+        let mut reader = Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", "--limit-rate", &rate.to_string()])
+            .args(["-H", &format!("OTCSTicket: {ticket}")])
+            .arg(format!(
+                "{ecm_base}/cs/cs/api/v1/nodes/{}/content",
+                node.get()
+            ))
+            .stdin(Stdio::null())
+            .spawn()
+            .context("curl")?;
+        let secs = adapter_write(&sftp_secret, size);
+        let served = reader.wait();
+        let secs = secs?;
+        if !served?.success() {
+            bail!("run {run}: the concurrent curl download failed");
+        }
+        take("adapter.bin")?;
+        loaded.push(mbs(size, secs));
 
         // OpenSSH sftp put of the local file.
         put.push(mbs(
@@ -408,10 +449,13 @@ async fn orchestrate(args: &[String]) -> Result<()> {
         std::fs::remove_file(&dl)?;
         take("script.bin")?;
         eprintln!(
-            "run {run}: export {:.0} MB/s, adapter write {:.0}, sftp put {:.0}, curl+sftp {:.0} ({} first); \
+            "run {run}: export {:.0} MB/s (transfer phase {:.0}), adapter write {:.0} (with the emulator serving alongside {:.0}), \
+             sftp put {:.0}, curl+sftp {:.0} ({} first); \
              CPU-s busy/idle on the machine: export {:.2}/{:.2}, adapter {:.2}/{:.2}",
             export[run],
+            transfer[run],
             adapter[run],
+            loaded[run],
             put[run],
             script[run],
             if run % 2 == 0 { "export" } else { "adapter" },
@@ -423,6 +467,7 @@ async fn orchestrate(args: &[String]) -> Result<()> {
     }
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     let (e, a, p, s) = (best(&export), best(&adapter), best(&put), best(&script));
+    let (t, l) = (best(&transfer), best(&loaded));
     println!(
         "export {size_mib} MiB ECM -> SFTP, best of {runs}; our SSH client {client}, OpenSSH cipher {CIPHER}{}",
         rtt.map(|r| format!("; SFTP behind a proxy adding {} ms RTT", r.as_millis()))
@@ -435,6 +480,14 @@ async fn orchestrate(args: &[String]) -> Result<()> {
     println!(
         "  adapter put_atomic (its own write)   {a:7.0} MB/s   export/adapter = {:.2}",
         e / a
+    );
+    println!(
+        "  ecm-export transfer phase            {t:7.0} MB/s   transfer/adapter = {:.2}",
+        t / a
+    );
+    println!(
+        "  adapter put, emulator serving too    {l:7.0} MB/s   transfer/loaded adapter = {:.2}",
+        t / l
     );
     println!(
         "  OpenSSH sftp put (file on disk)      {p:7.0} MB/s   export/put = {:.2}",
@@ -454,12 +507,15 @@ async fn orchestrate(args: &[String]) -> Result<()> {
             (v[n / 2 - 1] + v[n / 2]) / 2.0
         }
     };
-    let ratios = |other: &[f64]| export.iter().zip(other).map(|(e, o)| e / o).collect();
+    let ratios = |mine: &[f64], other: &[f64]| mine.iter().zip(other).map(|(e, o)| e / o).collect();
     println!(
-        "  median of per-run ratios: export/adapter {:.2}, export/put {:.2}, export/script {:.2}",
-        median(ratios(&adapter)),
-        median(ratios(&put)),
-        median(ratios(&script))
+        "  median of per-run ratios: export/adapter {:.2}, export/put {:.2}, export/script {:.2}, \
+         transfer/adapter {:.2}, transfer/loaded adapter {:.2}",
+        median(ratios(&export, &adapter)),
+        median(ratios(&export, &put)),
+        median(ratios(&export, &script)),
+        median(ratios(&transfer, &adapter)),
+        median(ratios(&transfer, &loaded))
     );
     let _ = ecm.delete_node(node).await;
     Ok(())

@@ -230,6 +230,10 @@ async fn approved_document_is_delivered_once_with_sidecar_history_and_event() {
     assert_eq!(exported[0]["source"], "xecm-sftp");
     assert_eq!(exported[0]["detail"]["node_id"], json!(id.get()));
     assert_eq!(exported[0]["detail"]["event_id"], "evt-1");
+    // The transfer's own time, within the whole delivery's.
+    let transfer = exported[0]["detail"]["transfer_ms"].as_u64();
+    let whole = exported[0]["detail"]["duration_ms"].as_u64();
+    assert!(transfer.is_some() && transfer <= whole, "{:?}", exported[0]);
     // Only one delivery event even after waiting for stragglers.
     let more = s
         .capture

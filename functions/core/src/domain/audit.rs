@@ -94,7 +94,11 @@ pub struct DocumentExported {
     pub event_id: Option<String>,
     pub idempotency_key: String,
     pub exported_at: DateTime<Utc>,
+    /// The whole delivery, from the decision to the history write.
     pub duration_ms: u64,
+    /// The bytes alone: ECM download through SFTP rename; `None` for a
+    /// package entry (the package's files go out one after the other).
+    pub transfer_ms: Option<u64>,
     pub invocation_id: String,
 }
 

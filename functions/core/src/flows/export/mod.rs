@@ -251,6 +251,10 @@ pub struct DeliveryReport {
     pub sha256: String,
     pub idempotency_key: String,
     pub resend: bool,
+    /// Milliseconds the bytes took from the ECM into place on the SFTP
+    /// server (download, upload, verification, rename); `None` when nothing
+    /// was sent.
+    pub transfer_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -402,19 +406,26 @@ fn remote_path(store: &dyn FileStore, segments: &[String]) -> Result<RemotePath,
     Ok(p)
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Streams a version from the ECM into `path` atomically.
-async fn stream_version(
+/// A version's download, opened, with the length it must have.
+struct VersionSource {
+    download: crate::ports::ecm::Download,
+    expected_len: Option<u64>,
+}
+
+/// Opens the download of `version` of `node` (response headers received).
+async fn open_version(
     ecm: &dyn Ecm,
-    store: &dyn FileStore,
     node: NodeId,
     version: u32,
-    path: &RemotePath,
-    mode: RenameMode,
-) -> Result<crate::ports::file_store::PutReceipt, ExportError> {
+) -> Result<VersionSource, ExportError> {
     let expected = ecm
         .versions(node)
         .await?
@@ -434,15 +445,42 @@ async fn stream_version(
         (Some(a), _) => Some(a),
         (None, b) => b,
     };
+    Ok(VersionSource {
+        download,
+        expected_len,
+    })
+}
+
+/// Streams an opened version into `path` atomically.
+async fn put_version(
+    store: &dyn FileStore,
+    source: VersionSource,
+    path: &RemotePath,
+    mode: RenameMode,
+) -> Result<crate::ports::file_store::PutReceipt, ExportError> {
     let p = path.clone();
     let body: ByteStream = Box::pin(
-        download
+        source
+            .download
             .stream
             .map(move |r| r.map_err(|e| FileStoreError::source(&p, e))),
     );
     Ok(store
-        .put_atomic(path, read_ahead(body), expected_len, mode)
+        .put_atomic(path, read_ahead(body), source.expected_len, mode)
         .await?)
+}
+
+/// Streams a version from the ECM into `path` atomically.
+async fn stream_version(
+    ecm: &dyn Ecm,
+    store: &dyn FileStore,
+    node: NodeId,
+    version: u32,
+    path: &RemotePath,
+    mode: RenameMode,
+) -> Result<crate::ports::file_store::PutReceipt, ExportError> {
+    let source = open_version(ecm, node, version).await?;
+    put_version(store, source, path, mode).await
 }
 
 /// Chunks of the ECM download kept ready for the SFTP writer.
@@ -570,7 +608,7 @@ async fn deliver(
     event_id: Option<&str>,
 ) -> Result<ExportOutcome, ExportError> {
     let started = Instant::now();
-    let report = |size: Option<u64>, sha256: String| DeliveryReport {
+    let report = |size: Option<u64>, sha256: String, transfer_ms: Option<u64>| DeliveryReport {
         route: d.route.clone(),
         destination: d.destination.clone(),
         node_id: d.node_id,
@@ -580,23 +618,33 @@ async fn deliver(
         sha256,
         idempotency_key: d.idempotency_key.clone(),
         resend,
+        transfer_ms,
     };
     if !resend && let Some(sha) = already_delivered(cx.routes, applied, d) {
         tracing::info!(key = %d.idempotency_key, "already delivered; acknowledged without a second delivery");
-        return Ok(ExportOutcome::Duplicate(report(None, sha)));
+        return Ok(ExportOutcome::Duplicate(report(None, sha, None)));
     }
     cx.check_deadline(|| format!("delivering node {} to {}", d.node_id, d.remote_path()))?;
-    let store = cx.destinations.store(&d.sftp_secret).await?;
-    let dir = remote_path(store.as_ref(), &d.directory)?;
-    let target = dir.join(d.file_name.as_bytes())?;
-    store.mkdir_all(&dir).await?;
     let mode = if resend || d.overwrite {
         RenameMode::Replace
     } else {
         RenameMode::NoReplace
     };
     let id = node_id(d.node_id)?;
-    let receipt = match stream_version(cx.ecm, store.as_ref(), id, d.version, &target, mode).await {
+    // Reaching the destination (secret, SSH handshake, directory) and the
+    // ECM's answer to the download request are independent round trips:
+    // wait for both at once rather than one after the other.
+    let destination = async {
+        let store = cx.destinations.store(&d.sftp_secret).await?;
+        let dir = remote_path(store.as_ref(), &d.directory)?;
+        let target = dir.join(d.file_name.as_bytes())?;
+        store.mkdir_all(&dir).await?;
+        Ok::<_, ExportError>((store, dir, target))
+    };
+    let ((store, dir, target), source) =
+        tokio::try_join!(destination, open_version(cx.ecm, id, d.version))?;
+    let transfer_started = Instant::now();
+    let receipt = match put_version(store.as_ref(), source, &target, mode).await {
         Ok(r) => r,
         Err(ExportError::Store(FileStoreError::AlreadyExists { .. })) => {
             // Overwrite is not allowed. The same bytes there means an earlier
@@ -627,10 +675,11 @@ async fn deliver(
             }
             let size = store.stat(&target).await?.size;
             record_history(cx.ecm, cx.routes, applied, d, &ours, Utc::now()).await?;
-            return Ok(ExportOutcome::Duplicate(report(size, ours)));
+            return Ok(ExportOutcome::Duplicate(report(size, ours, None)));
         }
         Err(e) => return Err(e),
     };
+    let transfer_ms = millis(transfer_started.elapsed());
     if d.sha256_sidecar {
         let name = format!("{}.sha256", d.file_name);
         let side = dir.join(name.as_bytes())?;
@@ -653,7 +702,8 @@ async fn deliver(
         event_id: event_id.map(str::to_owned),
         idempotency_key: d.idempotency_key.clone(),
         exported_at: at,
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        duration_ms: millis(started.elapsed()),
+        transfer_ms: Some(transfer_ms),
         invocation_id: cx.invocation_id.to_owned(),
     };
     publish(cx.events, DetailType::DocumentExported, detail.detail()).await;
@@ -664,6 +714,7 @@ async fn deliver(
     Ok(ExportOutcome::Delivered(report(
         Some(receipt.size),
         receipt.sha256,
+        Some(transfer_ms),
     )))
 }
 
@@ -1171,6 +1222,7 @@ async fn finish_package(
             idempotency_key: export_key(&route.name, &dest.config.name, e.node_id, e.version),
             exported_at: at,
             duration_ms: 0,
+            transfer_ms: None,
             invocation_id: cx.invocation_id.to_owned(),
         };
         publish(cx.events, DetailType::DocumentExported, d.detail()).await;
@@ -1495,6 +1547,14 @@ mod tests {
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0]["resend"], json!(false));
         assert_eq!(ev[0]["event_id"], json!(format!("evt-{id}-1")));
+        // The transfer's own time is reported and is part of the delivery's.
+        let transfer = r.transfer_ms.expect("a delivery reports its transfer time");
+        assert_eq!(ev[0]["transfer_ms"], json!(transfer));
+        assert!(
+            ev[0]["duration_ms"].as_u64().unwrap() >= transfer,
+            "{:?}",
+            ev[0]
+        );
         // No temporary file is left beside it.
         assert!(
             !w.store().paths().iter().any(|p| p.contains("/.")),
@@ -1510,7 +1570,10 @@ mod tests {
         handle_callback(&w.cx(), &callback(id, 1)).await.unwrap();
         let puts = w.store().put_count();
         let out = handle_callback(&w.cx(), &callback(id, 1)).await.unwrap();
-        assert!(matches!(out, ExportOutcome::Duplicate(_)), "{out:?}");
+        let ExportOutcome::Duplicate(r) = out else {
+            panic!("not a duplicate: {out:?}")
+        };
+        assert_eq!(r.transfer_ms, None, "nothing was sent");
         assert_eq!(w.store().put_count(), puts);
         assert_eq!(w.exported().len(), 1);
     }

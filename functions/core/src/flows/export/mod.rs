@@ -13,7 +13,8 @@
 //!    delivered again; a resend skips the check);
 //! 4. stream ECM → SFTP through `FileStore::put_atomic` (temporary dot-file,
 //!    size check against the version's size, SHA-256 while streaming, rename
-//!    into place; `Replace` only where the route allows overwrite);
+//!    into place; `Replace` only where the route allows overwrite); the
+//!    destination is reached while the ECM answers the download request;
 //! 5. optional `<file>.sha256` sidecar, written after the file so its
 //!    presence means the file is complete;
 //! 6. export history on the node, then a `Document Exported` event. A lost
@@ -1834,6 +1835,39 @@ mod tests {
         // With time left the same calls go through.
         cx.deadline = Some(Instant::now() + Duration::from_secs(600));
         handle_callback(&cx, &callback(id, 1)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_destination_is_retryable_and_records_nothing() {
+        // The destination is reached while the ECM opens the download; the
+        // destination's failure must still end the delivery cleanly.
+        struct Unreachable;
+        #[async_trait]
+        impl Destinations for Unreachable {
+            async fn store(&self, sftp_secret: &str) -> Result<Arc<dyn FileStore>, ExportError> {
+                Err(ExportError::Store(FileStoreError::Transient {
+                    op: "connect",
+                    path: format!("{sftp_secret}: 192.0.2.1:22"),
+                    reason: "connection refused".into(),
+                }))
+            }
+        }
+        let w = World::new(false).await;
+        let id = w.doc(w.folder, "Prices.xlsx", "Approved", b"p").await;
+        let mut cx = w.cx();
+        cx.destinations = &Unreachable;
+        let err = handle_callback(&cx, &callback(id, 1)).await.unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("connection refused"), "{err}");
+        assert!(w.exported().is_empty());
+        let history = w.ecm.categories(id).await.unwrap();
+        assert!(
+            !history.iter().any(|c| c.category_id == 9003),
+            "{history:?}"
+        );
+        // The next attempt, with the destination back, delivers.
+        let out = handle_callback(&w.cx(), &callback(id, 1)).await.unwrap();
+        assert!(matches!(out, ExportOutcome::Delivered(_)), "{out:?}");
     }
 
     #[tokio::test]

@@ -141,12 +141,13 @@ pub trait Destinations: Send + Sync {
     async fn store(&self, sftp_secret: &str) -> Result<Arc<dyn FileStore>, ExportError>;
 }
 
-/// [`Destinations`] over Secrets Manager and the ssh2 adapter. Stores are
-/// kept per secret id for `ttl` so warm invocations reuse SSH sessions, and
-/// rebuilt afterwards so a rotated key or host key takes effect.
 /// A store and when it was opened.
 type CachedStore = (Instant, Arc<dyn FileStore>);
 
+/// [`Destinations`] over Secrets Manager and the SFTP adapters (the client
+/// the secret names). Stores are kept per secret id for `ttl` so warm
+/// invocations reuse SSH sessions, and rebuilt afterwards so a rotated key
+/// or host key takes effect.
 pub struct SftpDestinations {
     secrets: Arc<dyn Secrets>,
     /// Route secret names → secret ids (`Config::sftp_secrets`).

@@ -779,6 +779,66 @@ async fn russh_spreads_a_large_put_to_a_distant_server_over_several_channels() -
     Ok(())
 }
 
+/// The ssh2 client spreads a large put to a distant server (behind a 5 ms
+/// RTT proxy) over four connections writing stripes of the same temporary
+/// file; the result is whole and exact, and a small put stays on one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh2_stripes_a_large_put_to_a_distant_server_over_several_connections() -> Result<()> {
+    let sshd = Sshd::start()?;
+    let proxy = xecm_stack::latency_proxy::LatencyProxy::start(
+        std::net::SocketAddr::from(([127, 0, 0, 1], sshd.port())),
+        Duration::from_millis(5),
+    )
+    .await?;
+    let mut v: serde_json::Value = serde_json::from_str(&sshd.sftp_secret_json())?;
+    v["port"] = proxy.port().into();
+    // One session thread, so every connection counted below is the put's.
+    let mut settings = settings_from(&v.to_string(), SftpClient::Ssh2);
+    settings.max_sessions = 1;
+    let s = open_store(settings)?;
+    s.mkdir_all(&p(&s, "far")).await?;
+    let before = sshd.log().matches("Accepted publickey").count();
+    // Not a multiple of the stripe: the last stripe is a short one.
+    let len = 80 * 1024 * 1024 + 12345;
+    let (b, sha) = body(len, 1024 * 1024, 7);
+    let target = p(&s, "far/big.bin");
+    let r = s
+        .put_atomic(&target, b, Some(len as u64), RenameMode::NoReplace)
+        .await?;
+    assert_eq!((r.size, r.sha256.as_str()), (len as u64, sha.as_str()));
+    // Three more connections were opened for it (the put ran on the
+    // connection the mkdir opened).
+    let log = sshd.log();
+    assert_eq!(
+        log.matches("Accepted publickey").count() - before,
+        3,
+        "{log}"
+    );
+    let on_disk = std::fs::read(sshd.data_root().join("far/big.bin"))?;
+    assert_eq!(on_disk.len(), len);
+    assert_eq!(hex::encode(Sha256::digest(&on_disk)), sha);
+    // Nothing left under a temporary name.
+    let names: Vec<_> = std::fs::read_dir(sshd.data_root().join("far"))?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(names, ["big.bin"]);
+    let before = sshd.log().matches("Accepted publickey").count();
+    // A small put to the same server stays on the one connection.
+    let (b, sha) = body(1024 * 1024, 64 * 1024, 9);
+    let r = s
+        .put_atomic(
+            &p(&s, "far/small.bin"),
+            b,
+            Some(1024 * 1024),
+            RenameMode::NoReplace,
+        )
+        .await?;
+    assert_eq!(r.sha256, sha);
+    let log = sshd.log();
+    assert_eq!(log.matches("Accepted publickey").count(), before, "{log}");
+    Ok(())
+}
+
 /// Runs each listed test once per SSH client.
 macro_rules! both_clients {
     ($($name:ident),* $(,)?) => {

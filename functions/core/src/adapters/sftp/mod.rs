@@ -347,7 +347,10 @@ impl FileStore for SftpStore {
         let (res_tx, res_rx) = oneshot::channel();
         let job: Job = Box::new(move |w| {
             // Not retried: the body is a one-shot stream.
-            let r = w.run(false, |c| c.put_atomic(&p, &mut rx, expected_len, mode));
+            let settings = Arc::clone(&w.settings);
+            let r = w.run(false, |c| {
+                c.put_atomic(&settings, &p, &mut rx, expected_len, mode)
+            });
             let _ = res_tx.send(r);
         });
         self.jobs

@@ -706,12 +706,12 @@ async fn russh_lists_names_that_are_not_utf8_and_refuses_to_address_them_clearly
     Ok(())
 }
 
-/// A large put to a distant server (behind a 10 ms RTT proxy) goes over
-/// several SFTP channels of one connection, writing the same temporary
-/// file; the result is whole and exact, and sshd saw several sessions.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn russh_spreads_a_large_put_to_a_distant_server_over_several_channels() -> Result<()> {
-    let sshd = Sshd::start()?;
+/// Settings for `sshd` reached through a proxy adding a 5 ms round trip
+/// (a "distant" server); the proxy lives as long as the returned guard.
+async fn distant(
+    sshd: &Sshd,
+    client: SftpClient,
+) -> Result<(SftpSettings, xecm_stack::latency_proxy::LatencyProxy)> {
     let proxy = xecm_stack::latency_proxy::LatencyProxy::start(
         std::net::SocketAddr::from(([127, 0, 0, 1], sshd.port())),
         Duration::from_millis(5),
@@ -719,7 +719,17 @@ async fn russh_spreads_a_large_put_to_a_distant_server_over_several_channels() -
     .await?;
     let mut v: serde_json::Value = serde_json::from_str(&sshd.sftp_secret_json())?;
     v["port"] = proxy.port().into();
-    let s = open_store(settings_from(&v.to_string(), SftpClient::Russh))?;
+    Ok((settings_from(&v.to_string(), client), proxy))
+}
+
+/// A large put to a distant server (behind a 5 ms RTT proxy) goes over
+/// several SFTP channels of one connection, writing the same temporary
+/// file; the result is whole and exact, and sshd saw several sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn russh_spreads_a_large_put_to_a_distant_server_over_several_channels() -> Result<()> {
+    let sshd = Sshd::start()?;
+    let (settings, _proxy) = distant(&sshd, SftpClient::Russh).await?;
+    let s = open_store(settings)?;
     let len = 80 * 1024 * 1024;
     let (b, sha) = body(len, 1024 * 1024, 7);
     let target = p(&s, "far/big.bin");
@@ -785,15 +795,8 @@ async fn russh_spreads_a_large_put_to_a_distant_server_over_several_channels() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh2_stripes_a_large_put_to_a_distant_server_over_several_connections() -> Result<()> {
     let sshd = Sshd::start()?;
-    let proxy = xecm_stack::latency_proxy::LatencyProxy::start(
-        std::net::SocketAddr::from(([127, 0, 0, 1], sshd.port())),
-        Duration::from_millis(5),
-    )
-    .await?;
-    let mut v: serde_json::Value = serde_json::from_str(&sshd.sftp_secret_json())?;
-    v["port"] = proxy.port().into();
+    let (mut settings, _proxy) = distant(&sshd, SftpClient::Ssh2).await?;
     // One session thread, so every connection counted below is the put's.
-    let mut settings = settings_from(&v.to_string(), SftpClient::Ssh2);
     settings.max_sessions = 1;
     let s = open_store(settings)?;
     s.mkdir_all(&p(&s, "far")).await?;

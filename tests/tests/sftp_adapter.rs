@@ -706,6 +706,16 @@ async fn russh_lists_names_that_are_not_utf8_and_refuses_to_address_them_clearly
     Ok(())
 }
 
+/// Puts 1 MiB at `rel` and checks its digest.
+async fn put_small(s: &Arc<dyn FileStore>, rel: &str) -> Result<()> {
+    let (b, sha) = body(1024 * 1024, 64 * 1024, 9);
+    let r = s
+        .put_atomic(&p(s, rel), b, Some(1024 * 1024), RenameMode::NoReplace)
+        .await?;
+    assert_eq!(r.sha256, sha);
+    Ok(())
+}
+
 /// Settings for `sshd` reached through a proxy adding a 5 ms round trip
 /// (a "distant" server); the proxy lives as long as the returned guard.
 async fn distant(
@@ -760,16 +770,7 @@ async fn russh_spreads_a_large_put_to_a_distant_server_over_several_channels() -
         );
     }
     // A small put to the same server stays on one channel.
-    let (b, sha) = body(1024 * 1024, 64 * 1024, 9);
-    let r = s
-        .put_atomic(
-            &p(&s, "far/small.bin"),
-            b,
-            Some(1024 * 1024),
-            RenameMode::NoReplace,
-        )
-        .await?;
-    assert_eq!(r.sha256, sha);
+    put_small(&s, "far/small.bin").await?;
     assert!(!sshd.log().lines().any(|l| l.ends_with("id 3")));
     // The extra channels were closed after the put (no leak towards the
     // server's MaxSessions).
@@ -827,16 +828,7 @@ async fn ssh2_stripes_a_large_put_to_a_distant_server_over_several_connections()
     assert_eq!(names, ["big.bin"]);
     let before = sshd.log().matches("Accepted publickey").count();
     // A small put to the same server stays on the one connection.
-    let (b, sha) = body(1024 * 1024, 64 * 1024, 9);
-    let r = s
-        .put_atomic(
-            &p(&s, "far/small.bin"),
-            b,
-            Some(1024 * 1024),
-            RenameMode::NoReplace,
-        )
-        .await?;
-    assert_eq!(r.sha256, sha);
+    put_small(&s, "far/small.bin").await?;
     let log = sshd.log();
     assert_eq!(log.matches("Accepted publickey").count(), before, "{log}");
     Ok(())

@@ -726,6 +726,13 @@ fn write_striped(
     tally: &mut super::Tally,
 ) -> Result<(), FileStoreError> {
     type Stripe = (u64, Vec<u8>);
+    /// An extra connection's writer: its queue, its thread, and whether it
+    /// joined the turn (so may hold stripes).
+    struct Helper<'s> {
+        tx: std::sync::mpsc::SyncSender<Stripe>,
+        handle: std::thread::ScopedJoinHandle<'s, Result<(), FileStoreError>>,
+        joined: bool,
+    }
     std::thread::scope(|scope| {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<usize>();
         let mut helpers = Vec::new();
@@ -751,7 +758,11 @@ fn write_striped(
                     path: tmp.to_string(),
                     reason: format!("cannot start a writer thread: {e}"),
                 })?;
-            helpers.push((Some(tx), handle, false));
+            helpers.push(Helper {
+                tx,
+                handle,
+                joined: false,
+            });
         }
         drop(ready_tx);
         // Writer 0 is this connection; helpers join the turn once ready.
@@ -759,9 +770,9 @@ fn write_striped(
         let mut next = 0usize;
         let mut off = 0u64;
         let mut stripe: Vec<u8> = Vec::with_capacity(STRIPE);
-        let mut send = |off: u64, data: Vec<u8>, helpers: &mut Vec<(_, _, bool)>| {
+        let mut send = |off: u64, data: Vec<u8>, helpers: &mut Vec<Helper>| {
             while let Ok(i) = ready_rx.try_recv() {
-                helpers[i - 1].2 = true;
+                helpers[i - 1].joined = true;
                 turn.push(i);
             }
             let w = turn[next % turn.len()];
@@ -769,17 +780,15 @@ fn write_striped(
             if w == 0 {
                 return write_at(f, tmp, off, &data);
             }
-            let (tx, _, _): &mut (Option<std::sync::mpsc::SyncSender<Stripe>>, _, bool) =
-                &mut helpers[w - 1];
-            match tx.as_ref().map(|tx| tx.send((off, data))) {
-                Some(Ok(())) => Ok(()),
-                // The helper stopped; its error is collected below.
-                _ => Err(FileStoreError::Transient {
+            // A closed queue: the helper stopped; its error is collected below.
+            helpers[w - 1]
+                .tx
+                .send((off, data))
+                .map_err(|_| FileStoreError::Transient {
                     op: "write",
                     path: tmp.to_string(),
                     reason: "a parallel writer stopped".into(),
-                }),
-            }
+                })
         };
         let mut result: Result<(), FileStoreError> = (|| {
             let mut eof = false;
@@ -811,7 +820,7 @@ fn write_striped(
         })();
         // Every helper finishes its queue (or stops) before the file is
         // synced and measured.
-        for (tx, handle, joined) in helpers {
+        for Helper { tx, handle, joined } in helpers {
             drop(tx);
             let r = handle.join().unwrap_or_else(|_| {
                 Err(FileStoreError::Transient {

@@ -427,6 +427,28 @@ impl Sshd {
         }
     }
 
+    /// Kills the most recently opened connection's sshd processes only, as
+    /// if that one session dropped while the others carry on. Returns
+    /// whether there was one (some of its processes may already be gone,
+    /// so `kill`'s own status says nothing more).
+    pub fn kill_newest_connection(&self) -> bool {
+        let Some(c) = &self.child else {
+            return false;
+        };
+        let Some(newest) = children(c.id()).into_iter().max() else {
+            return false;
+        };
+        let mut pids = descendants(newest);
+        pids.push(newest);
+        Command::new("kill")
+            .arg("-KILL")
+            .args(pids.iter().map(u32::to_string))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    }
+
     /// Stops sshd and its children now (drop does the same).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -477,8 +499,8 @@ Match User {PASSWORD_USER}
     )
 }
 
-/// Process ids of all descendants of `pid` (from /proc).
-fn descendants(pid: u32) -> Vec<u32> {
+/// (pid, parent pid) of every process (from /proc).
+fn parents() -> Vec<(u32, u32)> {
     let mut parent_of: Vec<(u32, u32)> = Vec::new();
     if let Ok(rd) = fs::read_dir("/proc") {
         for e in rd.flatten() {
@@ -495,6 +517,21 @@ fn descendants(pid: u32) -> Vec<u32> {
             }
         }
     }
+    parent_of
+}
+
+/// Process ids of the direct children of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    parents()
+        .into_iter()
+        .filter(|&(_, pp)| pp == pid)
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// Process ids of all descendants of `pid`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let parent_of = parents();
     let mut out = Vec::new();
     let mut frontier = vec![pid];
     while let Some(cur) = frontier.pop() {

@@ -834,6 +834,80 @@ async fn ssh2_stripes_a_large_put_to_a_distant_server_over_several_connections()
     Ok(())
 }
 
+/// A striped put that fails leaves neither the target nor its temporary
+/// file, and says why: first when the source fails midway, then when one of
+/// the extra connections drops while the others write on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh2_striped_put_that_fails_leaves_nothing_behind() -> Result<()> {
+    let sshd = Arc::new(Sshd::start()?);
+    let (mut settings, _proxy) = distant(&sshd, SftpClient::Ssh2).await?;
+    settings.max_sessions = 1;
+    let s = open_store(settings)?;
+    s.mkdir_all(&p(&s, "far")).await?;
+    let target = p(&s, "far/big.bin");
+    let len: u64 = 80 * 1024 * 1024;
+    fn mib(i: u64) -> Result<Bytes, FileStoreError> {
+        Ok(Bytes::from(vec![(i % 251) as u8; 1024 * 1024]))
+    }
+
+    // The source fails after 30 MiB of the announced 80.
+    let failing: ByteStream = Box::pin(futures_util::stream::iter((0..31u64).map(|i| {
+        if i < 30 {
+            mib(i)
+        } else {
+            Err(FileStoreError::Transient {
+                op: "download",
+                path: "ecm:1234".into(),
+                reason: "connection reset".into(),
+            })
+        }
+    })));
+    let err = s
+        .put_atomic(&target, failing, Some(len), RenameMode::NoReplace)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FileStoreError::Source { .. }), "{err}");
+    assert!(s.list(&p(&s, "far")).await?.is_empty(), "leftovers");
+
+    // The newest connection (an extra one: the put runs on the oldest) is
+    // killed once all three extra ones have joined, 20 MiB in.
+    let before = sshd.log().matches("Accepted publickey").count();
+    let killer = sshd.clone();
+    let killed = Arc::new(AtomicBool::new(false));
+    let k = killed.clone();
+    let body: ByteStream = Box::pin(futures_util::stream::unfold(0u64, move |i| {
+        let (sshd, killed) = (killer.clone(), k.clone());
+        async move {
+            if i == 80 {
+                return None;
+            }
+            if i == 20 {
+                for _ in 0..1000 {
+                    if sshd.log().matches("Accepted publickey").count() >= before + 3 {
+                        killed.store(sshd.kill_newest_connection(), Ordering::SeqCst);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            Some((mib(i), i + 1))
+        }
+    }));
+    let err = s
+        .put_atomic(&target, body, Some(len), RenameMode::NoReplace)
+        .await
+        .unwrap_err();
+    assert!(killed.load(Ordering::SeqCst), "no extra connection to kill");
+    assert!(
+        err.to_string().contains(".part"),
+        "the error names the temporary file: {err}"
+    );
+    assert!(s.list(&p(&s, "far")).await?.is_empty(), "leftovers");
+    // The store still works.
+    put_small(&s, "far/small.bin").await?;
+    Ok(())
+}
+
 /// Runs each listed test once per SSH client.
 macro_rules! both_clients {
     ($($name:ident),* $(,)?) => {

@@ -38,17 +38,22 @@ pub(crate) const CHUNK_TARGET: usize = 1024 * 1024;
 /// away is spread over [`STRIPED_PUT_CONNECTIONS`] connections: one SFTP
 /// channel's window (2 MiB on OpenSSH's sshd) caps a connection at about
 /// window / round trip (≈ 77 MB/s measured at 20 ms; four connections
-/// writing 2 MiB stripes reach ≈ 119 MB/s there, three 100).
+/// taking 2 MiB stripes from one queue reach ≈ 140 MB/s there). On
+/// loopback the extra connections gained nothing (the cores are the limit),
+/// hence the round-trip condition.
 const STRIPED_PUT_MIN_BYTES: u64 = 64 * 1024 * 1024;
 const STRIPED_PUT_MIN_RTT: Duration = Duration::from_millis(5);
 /// This connection and three more (sshd's `MaxStartups` default, 10
 /// unauthenticated connections, leaves room).
 const STRIPED_PUT_CONNECTIONS: usize = 4;
-/// Bytes a connection of a striped put writes in one pipelined call. With
-/// one stripe queued per extra connection, a striped put holds about
-/// 2 × connections stripes (≈ 16 MiB); 4 MiB stripes were faster (three
-/// connections ≈ 125 MB/s) but took the export past its 64 MiB budget.
+/// Bytes a connection of a striped put writes in one pipelined call. A
+/// striped put holds one stripe per connection (and libssh2 a copy of it
+/// while in flight), [`STRIPES_QUEUED`] more and the one being cut: about
+/// 22 MiB. 4 MiB stripes were faster (three connections ≈ 125 MB/s) but
+/// took the export past its 64 MiB budget.
 const STRIPE: usize = 2 * 1024 * 1024;
+/// Stripes cut and waiting for a free connection.
+const STRIPES_QUEUED: usize = 1;
 
 /// Smallest read buffer, for files that are smaller still (or grew).
 const MIN_BLOCK: usize = 32 * 1024;
@@ -710,13 +715,15 @@ fn write_windowed(
     Ok(())
 }
 
-/// Writes the body to `f`'s file in [`STRIPE`]-sized stripes taken in turn
-/// by this connection and up to three more, each opened on a thread of its
-/// own with the same settings and writing at its stripes' offsets. The
-/// extra connections join as their handshakes finish, so the put starts at
-/// once on this one; one that cannot connect is left out (this connection
-/// writes on). A connection that fails after taking a stripe fails the put:
-/// its stripe may be lost, and the caller removes the temporary file.
+/// Writes the body to `f`'s file in [`STRIPE`]-sized stripes, each taken
+/// from one shared queue by whichever connection is free: this one and up
+/// to three more, each opened on a thread of its own with the same
+/// settings and writing at its stripes' offsets. This thread only reads,
+/// counts and cuts the body, so no connection waits for another's turn.
+/// The extra connections join as their handshakes finish, so the put starts
+/// at once on this one; one that cannot connect is left out. A connection
+/// that fails after taking a stripe fails the put: its stripe may be lost,
+/// and the caller removes the temporary file.
 fn write_striped(
     settings: &SftpSettings,
     f: &mut ssh2::File,
@@ -725,121 +732,132 @@ fn write_striped(
     rx: &mut mpsc::Receiver<Result<Bytes, FileStoreError>>,
     tally: &mut super::Tally,
 ) -> Result<(), FileStoreError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
     type Stripe = (u64, Vec<u8>);
-    /// An extra connection's writer: its queue, its thread, and whether it
-    /// joined the turn (so may hold stripes).
-    struct Helper<'s> {
-        tx: std::sync::mpsc::SyncSender<Stripe>,
-        handle: std::thread::ScopedJoinHandle<'s, Result<(), FileStoreError>>,
-        joined: bool,
-    }
+    let (stripes_tx, stripes_rx) = std::sync::mpsc::sync_channel::<Stripe>(STRIPES_QUEUED);
+    let stripes_rx = Arc::new(Mutex::new(stripes_rx));
+    // Set by a connection that fails holding a stripe, so the body is not
+    // read on for nothing.
+    let failed = Arc::new(AtomicBool::new(false));
+    // Takes stripes until the queue closes; a failure ends the put.
+    let drain = |f: &mut ssh2::File,
+                 stripes_rx: Arc<Mutex<std::sync::mpsc::Receiver<Stripe>>>,
+                 failed: Arc<AtomicBool>|
+     -> Result<(), FileStoreError> {
+        loop {
+            // Held only while waiting: the next free connection takes the
+            // next stripe.
+            let next = match stripes_rx.lock() {
+                Ok(q) => q.recv(),
+                Err(_) => return Ok(()),
+            };
+            let Ok((off, stripe)) = next else {
+                return Ok(());
+            };
+            if let Err(e) = write_at(f, tmp, off, &stripe) {
+                failed.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+    };
     std::thread::scope(|scope| {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<usize>();
+        let spawn_err = |e: std::io::Error| FileStoreError::Transient {
+            op: "put",
+            path: tmp.to_string(),
+            reason: format!("cannot start a writer thread: {e}"),
+        };
+        // This connection: it holds stripes from the first one on.
+        let first = {
+            let (q, failed) = (stripes_rx.clone(), failed.clone());
+            std::thread::Builder::new()
+                .name("sftp-put-0".into())
+                .spawn_scoped(scope, move || drain(f, q, failed))
+                .map_err(spawn_err)?
+        };
+        // The extra connections; one that cannot connect or open the file
+        // never takes a stripe, so it ends with Ok.
         let mut helpers = Vec::new();
         for i in 1..STRIPED_PUT_CONNECTIONS {
-            let (tx, stripes) = std::sync::mpsc::sync_channel::<Stripe>(1);
-            let ready = ready_tx.clone();
+            let (q, failed) = (stripes_rx.clone(), failed.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("sftp-put-{i}"))
                 .spawn_scoped(scope, move || -> Result<(), FileStoreError> {
-                    let c = connect(settings)?;
-                    let mut hf = c
-                        .sftp
-                        .open_mode(std_path(tmp), OpenFlags::WRITE, 0o644, OpenType::File)
-                        .map_err(|e| map_err("open", tmp, &e))?;
-                    let _ = ready.send(i);
-                    while let Ok((off, stripe)) = stripes.recv() {
-                        write_at(&mut hf, tmp, off, &stripe)?;
-                    }
-                    Ok(())
-                })
-                .map_err(|e| FileStoreError::Transient {
-                    op: "put",
-                    path: tmp.to_string(),
-                    reason: format!("cannot start a writer thread: {e}"),
-                })?;
-            helpers.push(Helper {
-                tx,
-                handle,
-                joined: false,
-            });
-        }
-        drop(ready_tx);
-        // Writer 0 is this connection; helpers join the turn once ready.
-        let mut turn: Vec<usize> = vec![0];
-        let mut next = 0usize;
-        let mut off = 0u64;
-        let mut stripe: Vec<u8> = Vec::with_capacity(STRIPE);
-        let mut send = |off: u64, data: Vec<u8>, helpers: &mut Vec<Helper>| {
-            while let Ok(i) = ready_rx.try_recv() {
-                helpers[i - 1].joined = true;
-                turn.push(i);
-            }
-            let w = turn[next % turn.len()];
-            next += 1;
-            if w == 0 {
-                return write_at(f, tmp, off, &data);
-            }
-            // A closed queue: the helper stopped; its error is collected below.
-            helpers[w - 1]
-                .tx
-                .send((off, data))
-                .map_err(|_| FileStoreError::Transient {
-                    op: "write",
-                    path: tmp.to_string(),
-                    reason: "a parallel writer stopped".into(),
-                })
-        };
-        let mut result: Result<(), FileStoreError> = (|| {
-            let mut eof = false;
-            while !eof {
-                match rx.blocking_recv() {
-                    Some(item) => {
-                        let chunk = item?;
-                        tally.add(&chunk, target)?;
-                        let mut rest: &[u8] = &chunk;
-                        while !rest.is_empty() {
-                            let take = rest.len().min(STRIPE - stripe.len());
-                            stripe.extend_from_slice(&rest[..take]);
-                            rest = &rest[take..];
-                            if stripe.len() == STRIPE {
-                                let full =
-                                    std::mem::replace(&mut stripe, Vec::with_capacity(STRIPE));
-                                send(off, full, &mut helpers)?;
-                                off += STRIPE as u64;
-                            }
+                    let opened = connect(settings).and_then(|c| {
+                        let hf = c
+                            .sftp
+                            .open_mode(std_path(tmp), OpenFlags::WRITE, 0o644, OpenType::File)
+                            .map_err(|e| map_err("open", tmp, &e))?;
+                        Ok((c, hf))
+                    });
+                    let (_conn, mut hf) = match opened {
+                        Ok(o) => o,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "no extra connection for a striped put");
+                            return Ok(());
                         }
+                    };
+                    drain(&mut hf, q, failed)
+                })
+                .map_err(spawn_err)?;
+            helpers.push(handle);
+        }
+        drop(stripes_rx);
+        let closed = || FileStoreError::Transient {
+            op: "write",
+            path: tmp.to_string(),
+            reason: "the parallel writers stopped".into(),
+        };
+        let result: Result<(), FileStoreError> = (|| {
+            let mut off = 0u64;
+            let mut stripe: Vec<u8> = Vec::with_capacity(STRIPE);
+            while let Some(item) = rx.blocking_recv() {
+                let chunk = item?;
+                tally.add(&chunk, target)?;
+                let mut rest: &[u8] = &chunk;
+                while !rest.is_empty() {
+                    let take = rest.len().min(STRIPE - stripe.len());
+                    stripe.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if stripe.len() == STRIPE {
+                        if failed.load(Ordering::Relaxed) {
+                            return Err(closed());
+                        }
+                        let full = std::mem::replace(&mut stripe, Vec::with_capacity(STRIPE));
+                        stripes_tx.send((off, full)).map_err(|_| closed())?;
+                        off += STRIPE as u64;
                     }
-                    None => eof = true,
                 }
             }
             if !stripe.is_empty() {
-                send(off, std::mem::take(&mut stripe), &mut helpers)?;
+                stripes_tx.send((off, stripe)).map_err(|_| closed())?;
             }
             Ok(())
         })();
-        // Every helper finishes its queue (or stops) before the file is
-        // synced and measured.
-        for Helper { tx, handle, joined } in helpers {
-            drop(tx);
-            let r = handle.join().unwrap_or_else(|_| {
+        // Every connection finishes the queue (or stops) before the file is
+        // synced and measured; a writer's own error explains the failure
+        // better than "stopped".
+        drop(stripes_tx);
+        let joined = |r: std::thread::Result<Result<(), FileStoreError>>| {
+            r.unwrap_or_else(|_| {
                 Err(FileStoreError::Transient {
                     op: "write",
                     path: tmp.to_string(),
                     reason: "a parallel writer panicked".into(),
                 })
-            });
-            match r {
-                Err(e) if joined => {
-                    if result.is_ok() {
-                        result = Err(e);
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "no extra connection for a striped put"),
-                Ok(()) => {}
-            }
+            })
+        };
+        let mut writer_err = joined(first.join()).err();
+        for h in helpers {
+            let r = joined(h.join());
+            writer_err = writer_err.or(r.err());
         }
-        result
+        match (result, writer_err) {
+            (Ok(()), Some(e)) => Err(e),
+            // "Stopped" is the writer's failure seen from here.
+            (Err(_), Some(e)) if failed.load(Ordering::Relaxed) => Err(e),
+            (r, _) => r,
+        }
     })
 }
 

@@ -735,8 +735,6 @@ fn write_striped(
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     type Stripe = (u64, Vec<u8>);
-    let (stripes_tx, stripes_rx) = std::sync::mpsc::sync_channel::<Stripe>(STRIPES_QUEUED);
-    let stripes_rx = Arc::new(Mutex::new(stripes_rx));
     // Set by a connection that fails holding a stripe, so the body is not
     // read on for nothing.
     let failed = Arc::new(AtomicBool::new(false));
@@ -762,6 +760,10 @@ fn write_striped(
         }
     };
     std::thread::scope(|scope| {
+        // Made here, so an early return drops the sender before the scope
+        // waits for the writers: they then find the queue closed.
+        let (stripes_tx, stripes_rx) = std::sync::mpsc::sync_channel::<Stripe>(STRIPES_QUEUED);
+        let stripes_rx = Arc::new(Mutex::new(stripes_rx));
         let spawn_err = |e: std::io::Error| FileStoreError::Transient {
             op: "put",
             path: tmp.to_string(),

@@ -391,7 +391,9 @@ async fn webhook_refuses_bad_requests_before_any_delivery() {
 /// Callback → file visible latency for a 100 KiB document, through the real
 /// binary: `cargo test -p xecm-stack --test export_function -- --ignored --nocapture`
 /// (`XECM_BENCH_N` callbacks, default 50; `XECM_BENCH_SFTP_CLIENT=russh` for
-/// the russh client). The file is watched (every millisecond) while the
+/// the russh client; `XECM_BENCH_VERBOSE=1` prints every latency in order).
+/// It uses the `ecm-export` binary already built in the release profile, so
+/// build that first. The file is watched (every millisecond) while the
 /// callback is in flight: it is visible once renamed into place, before the
 /// function writes the export history and publishes its event, which the
 /// webhook's response waits for and which is reported beside it. The first
@@ -452,6 +454,14 @@ async fn bench_callback_to_file_visible_100k() {
             lat[lat.len() - 1]
         );
     };
+    if std::env::var_os("XECM_BENCH_VERBOSE").is_some() {
+        println!("file visible, in order: {visible:?}");
+    }
+    // Warm callbacks should reuse the first one's connection.
+    println!(
+        "SSH logins on the server during the run: {}",
+        s.stack.sshd.log().matches("Accepted publickey").count()
+    );
     report("file visible", visible);
     report("webhook answered (history and event written)", answered);
 }

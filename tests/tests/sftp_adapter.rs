@@ -616,6 +616,29 @@ async fn parallel_reads_use_parallel_sessions(client: SftpClient) -> Result<()> 
     Ok(())
 }
 
+/// One call after another stays on one connection however many sessions
+/// the store may open: each call goes to the session that was used last,
+/// not to one that has yet to connect (a handshake and a login on the
+/// partner's server per idle session, at every warm invocation).
+async fn sequential_calls_reuse_one_connection(client: SftpClient) -> Result<()> {
+    let sshd = Sshd::start()?;
+    let mut settings = settings_from(&sshd.sftp_secret_json(), client);
+    settings.max_sessions = 4;
+    let s = open_store(settings)?;
+    for i in 0..6 {
+        let dir = p(&s, &format!("seq{i}"));
+        s.mkdir_all(&dir).await?;
+        put_small(&s, &format!("seq{i}/f.bin")).await?;
+        assert_eq!(s.list(&dir).await?.len(), 1);
+        let data = read_all(&s, &p(&s, &format!("seq{i}/f.bin"))).await?;
+        assert_eq!(data.len(), 1024 * 1024);
+        s.stat(&p(&s, &format!("seq{i}/f.bin"))).await?;
+    }
+    let log = sshd.log();
+    assert_eq!(log.matches("Accepted publickey").count(), 1, "{log}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sshd_and_its_session_processes_die_when_a_test_panics() -> Result<()> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -948,4 +971,5 @@ both_clients!(
     a_dropped_connection_is_reopened_transparently_for_idempotent_calls,
     a_session_that_died_while_idle_is_replaced_before_a_rename,
     parallel_reads_use_parallel_sessions,
+    sequential_calls_reuse_one_connection,
 );

@@ -2,8 +2,9 @@
 //!
 //! ssh2 is blocking, so the store runs a small pool of OS threads, each
 //! owning at most one SFTP session (opened lazily, reopened after a
-//! connection failure). Async callers send jobs over a bounded channel and
-//! get results back on a oneshot; file bodies flow through bounded channels
+//! connection failure). Async callers hand jobs to the thread that went
+//! idle last (so sequential calls reuse one warm connection) and get
+//! results back on a oneshot; file bodies flow through bounded channels
 //! of ≈ 1 MiB chunks, so memory per transfer is a few MiB however large the
 //! file. Parallel transfers use parallel sessions, up to `max_sessions`.
 //!
@@ -16,8 +17,9 @@ mod conn;
 mod russh_store;
 pub mod settings;
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -174,7 +176,103 @@ impl Worker {
 /// handle lets the session threads finish their current job and exit.
 pub struct SftpStore {
     settings: Arc<SftpSettings>,
-    jobs: mpsc::Sender<Job>,
+    pool: Arc<Pool>,
+}
+
+impl Drop for SftpStore {
+    fn drop(&mut self) {
+        self.pool.close();
+    }
+}
+
+/// Hands jobs to the session threads, to the one that went idle last: it
+/// holds the most recently used connection. (A shared queue would give each
+/// job to whichever thread waited longest, so sequential calls would walk
+/// the pool and open one connection per thread: an SSH handshake, and a
+/// login on the partner's server, for nothing.)
+struct Pool {
+    state: Mutex<PoolState>,
+    /// One per thread, each waited on by its own thread only.
+    wake: Vec<Condvar>,
+}
+
+struct PoolState {
+    /// Jobs waiting while every thread is busy, oldest first.
+    queue: VecDeque<Job>,
+    /// Idle threads, the one that went idle last on top.
+    idle: Vec<usize>,
+    /// A job handed to an idle thread, per thread.
+    handed: Vec<Option<Job>>,
+    closed: bool,
+}
+
+impl Pool {
+    fn new(threads: usize) -> Self {
+        Self {
+            state: Mutex::new(PoolState {
+                queue: VecDeque::new(),
+                idle: Vec::with_capacity(threads),
+                handed: (0..threads).map(|_| None).collect(),
+                closed: false,
+            }),
+            wake: (0..threads).map(|_| Condvar::new()).collect(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        // Jobs run outside the lock, so a poisoned lock holds consistent state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `job`, or hands it to the idle thread that went idle last.
+    /// Refused once the store is dropped.
+    fn submit(&self, job: Job) -> Result<(), ()> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(());
+        }
+        match st.idle.pop() {
+            Some(i) => {
+                st.handed[i] = Some(job);
+                self.wake[i].notify_one();
+            }
+            None => st.queue.push_back(job),
+        }
+        Ok(())
+    }
+
+    /// Thread `i`'s next job; `None` once the store is dropped.
+    fn next(&self, i: usize) -> Option<Job> {
+        let mut st = self.lock();
+        loop {
+            if let Some(job) = st.handed[i].take() {
+                return Some(job);
+            }
+            if let Some(job) = st.queue.pop_front() {
+                st.idle.retain(|&t| t != i);
+                return Some(job);
+            }
+            if st.closed {
+                return None;
+            }
+            if !st.idle.contains(&i) {
+                st.idle.push(i);
+            }
+            st = self.wake[i].wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Lets each thread finish its current job and exit; queued jobs are
+    /// dropped (their callers see the store gone).
+    fn close(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        st.queue.clear();
+        st.idle.clear();
+        for w in &self.wake {
+            w.notify_one();
+        }
+    }
 }
 
 impl std::fmt::Debug for SftpStore {
@@ -193,10 +291,9 @@ impl SftpStore {
     pub fn new(settings: SftpSettings) -> Result<Self, FileStoreError> {
         let settings = Arc::new(settings);
         let n = settings.max_sessions.max(1);
-        let (tx, rx) = mpsc::channel::<Job>(n * 4);
-        let rx = Arc::new(Mutex::new(rx));
+        let pool = Arc::new(Pool::new(n));
         for i in 0..n {
-            let rx = Arc::clone(&rx);
+            let pool = Arc::clone(&pool);
             let mut worker = Worker {
                 settings: Arc::clone(&settings),
                 conn: None,
@@ -204,14 +301,7 @@ impl SftpStore {
             std::thread::Builder::new()
                 .name(format!("sftp-session-{i}"))
                 .spawn(move || {
-                    loop {
-                        // Only one idle thread waits on the channel at a time;
-                        // the others wait on the mutex. Jobs run unlocked.
-                        let job = {
-                            let mut guard = rx.lock().unwrap_or_else(|p| p.into_inner());
-                            guard.blocking_recv()
-                        };
-                        let Some(job) = job else { break };
+                    while let Some(job) = pool.next(i) {
                         // A panicking job must not take the thread (and its
                         // share of the pool) down; its caller sees the
                         // dropped oneshot as an error.
@@ -223,7 +313,7 @@ impl SftpStore {
                 })
                 .map_err(|e| FileStoreError::Config(format!("cannot start SFTP thread: {e}")))?;
         }
-        Ok(Self { settings, jobs: tx })
+        Ok(Self { settings, pool })
     }
 
     fn gone(op: &'static str, path: &RemotePath) -> FileStoreError {
@@ -245,10 +335,7 @@ impl SftpStore {
         let job: Job = Box::new(move |w| {
             let _ = tx.send(f(w));
         });
-        self.jobs
-            .send(job)
-            .await
-            .map_err(|_| Self::gone(op, path))?;
+        self.pool.submit(job).map_err(|_| Self::gone(op, path))?;
         rx.await.map_err(|_| Self::gone(op, path))?
     }
 
@@ -288,10 +375,7 @@ impl FileStore for SftpStore {
                 let _ = tx.blocking_send(Err(e));
             }
         });
-        self.jobs
-            .send(job)
-            .await
-            .map_err(|_| Self::gone("list", dir))?;
+        self.pool.submit(job).map_err(|_| Self::gone("list", dir))?;
         open_rx.await.map_err(|_| Self::gone("list", dir))??;
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
@@ -323,9 +407,8 @@ impl FileStore for SftpStore {
                 let _ = tx.blocking_send(Err(e));
             }
         });
-        self.jobs
-            .send(job)
-            .await
+        self.pool
+            .submit(job)
             .map_err(|_| Self::gone("open", path))?;
         let meta = meta_rx.await.map_err(|_| Self::gone("open", path))??;
         Ok(ReadHandle {
@@ -353,10 +436,7 @@ impl FileStore for SftpStore {
             });
             let _ = res_tx.send(r);
         });
-        self.jobs
-            .send(job)
-            .await
-            .map_err(|_| Self::gone("put", path))?;
+        self.pool.submit(job).map_err(|_| Self::gone("put", path))?;
         // Small chunks (an HTTP download yields ~16 KiB frames) are gathered
         // into ≥ 1 MiB pieces first: each piece is one hand-over to the
         // session thread, and per-chunk hand-overs cost a context switch each.

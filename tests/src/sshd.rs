@@ -435,7 +435,21 @@ impl Sshd {
         let Some(c) = &self.child else {
             return false;
         };
-        let Some(newest) = children(c.id()).into_iter().max() else {
+        // Latest start time (field 22 of /proc/PID/stat), then highest pid:
+        // pids may wrap, start times do not go back.
+        let started = |pid: u32| {
+            fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|st| {
+                    let rest = st.rsplit_once(')')?.1.to_owned();
+                    rest.split_whitespace().nth(19)?.parse::<u64>().ok()
+                })
+                .unwrap_or(0)
+        };
+        let Some(newest) = children(c.id())
+            .into_iter()
+            .max_by_key(|&pid| (started(pid), pid))
+        else {
             return false;
         };
         let mut pids = descendants(newest);

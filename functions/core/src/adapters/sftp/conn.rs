@@ -654,6 +654,25 @@ pub(crate) fn stream_file(
     Ok(())
 }
 
+/// The next piece of a put's body from its sender: `None` at the end. The
+/// sender marks the end with an empty chunk (it never sends one otherwise),
+/// so a channel closed without it means the put was abandoned (its caller
+/// cancelled) and the partial body must not be renamed into place.
+fn next_chunk(
+    rx: &mut mpsc::Receiver<Result<Bytes, FileStoreError>>,
+    tmp: &RemotePath,
+) -> Result<Option<Bytes>, FileStoreError> {
+    match rx.blocking_recv() {
+        Some(Ok(chunk)) if chunk.is_empty() => Ok(None),
+        Some(item) => item.map(Some),
+        None => Err(FileStoreError::Transient {
+            op: "put",
+            path: tmp.to_string(),
+            reason: "the upload was abandoned before the end of its body".into(),
+        }),
+    }
+}
+
 /// Writes the body to `f` through one pipelined window: libssh2 keeps
 /// requests in flight only within one `write` call.
 fn write_windowed(
@@ -682,9 +701,8 @@ fn write_windowed(
     let mut eof = false;
     loop {
         while !eof && buf.len() - start < IO_BLOCK {
-            match rx.blocking_recv() {
-                Some(item) => {
-                    let chunk = item?;
+            match next_chunk(rx, tmp)? {
+                Some(chunk) => {
                     tally.add(&chunk, target)?;
                     buf.extend_from_slice(&chunk);
                 }
@@ -805,16 +823,21 @@ fn write_striped(
             helpers.push(handle);
         }
         drop(stripes_rx);
-        let closed = || FileStoreError::Transient {
-            op: "write",
-            path: tmp.to_string(),
-            reason: "the parallel writers stopped".into(),
+        // Set when this thread stopped because the writers did: their own
+        // error then says why.
+        let stopped = AtomicBool::new(false);
+        let closed = || {
+            stopped.store(true, Ordering::Relaxed);
+            FileStoreError::Transient {
+                op: "write",
+                path: tmp.to_string(),
+                reason: "the parallel writers stopped".into(),
+            }
         };
         let result: Result<(), FileStoreError> = (|| {
             let mut off = 0u64;
             let mut stripe: Vec<u8> = Vec::with_capacity(STRIPE);
-            while let Some(item) = rx.blocking_recv() {
-                let chunk = item?;
+            while let Some(chunk) = next_chunk(rx, tmp)? {
                 tally.add(&chunk, target)?;
                 let mut rest: &[u8] = &chunk;
                 while !rest.is_empty() {
@@ -857,7 +880,7 @@ fn write_striped(
         match (result, writer_err) {
             (Ok(()), Some(e)) => Err(e),
             // "Stopped" is the writer's failure seen from here.
-            (Err(_), Some(e)) if failed.load(Ordering::Relaxed) => Err(e),
+            (Err(_), Some(e)) if stopped.load(Ordering::Relaxed) => Err(e),
             (r, _) => r,
         }
     })

@@ -113,8 +113,13 @@ impl Tally {
     }
 }
 
-/// A job runs on a session thread with that thread's (lazy) connection.
-type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+/// A job runs on a session thread with that thread's (lazy) connection and
+/// returns how to tell its caller it is done (send the result, close the
+/// body). The thread runs that only once it is back among the idle ones,
+/// so a caller that goes on at once finds this thread, and its warm
+/// connection, ready.
+type Job = Box<dyn FnOnce(&mut Worker) -> Done + Send>;
+type Done = Box<dyn FnOnce() + Send>;
 
 /// Chunks in flight between a session thread and async code, per transfer.
 const BODY_CHANNEL: usize = 2;
@@ -241,22 +246,32 @@ impl Pool {
         Ok(())
     }
 
-    /// Thread `i`'s next job; `None` once the store is dropped.
-    fn next(&self, i: usize) -> Option<Job> {
+    /// Thread `i` is done with its job: it takes the oldest queued job, or
+    /// goes on top of the idle stack (and gets `None`).
+    fn release(&self, i: usize) -> Option<Job> {
+        let mut st = self.lock();
+        if st.closed {
+            return None;
+        }
+        if let Some(job) = st.queue.pop_front() {
+            return Some(job);
+        }
+        if !st.idle.contains(&i) {
+            st.idle.push(i);
+        }
+        None
+    }
+
+    /// Waits, idle, for a job handed to thread `i`; `None` once the store
+    /// is dropped.
+    fn wait(&self, i: usize) -> Option<Job> {
         let mut st = self.lock();
         loop {
             if let Some(job) = st.handed[i].take() {
                 return Some(job);
             }
-            if let Some(job) = st.queue.pop_front() {
-                st.idle.retain(|&t| t != i);
-                return Some(job);
-            }
             if st.closed {
                 return None;
-            }
-            if !st.idle.contains(&i) {
-                st.idle.push(i);
             }
             st = self.wake[i].wait(st).unwrap_or_else(|p| p.into_inner());
         }
@@ -293,25 +308,38 @@ impl SftpStore {
         let n = settings.max_sessions.max(1);
         let pool = Arc::new(Pool::new(n));
         for i in 0..n {
-            let pool = Arc::clone(&pool);
+            let mine = Arc::clone(&pool);
             let mut worker = Worker {
                 settings: Arc::clone(&settings),
                 conn: None,
             };
-            std::thread::Builder::new()
+            let started = std::thread::Builder::new()
                 .name(format!("sftp-session-{i}"))
                 .spawn(move || {
-                    while let Some(job) = pool.next(i) {
+                    let pool = mine;
+                    let mut next = pool.release(i).or_else(|| pool.wait(i));
+                    while let Some(job) = next {
                         // A panicking job must not take the thread (and its
                         // share of the pool) down; its caller sees the
                         // dropped oneshot as an error.
-                        if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut worker))).is_err()
-                        {
+                        let done = std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut worker)));
+                        if done.is_err() {
                             worker.conn = None;
                         }
+                        let queued = pool.release(i);
+                        if let Ok(done) = done {
+                            done();
+                        }
+                        next = queued.or_else(|| pool.wait(i));
                     }
-                })
-                .map_err(|e| FileStoreError::Config(format!("cannot start SFTP thread: {e}")))?;
+                });
+            if let Err(e) = started {
+                // The threads already started would wait for jobs forever.
+                pool.close();
+                return Err(FileStoreError::Config(format!(
+                    "cannot start SFTP thread: {e}"
+                )));
+            }
         }
         Ok(Self { settings, pool })
     }
@@ -333,7 +361,10 @@ impl SftpStore {
     ) -> Result<T, FileStoreError> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |w| {
-            let _ = tx.send(f(w));
+            let r = f(w);
+            Box::new(move || {
+                let _ = tx.send(r);
+            })
         });
         self.pool.submit(job).map_err(|_| Self::gone(op, path))?;
         rx.await.map_err(|_| Self::gone(op, path))?
@@ -364,8 +395,9 @@ impl FileStore for SftpStore {
             let handle = match w.run(true, |c| c.opendir(&d)) {
                 Ok(h) => h,
                 Err(e) => {
-                    let _ = open_tx.send(Err(e));
-                    return;
+                    return Box::new(move || {
+                        let _ = open_tx.send(Err(e));
+                    });
                 }
             };
             let _ = open_tx.send(Ok(()));
@@ -374,6 +406,8 @@ impl FileStore for SftpStore {
                 w.after_error(&e);
                 let _ = tx.blocking_send(Err(e));
             }
+            // The listing ends for the caller when the channel closes.
+            Box::new(move || drop(tx))
         });
         self.pool.submit(job).map_err(|_| Self::gone("list", dir))?;
         open_rx.await.map_err(|_| Self::gone("list", dir))??;
@@ -396,8 +430,9 @@ impl FileStore for SftpStore {
             let (f, meta) = match w.run(true, |c| c.open_read(&p)) {
                 Ok(x) => x,
                 Err(e) => {
-                    let _ = meta_tx.send(Err(e));
-                    return;
+                    return Box::new(move || {
+                        let _ = meta_tx.send(Err(e));
+                    });
                 }
             };
             let size_hint = meta.size;
@@ -406,6 +441,8 @@ impl FileStore for SftpStore {
                 w.after_error(&e);
                 let _ = tx.blocking_send(Err(e));
             }
+            // The body ends for the caller when the channel closes.
+            Box::new(move || drop(tx))
         });
         self.pool
             .submit(job)
@@ -434,13 +471,16 @@ impl FileStore for SftpStore {
             let r = w.run(false, |c| {
                 c.put_atomic(&settings, &p, &mut rx, expected_len, mode)
             });
-            let _ = res_tx.send(r);
+            Box::new(move || {
+                let _ = res_tx.send(r);
+            })
         });
         self.pool.submit(job).map_err(|_| Self::gone("put", path))?;
         // Small chunks (an HTTP download yields ~16 KiB frames) are gathered
         // into ≥ 1 MiB pieces first: each piece is one hand-over to the
         // session thread, and per-chunk hand-overs cost a context switch each.
         let mut acc = bytes::BytesMut::new();
+        let mut ended_early = false;
         while let Some(item) = body.next().await {
             let item = match item {
                 Ok(chunk) if chunk.len() >= conn::CHUNK_TARGET && acc.is_empty() => Ok(chunk),
@@ -458,11 +498,19 @@ impl FileStore for SftpStore {
             // res_rx); stop pulling the body.
             if tx.send(item).await.is_err() || failed {
                 acc.clear();
+                ended_early = true;
                 break;
             }
         }
         if !acc.is_empty() {
             let _ = tx.send(Ok(acc.freeze())).await;
+        }
+        if !ended_early {
+            // The end marker (empty chunks are never sent otherwise): if
+            // this future is dropped before here, the session thread sees
+            // the channel close without it and does not rename a partial
+            // body into place.
+            let _ = tx.send(Ok(Bytes::new())).await;
         }
         drop(tx);
         res_rx.await.map_err(|_| Self::gone("put", path))?

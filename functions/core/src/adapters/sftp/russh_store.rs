@@ -943,6 +943,22 @@ async fn write_body(
     })
 }
 
+/// A put's temporary file, removed in the background if the put's future
+/// is dropped before it finished (disarmed by taking the option).
+struct RemoveOnDrop(Option<(Arc<Conn>, String)>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some((c, tmp)) = self.0.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = c.sftp.remove(tmp).await;
+            });
+        }
+    }
+}
+
 #[async_trait]
 impl FileStore for RusshStore {
     fn root(&self) -> &RemoteRoot {
@@ -1096,13 +1112,18 @@ impl FileStore for RusshStore {
                         reason: "the upload body was already consumed".into(),
                     });
                 };
+                // Removes the temporary file if this future is dropped
+                // midway (its caller gave up), where no await can clean up.
+                let mut guard =
+                    RemoveOnDrop(utf8("remove", tmp).ok().map(|t| (c.clone(), t.to_owned())));
                 let r =
                     match write_tmp(&c, &self.settings, tmp, path, &mut body, expected_len).await {
                         Ok(receipt) => rename_on(&c, tmp, path, mode).await.map(|()| receipt),
                         Err(e) => Err(e),
                     };
+                let armed = guard.0.take();
                 if r.is_err()
-                    && let Ok(t) = utf8("remove", tmp)
+                    && let Some((_, t)) = armed
                 {
                     let _ = c.sftp.remove(t).await;
                 }

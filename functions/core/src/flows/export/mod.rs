@@ -104,6 +104,14 @@ pub enum ExportError {
     /// with) a transfer; nothing was published, a retry starts afresh.
     #[error("stopped before {what}: less than {margin_secs} s of the invocation left")]
     DeadlineNear { what: String, margin_secs: u64 },
+    #[error(
+        "node {node_id}: the callback names version {version} but the ECM shows {latest} as the latest; retry once it is visible"
+    )]
+    VersionNotVisible {
+        node_id: i64,
+        version: u32,
+        latest: u32,
+    },
 }
 
 impl ExportError {
@@ -112,7 +120,7 @@ impl ExportError {
             ExportError::Ecm(e) => e.is_retryable(),
             ExportError::Store(e) => e.is_retryable(),
             ExportError::Secrets(e) => e.is_retryable(),
-            ExportError::DeadlineNear { .. } => true,
+            ExportError::DeadlineNear { .. } | ExportError::VersionNotVisible { .. } => true,
             _ => false,
         }
     }
@@ -131,6 +139,7 @@ impl ExportError {
             ExportError::InvalidNode { .. } => "InvalidNode",
             ExportError::Unsupported { .. } => "Unsupported",
             ExportError::DeadlineNear { .. } => "DeadlineNear",
+            ExportError::VersionNotVisible { .. } => "VersionNotVisible",
         }
     }
 }
@@ -517,21 +526,45 @@ async fn remote_sha256(store: &dyn FileStore, path: &RemotePath) -> Result<Strin
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Whether the export history on the node already records this delivery.
-fn already_delivered(
-    routes: &ExportRoutes,
-    applied: &[AppliedCategory],
-    d: &Delivery,
-) -> Option<String> {
+/// What the export history on the node records of its last delivery.
+struct LastExport {
+    /// `<route>/<destination>`.
+    to: String,
+    version: String,
+    /// The remote path it was delivered to.
+    path: String,
+    sha256: Option<String>,
+}
+
+fn last_export(routes: &ExportRoutes, applied: &[AppliedCategory]) -> Option<LastExport> {
     let h = &routes.export_history;
     let cat = applied.iter().find(|c| c.category_id == h.category_id)?;
     let key = |id: u32| format!("{}_{id}", h.category_id);
     let text = |id: u32| cat.values.get(&key(id)).and_then(value_text);
-    let version = text(h.attributes.version)?;
-    let destination = text(h.attributes.destination)?;
-    let want = format!("{}/{}:{}", d.route, d.destination, d.remote_path());
-    if version == d.version.to_string() && destination == want {
-        text(h.attributes.sha256)
+    let recorded = text(h.attributes.destination)?;
+    let (to, path) = recorded.split_once(':')?;
+    Some(LastExport {
+        to: to.to_owned(),
+        version: text(h.attributes.version)?,
+        path: path.to_owned(),
+        sha256: text(h.attributes.sha256),
+    })
+}
+
+/// Whether the export history on the node already records this version's
+/// delivery through this route and destination; its path and SHA-256 if
+/// so. The path is not compared: it may hold a date that has moved on
+/// since (`outbound/{yyyy}` across New Year), and a retried callback must
+/// not deliver a second copy elsewhere.
+fn already_delivered(
+    routes: &ExportRoutes,
+    applied: &[AppliedCategory],
+    d: &Delivery,
+) -> Option<(String, String)> {
+    let last = last_export(routes, applied)?;
+    if last.version == d.version.to_string() && last.to == format!("{}/{}", d.route, d.destination)
+    {
+        Some((last.sha256?, last.path))
     } else {
         None
     }
@@ -600,6 +633,55 @@ async fn reject(
     publish(cx.events, DetailType::ExportRejected, detail.detail()).await;
 }
 
+/// The `<file>.sha256` sidecar beside a delivered file (replaced if there).
+async fn write_sidecar(
+    store: &dyn FileStore,
+    dir: &RemotePath,
+    d: &Delivery,
+    sha256: &str,
+) -> Result<(), ExportError> {
+    let name = format!("{}.sha256", d.file_name);
+    let side = dir.join(name.as_bytes())?;
+    let text = format!("{}  {}\n", sha256, d.file_name);
+    store
+        .write_small(&side, Bytes::from(text), RenameMode::Replace)
+        .await?;
+    Ok(())
+}
+
+/// The `Document Exported` event's detail for a delivery.
+#[allow(clippy::too_many_arguments)]
+fn exported_detail(
+    cx: &ExportContext<'_>,
+    d: &Delivery,
+    target: &RemotePath,
+    size: u64,
+    sha256: &str,
+    resend: bool,
+    event_id: Option<&str>,
+    at: DateTime<Utc>,
+    started: Instant,
+    transfer_ms: Option<u64>,
+) -> serde_json::Value {
+    DocumentExported {
+        route: d.route.clone(),
+        destination: d.destination.clone(),
+        node_id: d.node_id,
+        version: d.version,
+        remote_path: target.to_string(),
+        size,
+        sha256: sha256.to_owned(),
+        resend,
+        event_id: event_id.map(str::to_owned),
+        idempotency_key: d.idempotency_key.clone(),
+        exported_at: at,
+        duration_ms: millis(started.elapsed()),
+        transfer_ms,
+        invocation_id: cx.invocation_id.to_owned(),
+    }
+    .detail()
+}
+
 /// Delivers one planned document; `resend` forces `Replace` and skips the
 /// idempotency check.
 async fn deliver(
@@ -622,12 +704,21 @@ async fn deliver(
         resend,
         transfer_ms,
     };
-    if !resend && let Some(sha) = already_delivered(cx.routes, applied, d) {
-        tracing::info!(key = %d.idempotency_key, "already delivered; acknowledged without a second delivery");
-        return Ok(ExportOutcome::Duplicate(report(None, sha, None)));
+    if !resend && let Some((sha, path)) = already_delivered(cx.routes, applied, d) {
+        tracing::info!(key = %d.idempotency_key, %path, "already delivered; acknowledged without a second delivery");
+        let mut r = report(None, sha, None);
+        r.remote_path = path;
+        return Ok(ExportOutcome::Duplicate(r));
     }
     cx.check_deadline(|| format!("delivering node {} to {}", d.node_id, d.remote_path()))?;
-    let mode = if resend || d.overwrite {
+    // A resend replaces what this node delivered to that very path before
+    // (the partner may hold a damaged copy); on a route without overwrite
+    // it never replaces anything else, such as another document's file of
+    // the same name.
+    let ours_there = last_export(cx.routes, applied).is_some_and(|l| {
+        l.to == format!("{}/{}", d.route, d.destination) && l.path == d.remote_path()
+    });
+    let mode = if d.overwrite || (resend && ours_there) {
         RenameMode::Replace
     } else {
         RenameMode::NoReplace
@@ -675,40 +766,44 @@ async fn deliver(
                     path: target.to_string(),
                 });
             }
+            // The earlier run may have stopped after its rename: finish
+            // what it would have done after it (sidecar, history, event),
+            // so a partner waiting for the sidecar is not left waiting.
             let size = store.stat(&target).await?.size;
-            record_history(cx.ecm, cx.routes, applied, d, &ours, Utc::now()).await?;
+            if d.sha256_sidecar {
+                write_sidecar(store.as_ref(), &dir, d, &ours).await?;
+            }
+            let at = Utc::now();
+            record_history(cx.ecm, cx.routes, applied, d, &ours, at).await?;
+            if let Some(size) = size {
+                let detail = exported_detail(
+                    cx, d, &target, size, &ours, resend, event_id, at, started, None,
+                );
+                publish(cx.events, DetailType::DocumentExported, detail).await;
+            }
             return Ok(ExportOutcome::Duplicate(report(size, ours, None)));
         }
         Err(e) => return Err(e),
     };
     let transfer_ms = millis(transfer_started.elapsed());
     if d.sha256_sidecar {
-        let name = format!("{}.sha256", d.file_name);
-        let side = dir.join(name.as_bytes())?;
-        let text = format!("{}  {}\n", receipt.sha256, d.file_name);
-        store
-            .write_small(&side, Bytes::from(text), RenameMode::Replace)
-            .await?;
+        write_sidecar(store.as_ref(), &dir, d, &receipt.sha256).await?;
     }
     let at = Utc::now();
     record_history(cx.ecm, cx.routes, applied, d, &receipt.sha256, at).await?;
-    let detail = DocumentExported {
-        route: d.route.clone(),
-        destination: d.destination.clone(),
-        node_id: d.node_id,
-        version: d.version,
-        remote_path: target.to_string(),
-        size: receipt.size,
-        sha256: receipt.sha256.clone(),
+    let detail = exported_detail(
+        cx,
+        d,
+        &target,
+        receipt.size,
+        &receipt.sha256,
         resend,
-        event_id: event_id.map(str::to_owned),
-        idempotency_key: d.idempotency_key.clone(),
-        exported_at: at,
-        duration_ms: millis(started.elapsed()),
-        transfer_ms: Some(transfer_ms),
-        invocation_id: cx.invocation_id.to_owned(),
-    };
-    publish(cx.events, DetailType::DocumentExported, detail.detail()).await;
+        event_id,
+        at,
+        started,
+        Some(transfer_ms),
+    );
+    publish(cx.events, DetailType::DocumentExported, detail).await;
     tracing::info!(
         route = %d.route, destination = %d.destination, node_id = d.node_id, version = d.version,
         path = %target, size = receipt.size, resend, "document exported"
@@ -768,16 +863,26 @@ pub async fn handle_callback(
             "the callback names no version for a document".to_owned(),
         ));
     } else if cb.version > facts.version {
-        // The callback claims a version the ECM does not have (yet).
-        reasons.push((
-            "*".to_owned(),
-            format!(
-                "callback names version {} but the latest is {}",
-                cb.version, facts.version
-            ),
-        ));
+        // Signed by the ECM, so the version exists; this read is behind
+        // (a replica, a cache). Retried, not refused for good.
+        return Err(ExportError::VersionNotVisible {
+            node_id: cb.node_id,
+            version: cb.version,
+            latest: facts.version,
+        });
     }
     if reasons.is_empty() {
+        // Exactly the version the callback approved, even if a newer one
+        // was added since (it gets its own callback when approved).
+        let mut facts = facts;
+        if cb.version < facts.version {
+            tracing::info!(
+                approved = cb.version,
+                latest = facts.version,
+                "the callback's version is not the latest; delivering the approved one"
+            );
+            facts.version = cb.version;
+        }
         match decide(cx.routes, &facts, None, Utc::now())? {
             ExportDecision::Deliver(d) => {
                 return deliver(cx, &d, &applied, false, Some(&cb.event_id)).await;
@@ -1622,12 +1727,89 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn callback_for_a_version_the_ecm_does_not_have_is_rejected() {
+    async fn callback_for_a_version_the_ecm_does_not_show_yet_is_retried() {
         let w = World::new(false).await;
         let id = w.doc(w.folder, "a.pdf", "Approved", b"x").await;
-        let out = handle_callback(&w.cx(), &callback(id, 7)).await.unwrap();
-        assert!(matches!(out, ExportOutcome::Rejected { .. }), "{out:?}");
+        let err = handle_callback(&w.cx(), &callback(id, 7))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ExportError::VersionNotVisible {
+                    version: 7,
+                    latest: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.is_retryable());
         assert_eq!(w.store().put_count(), 0);
+        assert!(w.events.events().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_approved_version_is_delivered_even_if_a_newer_one_was_added() {
+        let w = World::new(false).await;
+        let id = w.doc(w.folder, "a.pdf", "Approved", b"one").await;
+        // v2 arrives (status carried over) before v1's callback is handled.
+        w.new_version(id, b"two!").await;
+        let out = handle_callback(&w.cx(), &callback(id, 1)).await.unwrap();
+        assert!(
+            matches!(out, ExportOutcome::Delivered(ref r) if r.version == 1),
+            "{out:?}"
+        );
+        let y = YEAR_DIR();
+        let s = w.store();
+        assert_eq!(
+            s.file(&format!("/outbound/{y}/a_v1.pdf")).as_deref(),
+            Some(&b"one"[..])
+        );
+        assert!(s.file(&format!("/outbound/{y}/a_v2.pdf")).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_callback_retried_after_the_date_moved_on_is_not_delivered_again() {
+        let w = World::new(false).await;
+        let id = w.doc(w.folder, "a.pdf", "Approved", b"ours").await;
+        handle_callback(&w.cx(), &callback(id, 1)).await.unwrap();
+        let puts = w.store().put_count();
+        // As if delivered last year: the history's path has another year
+        // than `outbound/{yyyy}` renders now.
+        let old = "outbound/1999/a_v1.pdf";
+        w.ecm
+            .update_category(
+                id,
+                9003,
+                &[(
+                    "9003_4".to_string(),
+                    json!(format!("price-lists/dist:{old}")),
+                )]
+                .into(),
+            )
+            .await
+            .unwrap();
+        let out = handle_callback(&w.cx(), &callback(id, 1)).await.unwrap();
+        let ExportOutcome::Duplicate(r) = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(r.remote_path, old);
+        assert_eq!(w.store().put_count(), puts);
+    }
+
+    #[tokio::test]
+    async fn resend_does_not_replace_another_documents_file_when_overwrite_is_off() {
+        let w = World::new(false).await;
+        let id = w.doc(w.folder, "a.pdf", "Approved", b"ours").await;
+        // Not delivered by this node: someone else's file of the same name.
+        let path = format!("/outbound/{}/a_v1.pdf", YEAR_DIR());
+        w.store().insert_file(&path, b"theirs");
+        let err = resend(&w.cx(), id.get(), "price-lists", None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ExportError::TargetExists { .. }), "{err}");
+        assert_eq!(w.store().file(&path).as_deref(), Some(&b"theirs"[..]));
     }
 
     #[tokio::test]
@@ -1664,6 +1846,13 @@ mod tests {
         // The history now records it, so the next duplicate is cheap.
         let hist = w.ecm.categories(id).await.unwrap();
         assert!(hist.iter().any(|c| c.category_id == 9003));
+        // An earlier run that stopped after its rename is finished: the
+        // sidecar a partner may wait for, and the event.
+        let side = w.store().file(&format!("{path}.sha256")).expect("sidecar");
+        assert!(String::from_utf8_lossy(&side).ends_with("  a_v1.pdf\n"));
+        let ev = w.exported();
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0]["version"], json!(1));
     }
 
     #[tokio::test]

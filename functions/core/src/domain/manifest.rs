@@ -95,7 +95,8 @@ pub fn is_safe_entry_path(path: &str) -> bool {
 /// Build safe, unique entry paths from node-name paths (each a list of names
 /// from the package root down). Order is kept; collisions get `name (2).ext`.
 pub fn entry_paths(name_paths: &[Vec<String>]) -> Vec<String> {
-    let mut taken: BTreeSet<String> = BTreeSet::new();
+    // The manifest sits at the package root under this name.
+    let mut taken: BTreeSet<String> = BTreeSet::from([PACKAGE_MANIFEST_NAME.to_owned()]);
     let mut out = Vec::with_capacity(name_paths.len());
     for names in name_paths {
         let segments: Vec<String> = names.iter().map(|n| sftp_safe_name(n)).collect();

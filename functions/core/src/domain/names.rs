@@ -152,6 +152,22 @@ pub fn sftp_safe_name(original: &str) -> String {
     }
 }
 
+/// `<name>-<suffix>` made safe, shortening the name (never the suffix,
+/// which is what tells such names apart) to fit [`SFTP_NAME_MAX_BYTES`].
+pub fn sftp_safe_name_with_suffix(name: &str, suffix: &str) -> String {
+    let suffix = sftp_safe_name(suffix);
+    let room = SFTP_NAME_MAX_BYTES.saturating_sub(suffix.len() + 1);
+    let mut head = String::new();
+    for c in sftp_safe_name(name).chars() {
+        if head.len() + c.len_utf8() > room {
+            break;
+        }
+        head.push(c);
+    }
+    let head = head.trim_end();
+    sftp_safe_name(&format!("{head}-{suffix}"))
+}
+
 /// [`sftp_safe_name`] for raw bytes.
 pub fn sftp_safe_name_from_bytes(original: &[u8]) -> String {
     sftp_safe_name(&escape_non_utf8(original))
@@ -247,5 +263,15 @@ mod tests {
         let out = numbered(&long, 12, 248);
         assert_eq!(out.chars().count(), 248);
         assert!(out.ends_with(" (12).pdf"));
+    }
+
+    #[test]
+    fn a_long_name_is_shortened_before_its_suffix() {
+        let long = "Ü".repeat(200);
+        let n = sftp_safe_name_with_suffix(&long, "evt-manual-100000");
+        assert!(n.len() <= SFTP_NAME_MAX_BYTES, "{}", n.len());
+        assert!(n.ends_with("-evt-manual-100000"), "{n}");
+        assert!(n.starts_with("ÜÜ"));
+        assert_eq!(sftp_safe_name_with_suffix("Q3 Kit", "e/1"), "Q3 Kit-e_1");
     }
 }

@@ -43,7 +43,7 @@ use crate::domain::manifest::{
     ManifestError, PACKAGE_MANIFEST_FORMAT, PACKAGE_MANIFEST_NAME, PackageEntry, PackageManifest,
     entry_paths,
 };
-use crate::domain::names::sftp_safe_name;
+use crate::domain::names::{sftp_safe_name, sftp_safe_name_with_suffix};
 use crate::domain::paths::{PathError, RemotePath};
 use crate::domain::template::{TemplateContext, TemplateError};
 use crate::domain::webhook::ApprovalCallback;
@@ -921,7 +921,7 @@ async fn package_callback(
     let Some(route) = chosen else {
         return Ok(reject_callback(cx, cb, reasons).await);
     };
-    let package = sftp_safe_name(&format!("{}-{}", node.name, cb.event_id));
+    let package = sftp_safe_name_with_suffix(&node.name, &cb.event_id);
     match export_package(cx, cb.node_id, &route, Some(&package), None).await {
         Ok(r) => Ok(ExportOutcome::Packaged(r)),
         Err(ExportError::TargetExists { path, .. }) => {
@@ -1145,7 +1145,9 @@ pub async fn export_package(
             created_at: now,
         };
         let (entries, manifest_sha256) =
-            write_zip(cx.ecm, store.as_ref(), &zip_path, &items, &paths, meta).await?;
+            write_zip(cx.ecm, store.as_ref(), &zip_path, &items, &paths, meta)
+                .await
+                .map_err(|e| taken_is_target_exists(e, route, dest, &zip_path))?;
         return finish_package(
             cx,
             route,
@@ -1174,7 +1176,10 @@ pub async fn export_package(
         .filter(char::is_ascii_alphanumeric)
         .take(12)
         .collect();
-    let tmp = dir.join(format!(".{package}.partial-{suffix}").as_bytes())?;
+    // Random too: Lambda retries an invocation under the same id, and a
+    // killed attempt's leftovers must not make every retry fail.
+    let tmp =
+        dir.join(format!(".{package}.partial-{suffix}-{:08x}", fastrand::u32(..)).as_bytes())?;
     cx.check_deadline(|| format!("package {final_path}"))?;
     store.mkdir_all(&tmp).await?;
     let paths = entry_paths(&items.iter().map(|i| i.names.clone()).collect::<Vec<_>>());
@@ -1234,7 +1239,9 @@ pub async fn export_package(
                             written.push(mpath);
                             match store.rename(&tmp, &final_path, RenameMode::NoReplace).await {
                                 Ok(()) => Ok(sha),
-                                Err(e) => Err(ExportError::from(e)),
+                                Err(e) => {
+                                    Err(taken_is_target_exists(e.into(), route, dest, &final_path))
+                                }
                             }
                         }
                         Err(e) => Err(e.into()),
@@ -1350,6 +1357,25 @@ async fn finish_package(
 /// Streams a zip package (entries, then `manifest.json`, then the central
 /// directory) into one atomic put: produced and uploaded concurrently through
 /// a bounded channel, so memory stays constant whatever the package size.
+/// A package's final name taken meanwhile (an overlapping invocation for
+/// the same event won the rename) is [`ExportError::TargetExists`], which a
+/// callback acknowledges as a duplicate, not a failed export.
+fn taken_is_target_exists(
+    e: ExportError,
+    route: &ExportRoute,
+    dest: &Destination,
+    path: &RemotePath,
+) -> ExportError {
+    match e {
+        ExportError::Store(FileStoreError::AlreadyExists { .. }) => ExportError::TargetExists {
+            route: route.name.clone(),
+            destination: dest.config.name.clone(),
+            path: path.to_string(),
+        },
+        e => e,
+    }
+}
+
 async fn write_zip(
     ecm: &dyn Ecm,
     store: &dyn FileStore,
@@ -1359,9 +1385,12 @@ async fn write_zip(
     meta: ManifestMeta,
 ) -> Result<(Vec<PackageEntry>, String), ExportError> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, FileStoreError>>(8);
+    let stopped = std::sync::atomic::AtomicBool::new(false);
+    let stopped_ref = &stopped;
     let producer = async move {
         let result: Result<(Vec<PackageEntry>, String), ExportError> = async {
             let gone = || {
+                stopped_ref.store(true, std::sync::atomic::Ordering::Relaxed);
                 ExportError::Store(FileStoreError::Transient {
                     op: "put",
                     path: path.to_string(),
@@ -1449,9 +1478,14 @@ async fn write_zip(
     let body: ByteStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
     let consumer = store.put_atomic(path, body, None, RenameMode::NoReplace);
     let (produced, put) = tokio::join!(producer, consumer);
-    let out = produced?;
-    put?;
-    Ok(out)
+    match (produced, put) {
+        (Ok(out), Ok(_)) => Ok(out),
+        // The put gave up first (refused, wrong kind, name taken): its
+        // error is the cause, not the producer's "the upload stopped".
+        (Err(_), Err(e)) if stopped.load(std::sync::atomic::Ordering::Relaxed) => Err(e.into()),
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]
@@ -1951,12 +1985,21 @@ mod tests {
         w.doc(sub2, "../../etc/passwd", "Approved", b"evil name")
             .await;
         w.doc(sub2, "Draft.pdf", "Draft", b"not yet").await;
+        // A document may be called like the manifest.
+        w.doc(kit, "manifest.json", "Approved", b"{\"mine\": true}")
+            .await;
         let r = export_package(&w.cx(), kit.get(), "price-lists", Some("Kit-2026"), None)
             .await
             .unwrap();
-        assert_eq!(r.files, 2, "{r:?}");
+        assert_eq!(r.files, 3, "{r:?}");
         assert_eq!(r.skipped.len(), 1);
         let base = format!("/outbound/{}/Kit-2026", YEAR_DIR());
+        assert_eq!(
+            w.store()
+                .file(&format!("{base}/manifest (2).json"))
+                .as_deref(),
+            Some(&b"{\"mine\": true}"[..])
+        );
         let text = w.store().file(&format!("{base}/manifest.json")).unwrap();
         assert_eq!(sha256_hex(&text), r.manifest_sha256);
         let m = PackageManifest::from_json(std::str::from_utf8(&text).unwrap()).unwrap();
@@ -1972,11 +2015,9 @@ mod tests {
             );
         }
         assert!(m.entries.iter().any(|e| e.path == "Welcome.pdf"));
-        assert!(
-            m.entries
-                .iter()
-                .all(|e| e.path == "Welcome.pdf" || e.path.starts_with("Manuals/"))
-        );
+        assert!(m.entries.iter().all(|e| e.path == "Welcome.pdf"
+            || e.path == "manifest (2).json"
+            || e.path.starts_with("Manuals/")));
         // Nothing under a temporary name remains; nothing escaped the package.
         for p in w.store().paths() {
             assert!(!p.contains(".partial"), "{p}");
@@ -1987,6 +2028,31 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, ExportError::TargetExists { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_retried_package_is_not_blocked_by_a_killed_attempts_leftovers() {
+        let w = World::new(false).await;
+        let kit = w.ecm.create_folder(w.folder, "Kit").await.unwrap();
+        w.doc(kit, "Welcome.pdf", "Approved", b"welcome").await;
+        // A killed attempt of the same invocation (Lambda retries under the
+        // same id) left its build directory under the id-only name.
+        w.store().insert_file(
+            &format!(
+                "/outbound/{}/.Kit-2026.partial-inv1/Welcome.pdf",
+                YEAR_DIR()
+            ),
+            b"stale",
+        );
+        let r = export_package(&w.cx(), kit.get(), "price-lists", Some("Kit-2026"), None)
+            .await
+            .unwrap();
+        assert_eq!(r.files, 1, "{r:?}");
+        let base = format!("/outbound/{}/Kit-2026", YEAR_DIR());
+        assert_eq!(
+            w.store().file(&format!("{base}/Welcome.pdf")).as_deref(),
+            Some(&b"welcome"[..])
+        );
     }
 
     #[tokio::test]

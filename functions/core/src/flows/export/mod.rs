@@ -516,6 +516,22 @@ fn read_ahead(mut body: ByteStream) -> ByteStream {
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
+/// SHA-256 of a version's content in the ECM, streamed.
+async fn version_sha256(ecm: &dyn Ecm, id: NodeId, version: u32) -> Result<String, ExportError> {
+    let dl = ecm.download(id, Some(version)).await?;
+    let mut hasher = Sha256::new();
+    let mut s = dl.stream;
+    while let Some(chunk) = s.next().await {
+        let chunk = chunk.map_err(|e| EcmError::Transient {
+            op: "download",
+            target: format!("node {id} version {version}"),
+            detail: e.to_string(),
+        })?;
+        hasher.update(&chunk);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
 /// SHA-256 of a remote file, streamed (constant memory).
 async fn remote_sha256(store: &dyn FileStore, path: &RemotePath) -> Result<String, ExportError> {
     let mut h = store.open_read(path).await?;
@@ -736,29 +752,46 @@ async fn deliver(
     };
     let ((store, dir, target), source) =
         tokio::try_join!(destination, open_version(cx.ecm, id, d.version))?;
+    // An identical copy already in place (found below) means an earlier or
+    // concurrent invocation delivered this version and may have stopped
+    // after its rename: finish what it would have done next (sidecar,
+    // history, event) instead of delivering a second time.
+    let identical = |ours: String| async {
+        let size = store.stat(&target).await?.size;
+        if d.sha256_sidecar {
+            write_sidecar(store.as_ref(), &dir, d, &ours).await?;
+        }
+        let at = Utc::now();
+        record_history(cx.ecm, cx.routes, applied, d, &ours, at).await?;
+        if let Some(size) = size {
+            let detail = exported_detail(
+                cx, d, &target, size, &ours, resend, event_id, at, started, None,
+            );
+            publish(cx.events, DetailType::DocumentExported, detail).await;
+        }
+        Ok::<_, ExportError>(ExportOutcome::Duplicate(report(size, ours, None)))
+    };
+    // On a route that overwrites, a same-size file there may be that copy
+    // (a resend delivers again on purpose).
+    if !resend
+        && mode == RenameMode::Replace
+        && let Some(there) = store.try_stat(&target).await?
+        && there.size.is_some()
+        && there.size == source.expected_len
+    {
+        let existing = remote_sha256(store.as_ref(), &target).await?;
+        if existing == version_sha256(cx.ecm, id, d.version).await? {
+            return identical(existing).await;
+        }
+    }
     let transfer_started = Instant::now();
     let receipt = match put_version(store.as_ref(), source, &target, mode).await {
         Ok(r) => r,
         Err(ExportError::Store(FileStoreError::AlreadyExists { .. })) => {
-            // Overwrite is not allowed. The same bytes there means an earlier
-            // or concurrent invocation delivered this version (its history
-            // write may be what is missing): acknowledge. Anything else is
-            // someone else's file and stays.
+            // Overwrite is not allowed. The same bytes there: see
+            // `identical`. Anything else is someone else's file and stays.
             let existing = remote_sha256(store.as_ref(), &target).await?;
-            let ours = {
-                let dl = cx.ecm.download(id, Some(d.version)).await?;
-                let mut hasher = Sha256::new();
-                let mut s = dl.stream;
-                while let Some(chunk) = s.next().await {
-                    let chunk = chunk.map_err(|e| EcmError::Transient {
-                        op: "download",
-                        target: format!("node {id} version {}", d.version),
-                        detail: e.to_string(),
-                    })?;
-                    hasher.update(&chunk);
-                }
-                hex::encode(hasher.finalize())
-            };
+            let ours = version_sha256(cx.ecm, id, d.version).await?;
             if existing != ours {
                 return Err(ExportError::TargetExists {
                     route: d.route.clone(),
@@ -766,22 +799,7 @@ async fn deliver(
                     path: target.to_string(),
                 });
             }
-            // The earlier run may have stopped after its rename: finish
-            // what it would have done after it (sidecar, history, event),
-            // so a partner waiting for the sidecar is not left waiting.
-            let size = store.stat(&target).await?.size;
-            if d.sha256_sidecar {
-                write_sidecar(store.as_ref(), &dir, d, &ours).await?;
-            }
-            let at = Utc::now();
-            record_history(cx.ecm, cx.routes, applied, d, &ours, at).await?;
-            if let Some(size) = size {
-                let detail = exported_detail(
-                    cx, d, &target, size, &ours, resend, event_id, at, started, None,
-                );
-                publish(cx.events, DetailType::DocumentExported, detail).await;
-            }
-            return Ok(ExportOutcome::Duplicate(report(size, ours, None)));
+            return identical(ours).await;
         }
         Err(e) => return Err(e),
     };
@@ -1898,6 +1916,26 @@ mod tests {
         let out = handle_callback(&w.cx(), &callback(id, 1)).await.unwrap();
         assert!(matches!(out, ExportOutcome::Delivered(_)), "{out:?}");
         assert_eq!(w.store().file(&path).as_deref(), Some(&b"ours"[..]));
+    }
+
+    #[tokio::test]
+    async fn an_identical_copy_is_not_delivered_again_when_overwrite_is_on() {
+        let w = World::new(true).await;
+        let id = w.doc(w.folder, "a.pdf", "Approved", b"ours").await;
+        // Delivered by a run that stopped after its rename (no history).
+        let path = format!("/outbound/{}/a_v1.pdf", YEAR_DIR());
+        w.store().insert_file(&path, b"ours");
+        let out = handle_callback(&w.cx(), &callback(id, 1)).await.unwrap();
+        assert!(matches!(out, ExportOutcome::Duplicate(_)), "{out:?}");
+        assert!(w.store().file(&format!("{path}.sha256")).is_some());
+        assert_eq!(w.exported().len(), 1);
+        // A file of the same size but other bytes is replaced.
+        let id2 = w.doc(w.folder, "b.pdf", "Approved", b"new!").await;
+        let path2 = format!("/outbound/{}/b_v1.pdf", YEAR_DIR());
+        w.store().insert_file(&path2, b"old!");
+        let out = handle_callback(&w.cx(), &callback(id2, 1)).await.unwrap();
+        assert!(matches!(out, ExportOutcome::Delivered(_)), "{out:?}");
+        assert_eq!(w.store().file(&path2).as_deref(), Some(&b"new!"[..]));
     }
 
     #[tokio::test]

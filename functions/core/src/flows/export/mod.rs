@@ -2094,6 +2094,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_zip_put_refused_early_reports_its_own_error() {
+        let w = World::new(false).await;
+        let mut items = Vec::new();
+        // More entries than the channel holds, so the producer is still
+        // sending when the put gives up.
+        for i in 0..20 {
+            let name = format!("f{i}.txt");
+            let node = w.doc(w.folder, &name, "Approved", b"x").await;
+            items.push(PackageItem {
+                names: vec![name.clone()],
+                node,
+                name,
+                version: 1,
+            });
+        }
+        let paths: Vec<String> = items.iter().map(|i| i.name.clone()).collect();
+        let meta = ManifestMeta {
+            package: "Kit".into(),
+            route: "price-lists".into(),
+            root_node_id: w.folder.get(),
+            created_at: Utc::now(),
+        };
+        // No such directory: the put fails before it reads the body.
+        let path = w.store().root().resolve("missing/Kit.zip").unwrap();
+        let err = write_zip(&w.ecm, w.store(), &path, &items, &paths, meta)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ExportError::Store(FileStoreError::NotFound { .. })),
+            "{err}"
+        );
+        assert!(!err.is_retryable());
+    }
+
+    #[tokio::test]
     async fn document_callback_without_a_version_is_rejected() {
         let w = World::new(false).await;
         let id = w.doc(w.folder, "Prices.xlsx", "Approved", b"p").await;

@@ -755,11 +755,10 @@ fn write_striped(
     type Stripe = (u64, Vec<u8>);
     // Set by a connection that fails holding a stripe, so the body is not
     // read on for nothing.
-    let failed = Arc::new(AtomicBool::new(false));
+    let failed = AtomicBool::new(false);
     // Takes stripes until the queue closes; a failure ends the put.
     let drain = |f: &mut ssh2::File,
-                 stripes_rx: Arc<Mutex<std::sync::mpsc::Receiver<Stripe>>>,
-                 failed: Arc<AtomicBool>|
+                 stripes_rx: Arc<Mutex<std::sync::mpsc::Receiver<Stripe>>>|
      -> Result<(), FileStoreError> {
         loop {
             // Held only while waiting: the next free connection takes the
@@ -789,17 +788,17 @@ fn write_striped(
         };
         // This connection: it holds stripes from the first one on.
         let first = {
-            let (q, failed) = (stripes_rx.clone(), failed.clone());
+            let q = stripes_rx.clone();
             std::thread::Builder::new()
                 .name("sftp-put-0".into())
-                .spawn_scoped(scope, move || drain(f, q, failed))
+                .spawn_scoped(scope, move || drain(f, q))
                 .map_err(spawn_err)?
         };
         // The extra connections; one that cannot connect or open the file
         // never takes a stripe, so it ends with Ok.
         let mut helpers = Vec::new();
         for i in 1..STRIPED_PUT_CONNECTIONS {
-            let (q, failed) = (stripes_rx.clone(), failed.clone());
+            let q = stripes_rx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("sftp-put-{i}"))
                 .spawn_scoped(scope, move || -> Result<(), FileStoreError> {
@@ -817,7 +816,7 @@ fn write_striped(
                             return Ok(());
                         }
                     };
-                    drain(&mut hf, q, failed)
+                    drain(&mut hf, q)
                 })
                 .map_err(spawn_err)?;
             helpers.push(handle);

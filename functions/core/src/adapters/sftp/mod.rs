@@ -256,9 +256,8 @@ impl Pool {
         if let Some(job) = st.queue.pop_front() {
             return Some(job);
         }
-        if !st.idle.contains(&i) {
-            st.idle.push(i);
-        }
+        // Not idle until now: it was running a job (or just started).
+        st.idle.push(i);
         None
     }
 

@@ -567,22 +567,10 @@ fn last_export(routes: &ExportRoutes, applied: &[AppliedCategory]) -> Option<Las
     })
 }
 
-/// Whether the export history on the node already records this version's
-/// delivery through this route and destination; its path and SHA-256 if
-/// so. The path is not compared: it may hold a date that has moved on
-/// since (`outbound/{yyyy}` across New Year), and a retried callback must
-/// not deliver a second copy elsewhere.
-fn already_delivered(
-    routes: &ExportRoutes,
-    applied: &[AppliedCategory],
-    d: &Delivery,
-) -> Option<(String, String)> {
-    let last = last_export(routes, applied)?;
-    if last.version == d.version.to_string() && last.to == format!("{}/{}", d.route, d.destination)
-    {
-        Some((last.sha256?, last.path))
-    } else {
-        None
+impl LastExport {
+    /// Whether it went out through `d`'s route and destination.
+    fn through(&self, d: &Delivery) -> bool {
+        self.to == format!("{}/{}", d.route, d.destination)
     }
 }
 
@@ -720,10 +708,19 @@ async fn deliver(
         resend,
         transfer_ms,
     };
-    if !resend && let Some((sha, path)) = already_delivered(cx.routes, applied, d) {
-        tracing::info!(key = %d.idempotency_key, %path, "already delivered; acknowledged without a second delivery");
-        let mut r = report(None, sha, None);
-        r.remote_path = path;
+    let last = last_export(cx.routes, applied).filter(|l| l.through(d));
+    // This version already went out through this route and destination.
+    // The path is not compared: it may hold a date that has moved on since
+    // (`outbound/{yyyy}` across New Year), and a retried callback must not
+    // deliver a second copy elsewhere.
+    if !resend
+        && let Some(l) = &last
+        && l.version == d.version.to_string()
+        && let Some(sha) = &l.sha256
+    {
+        tracing::info!(key = %d.idempotency_key, path = %l.path, "already delivered; acknowledged without a second delivery");
+        let mut r = report(None, sha.clone(), None);
+        r.remote_path = l.path.clone();
         return Ok(ExportOutcome::Duplicate(r));
     }
     cx.check_deadline(|| format!("delivering node {} to {}", d.node_id, d.remote_path()))?;
@@ -731,9 +728,7 @@ async fn deliver(
     // (the partner may hold a damaged copy); on a route without overwrite
     // it never replaces anything else, such as another document's file of
     // the same name.
-    let ours_there = last_export(cx.routes, applied).is_some_and(|l| {
-        l.to == format!("{}/{}", d.route, d.destination) && l.path == d.remote_path()
-    });
+    let ours_there = last.is_some_and(|l| l.path == d.remote_path());
     let mode = if d.overwrite || (resend && ours_there) {
         RenameMode::Replace
     } else {
@@ -756,32 +751,34 @@ async fn deliver(
     // concurrent invocation delivered this version and may have stopped
     // after its rename: finish what it would have done next (sidecar,
     // history, event) instead of delivering a second time.
-    let identical = |ours: String| async {
-        let size = store.stat(&target).await?.size;
-        if d.sha256_sidecar {
-            write_sidecar(store.as_ref(), &dir, d, &ours).await?;
+    let identical = {
+        let (store, dir, target) = (&store, &dir, &target);
+        move |ours: String, size: Option<u64>| async move {
+            if d.sha256_sidecar {
+                write_sidecar(store.as_ref(), dir, d, &ours).await?;
+            }
+            let at = Utc::now();
+            record_history(cx.ecm, cx.routes, applied, d, &ours, at).await?;
+            if let Some(size) = size {
+                let detail = exported_detail(
+                    cx, d, target, size, &ours, resend, event_id, at, started, None,
+                );
+                publish(cx.events, DetailType::DocumentExported, detail).await;
+            }
+            Ok::<_, ExportError>(ExportOutcome::Duplicate(report(size, ours, None)))
         }
-        let at = Utc::now();
-        record_history(cx.ecm, cx.routes, applied, d, &ours, at).await?;
-        if let Some(size) = size {
-            let detail = exported_detail(
-                cx, d, &target, size, &ours, resend, event_id, at, started, None,
-            );
-            publish(cx.events, DetailType::DocumentExported, detail).await;
-        }
-        Ok::<_, ExportError>(ExportOutcome::Duplicate(report(size, ours, None)))
     };
     // On a route that overwrites, a same-size file there may be that copy
     // (a resend delivers again on purpose).
     if !resend
-        && mode == RenameMode::Replace
+        && d.overwrite
         && let Some(there) = store.try_stat(&target).await?
         && there.size.is_some()
         && there.size == source.expected_len
     {
         let existing = remote_sha256(store.as_ref(), &target).await?;
         if existing == version_sha256(cx.ecm, id, d.version).await? {
-            return identical(existing).await;
+            return identical(existing, there.size).await;
         }
     }
     let transfer_started = Instant::now();
@@ -799,7 +796,8 @@ async fn deliver(
                     path: target.to_string(),
                 });
             }
-            return identical(ours).await;
+            let size = store.stat(&target).await?.size;
+            return identical(ours, size).await;
         }
         Err(e) => return Err(e),
     };
@@ -1403,12 +1401,9 @@ async fn write_zip(
     meta: ManifestMeta,
 ) -> Result<(Vec<PackageEntry>, String), ExportError> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, FileStoreError>>(8);
-    let stopped = std::sync::atomic::AtomicBool::new(false);
-    let stopped_ref = &stopped;
     let producer = async move {
         let result: Result<(Vec<PackageEntry>, String), ExportError> = async {
             let gone = || {
-                stopped_ref.store(true, std::sync::atomic::Ordering::Relaxed);
                 ExportError::Store(FileStoreError::Transient {
                     op: "put",
                     path: path.to_string(),
@@ -1498,11 +1493,11 @@ async fn write_zip(
     let (produced, put) = tokio::join!(producer, consumer);
     match (produced, put) {
         (Ok(out), Ok(_)) => Ok(out),
-        // The put gave up first (refused, wrong kind, name taken): its
+        // The put failed because the producer did (it passed its error on).
+        (Err(e), Ok(_) | Err(FileStoreError::Source { .. })) => Err(e),
+        // The put gave up on its own (refused, wrong kind, name taken): its
         // error is the cause, not the producer's "the upload stopped".
-        (Err(_), Err(e)) if stopped.load(std::sync::atomic::Ordering::Relaxed) => Err(e.into()),
-        (Err(e), _) => Err(e),
-        (Ok(_), Err(e)) => Err(e.into()),
+        (_, Err(e)) => Err(e.into()),
     }
 }
 

@@ -571,3 +571,100 @@ async fn zip_package_on_sftp_is_readable_and_has_no_unsafe_names() {
         .collect();
     assert_eq!(names, vec!["kit.zip".to_string()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_the_callbacks_version_goes_out_and_an_unseen_one_is_retried() {
+    let s = Stack::start().await;
+    let id = s
+        .doc(PRICING, "Rates.csv", approved(), Bytes::from_static(b"one"))
+        .await;
+    // v2 is added (its status carried over) before v1's callback is handled.
+    let two = Bytes::from_static(b"two!");
+    s.ecm
+        .add_version(
+            id,
+            None,
+            Content {
+                length: two.len() as u64,
+                stream: Box::pin(futures_util::stream::iter([Ok(two)])),
+                file_name: "Rates.csv".into(),
+                mime_type: "text/csv".into(),
+            },
+        )
+        .await
+        .expect("version 2");
+    let out = export::handle_callback(&s.cx(), &callback(id, 1, "evt-v1"))
+        .await
+        .expect("export");
+    assert!(
+        matches!(out, ExportOutcome::Delivered(ref r) if r.version == 1),
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read(s.local("outbound/Rates_v1.csv")).expect("v1"),
+        b"one"
+    );
+    assert!(!s.local("outbound/Rates_v2.csv").exists());
+    // A version the ECM does not show (yet) is retried, not refused.
+    let err = export::handle_callback(&s.cx(), &callback(id, 5, "evt-v5"))
+        .await
+        .expect_err("not visible");
+    assert!(
+        matches!(
+            err,
+            ExportError::VersionNotVisible {
+                version: 5,
+                latest: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.is_retryable());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_finishes_a_delivery_that_stopped_after_its_rename() {
+    let s = Stack::start().await;
+    let body = Bytes::from_static(b"sku;price\n7;1.50\n");
+    let id = s.doc(PRICING, "Tariff.csv", approved(), body.clone()).await;
+    // The file is in place, but the run stopped before its sidecar,
+    // history and event.
+    // Owned like the rest of the SFTP user's data, as if it had written them.
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(s.local("")).expect("data root");
+    for (path, content) in [("outbound", None), ("outbound/Tariff_v1.csv", Some(&body))] {
+        match content {
+            None => std::fs::create_dir_all(s.local(path)).expect("dir"),
+            Some(b) => std::fs::write(s.local(path), b).expect("file"),
+        }
+        std::os::unix::fs::chown(s.local(path), Some(owner.uid()), Some(owner.gid()))
+            .expect("chown");
+    }
+    let out = export::handle_callback(&s.cx(), &callback(id, 1, "evt-retry"))
+        .await
+        .expect("export");
+    assert!(matches!(out, ExportOutcome::Duplicate(_)), "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(s.local("outbound/Tariff_v1.csv.sha256")).expect("sidecar"),
+        format!("{}  Tariff_v1.csv\n", sha(&body))
+    );
+    let cats = s.ecm.categories(id).await.expect("categories");
+    let h = cats
+        .iter()
+        .find(|c| c.category_id == 9003)
+        .expect("history");
+    assert_eq!(h.values["9003_5"], json!(sha(&body)));
+    let events = s
+        .capture
+        .receive(1, Duration::from_secs(10))
+        .await
+        .expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["detail-type"] == "Document Exported"
+                && e["detail"]["node_id"] == json!(id.get())),
+        "{events:?}"
+    );
+}

@@ -1324,7 +1324,7 @@ async fn create_workspace(
         m.check_create(parent, &name)?;
         m.check_categories(&cats)?;
         let id = m.create_node(parent, TYPE_WORKSPACE, &name, &description, user)?;
-        m.node_mut(id)?.workspace = Some(bo.clone());
+        m.set_workspace(id, bo.clone())?;
         for (cat, vals) in &cats {
             m.set_category(id, *cat, vals, true, user)?;
         }

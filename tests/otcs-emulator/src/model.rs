@@ -2,7 +2,7 @@
 //! and audit, with the rules a real Content Server enforces. Pure data and
 //! checks; no HTTP and no file I/O (content bytes live in `content.rs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -134,6 +134,67 @@ pub struct Model {
     pub audit: Vec<AuditEvent>,
     pub next_id: i64,
     pub next_audit_id: i64,
+    /// Derived from `nodes`, never persisted: rebuilt on load.
+    #[serde(skip)]
+    index: NodeIndex,
+    /// What changed since the state was last persisted.
+    #[serde(skip)]
+    changes: Changes,
+}
+
+/// The lookups a real Content Server answers from its database indexes: the
+/// children of a container in listing order, by name, and the business
+/// workspaces. Without it every create, name check, listing page and folder
+/// size scanned the whole repository, so a folder of 16,000 documents made
+/// each upload cost as much as the repository is large.
+#[derive(Debug, Clone, Default)]
+struct NodeIndex {
+    /// Parent id → (lowercase name, id), the order listings use.
+    children: HashMap<i64, BTreeSet<(String, i64)>>,
+    workspaces: BTreeSet<i64>,
+}
+
+impl NodeIndex {
+    fn insert(&mut self, parent: i64, name: &str, id: i64) {
+        self.children
+            .entry(parent)
+            .or_default()
+            .insert((name.to_lowercase(), id));
+    }
+
+    fn remove(&mut self, parent: i64, name: &str, id: i64) {
+        if let Some(set) = self.children.get_mut(&parent) {
+            set.remove(&(name.to_lowercase(), id));
+            if set.is_empty() {
+                self.children.remove(&parent);
+            }
+        }
+    }
+
+    fn children(&self, parent: i64) -> impl Iterator<Item = i64> + '_ {
+        self.children
+            .get(&parent)
+            .into_iter()
+            .flatten()
+            .map(|(_, id)| *id)
+    }
+
+    /// Ids of the children whose name lowercases to `name`'s lowercase.
+    fn named(&self, parent: i64, name: &str) -> impl Iterator<Item = i64> + '_ {
+        let lc = name.to_lowercase();
+        self.children.get(&parent).into_iter().flat_map(move |set| {
+            set.range((lc.clone(), i64::MIN)..=(lc.clone(), i64::MAX))
+                .map(|(_, id)| *id)
+        })
+    }
+}
+
+/// Nodes changed or removed since the last save, and whether anything else
+/// (the seed: users, definitions) changed, which needs a full snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub nodes: BTreeSet<i64>,
+    pub full: bool,
 }
 
 /// CS date format: ISO 8601 without zone.
@@ -172,6 +233,11 @@ impl Model {
             audit: Vec::new(),
             next_id: 100_000,
             next_audit_id: 1,
+            index: NodeIndex::default(),
+            changes: Changes {
+                full: true,
+                ..Changes::default()
+            },
         };
         let put = |m: &mut Model, id: i64, parent: i64, name: &str, t: i64| -> Result<(), String> {
             if m.nodes.contains_key(&id) {
@@ -244,7 +310,31 @@ impl Model {
                 put(&mut model, fid, w.id, folder, TYPE_FOLDER)?;
             }
         }
+        model.rebuild_index();
         Ok(model)
+    }
+
+    /// Builds the derived lookups from `nodes` (after loading a saved state).
+    pub fn rebuild_index(&mut self) {
+        let mut index = NodeIndex::default();
+        for n in self.nodes.values() {
+            index.insert(n.parent_id, &n.name, n.id);
+            if n.workspace.is_some() {
+                index.workspaces.insert(n.id);
+            }
+        }
+        self.index = index;
+    }
+
+    /// Takes the record of what changed since the last call (for saving).
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Marks a change outside the nodes (users, definitions): the next save
+    /// writes a full snapshot.
+    pub fn mark_full_change(&mut self) {
+        self.changes.full = true;
     }
 
     pub fn node(&self, id: i64) -> Result<&Node, ApiError> {
@@ -253,16 +343,22 @@ impl Model {
             .ok_or_else(|| ApiError::not_found(format!("Node {id} does not exist.")))
     }
 
+    /// A node to change. Its name, parent and workspace reference must only
+    /// change through the methods that keep the index (`update_node`,
+    /// `set_workspace`).
     pub fn node_mut(&mut self, id: i64) -> Result<&mut Node, ApiError> {
+        self.changes.nodes.insert(id);
         self.nodes
             .get_mut(&id)
             .ok_or_else(|| ApiError::not_found(format!("Node {id} does not exist.")))
     }
 
     pub fn volume_node(&self, volume_type: i64) -> Result<&Node, ApiError> {
-        self.nodes
-            .values()
-            .find(|n| n.volume_type == Some(volume_type))
+        VOLUMES
+            .iter()
+            .filter(|(vt, _, _)| *vt == volume_type)
+            .find_map(|(_, id, _)| self.nodes.get(id))
+            .filter(|n| n.volume_type == Some(volume_type))
             .ok_or_else(|| {
                 ApiError::not_found(format!("Volume type {volume_type} does not exist."))
             })
@@ -277,20 +373,15 @@ impl Model {
     /// id). Filtering before sorting and one lowercase key per node keep an
     /// exact-name lookup in a folder of thousands cheap.
     pub fn children_where(&self, parent: i64, keep: impl Fn(&Node) -> bool) -> Vec<&Node> {
-        let mut v: Vec<&Node> = self
-            .nodes
-            .values()
-            .filter(|n| n.parent_id == parent && keep(n))
-            .collect();
-        v.sort_by_cached_key(|n| (n.name.to_lowercase(), n.id));
-        v
+        self.index
+            .children(parent)
+            .filter_map(|id| self.nodes.get(&id))
+            .filter(|n| keep(n))
+            .collect()
     }
 
     pub fn child_count(&self, parent: i64) -> usize {
-        self.nodes
-            .values()
-            .filter(|n| n.parent_id == parent)
-            .count()
+        self.index.children.get(&parent).map_or(0, BTreeSet::len)
     }
 
     pub fn audit(&mut self, node_id: i64, event: (i64, &str), user_id: i64) {
@@ -308,9 +399,10 @@ impl Model {
 
     fn check_unique(&self, parent: i64, name: &str, except: Option<i64>) -> Result<(), ApiError> {
         let clash = self
-            .nodes
-            .values()
-            .any(|n| n.parent_id == parent && n.name == name && Some(n.id) != except);
+            .index
+            .named(parent, name)
+            .filter_map(|id| self.nodes.get(&id))
+            .any(|n| n.name == name && Some(n.id) != except);
         if clash {
             return Err(ApiError::internal(format!(
                 "An item with the name '{name}' already exists."
@@ -349,6 +441,7 @@ impl Model {
         }
         let id = self.next_id;
         self.next_id += 1;
+        self.index.insert(parent_id, &name, id);
         self.nodes.insert(
             id,
             Node {
@@ -368,6 +461,7 @@ impl Model {
                 volume_type: None,
             },
         );
+        self.changes.nodes.insert(id);
         self.touch(parent_id);
         self.audit(id, audit_event::CREATE, user_id);
         Ok(id)
@@ -375,6 +469,7 @@ impl Model {
 
     fn touch(&mut self, id: i64) {
         if let Some(n) = self.nodes.get_mut(&id) {
+            self.changes.nodes.insert(id);
             n.modify_date = Utc::now();
         }
     }
@@ -436,6 +531,8 @@ impl Model {
         if new_name != current.name || new_parent != current.parent_id {
             self.check_unique(new_parent, &new_name, Some(id))?;
         }
+        self.index.remove(current.parent_id, &current.name, id);
+        self.index.insert(new_parent, &new_name, id);
         let node = self.node_mut(id)?;
         node.name = new_name.clone();
         if let Some(d) = description {
@@ -458,12 +555,7 @@ impl Model {
         let mut i = 0;
         while i < out.len() {
             let p = out[i];
-            out.extend(
-                self.nodes
-                    .values()
-                    .filter(|n| n.parent_id == p)
-                    .map(|n| n.id),
-            );
+            out.extend(self.index.children(p));
             i += 1;
         }
         out
@@ -491,6 +583,9 @@ impl Model {
         let mut files = Vec::new();
         for i in ids {
             if let Some(n) = self.nodes.remove(&i) {
+                self.index.remove(n.parent_id, &n.name, n.id);
+                self.index.workspaces.remove(&n.id);
+                self.changes.nodes.insert(n.id);
                 files.extend(n.versions.into_iter().map(|v| v.content));
             }
         }
@@ -627,8 +722,16 @@ impl Model {
         Ok(())
     }
 
+    /// Makes a node a business workspace of `bo`.
+    pub fn set_workspace(&mut self, id: i64, bo: WorkspaceRef) -> Result<(), ApiError> {
+        self.node_mut(id)?.workspace = Some(bo);
+        self.index.workspaces.insert(id);
+        Ok(())
+    }
+
     pub fn find_workspace_by_bo(&self, ext: &str, bo_type: &str, bo_id: &str) -> Option<&Node> {
-        self.nodes.values().find(|n| {
+        let workspaces = self.index.workspaces.iter();
+        workspaces.filter_map(|id| self.nodes.get(id)).find(|n| {
             n.workspace.as_ref().is_some_and(|w| {
                 w.ext_system_id.as_deref() == Some(ext)
                     && w.bo_type.as_deref() == Some(bo_type)

@@ -52,11 +52,77 @@ pub struct AppState {
     model: Mutex<Model>,
     pub content: ContentStore,
     state_file: Option<PathBuf>,
+    journal: Mutex<Journal>,
     tickets: Mutex<HashMap<String, Ticket>>,
     ticket_idle: Duration,
     faults: Mutex<Vec<Fault>>,
     callbacks: Option<CallbackSender>,
     pub test_controls: bool,
+}
+
+/// Journal lines kept before a snapshot is due at the least (a snapshot is
+/// also due once the journal has as many lines as the repository has nodes).
+const JOURNAL_MIN_LINES: usize = 1024;
+
+/// Bookkeeping of the journal beside the state snapshot.
+#[derive(Debug, Default)]
+struct Journal {
+    lines: usize,
+    /// Audit entries already persisted (the audit trail only grows).
+    audit_saved: usize,
+}
+
+/// One persisted change: the changed nodes as they are now, the removed
+/// ones, the audit entries added and the id counters.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct JournalEntry {
+    nodes: Vec<crate::model::Node>,
+    deleted: Vec<i64>,
+    audit: Vec<crate::model::AuditEvent>,
+    next_id: i64,
+    next_audit_id: i64,
+}
+
+/// Applies the journal written after the snapshot. A torn last line (the
+/// process died mid-append, before the change was acknowledged) is dropped;
+/// a bad line before the last is an error. Idempotent: nodes are set to
+/// their recorded state, audit entries already present are skipped.
+fn replay_journal(m: &mut Model, path: &std::path::Path) -> Result<(), Error> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(Error::State {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    for (i, line) in lines.iter().enumerate() {
+        let entry: JournalEntry = match serde_json::from_str(line) {
+            Ok(e) => e,
+            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
+            Err(source) => {
+                return Err(Error::StateFormat {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        for n in entry.nodes {
+            m.nodes.insert(n.id, n);
+        }
+        for id in entry.deleted {
+            m.nodes.remove(&id);
+        }
+        let last_audit = m.audit.last().map_or(i64::MIN, |a| a.id);
+        m.audit
+            .extend(entry.audit.into_iter().filter(|a| a.id > last_audit));
+        m.next_id = m.next_id.max(entry.next_id);
+        m.next_audit_id = m.next_audit_id.max(entry.next_audit_id);
+    }
+    Ok(())
 }
 
 /// A poisoned lock only means a handler panicked mid-request; the data is
@@ -81,10 +147,16 @@ impl AppState {
                     path: path.clone(),
                     source,
                 })?;
-                serde_json::from_str(&text).map_err(|source| Error::StateFormat {
-                    path: path.clone(),
-                    source,
-                })?
+                let mut m: Model =
+                    serde_json::from_str(&text).map_err(|source| Error::StateFormat {
+                        path: path.clone(),
+                        source,
+                    })?;
+                replay_journal(&mut m, &path.with_extension("journal"))?;
+                m.rebuild_index();
+                // Everything is written as one snapshot again below.
+                m.mark_full_change();
+                m
             }
             _ => Model::from_seed(seed).map_err(Error::Seed)?,
         };
@@ -92,6 +164,7 @@ impl AppState {
             model: Mutex::new(model),
             content,
             state_file,
+            journal: Mutex::new(Journal::default()),
             tickets: Mutex::new(HashMap::new()),
             ticket_idle,
             faults: Mutex::new(Vec::new()),
@@ -99,8 +172,8 @@ impl AppState {
             test_controls,
         };
         {
-            let m = lock(&state.model);
-            state.save(&m).map_err(|e| Error::Seed(e.message))?;
+            let mut m = lock(&state.model);
+            state.save(&mut m).map_err(|e| Error::Seed(e.message))?;
         }
         Ok(state)
     }
@@ -116,20 +189,73 @@ impl AppState {
         f: impl FnOnce(&mut Model) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let mut m = lock(&self.model);
-        let out = f(&mut m)?;
-        self.save(&m)?;
-        Ok(out)
+        let out = f(&mut m);
+        // Persist even after a failed change: a closure may have changed
+        // nodes before it failed, and the saved state must match the served one.
+        self.save(&mut m)?;
+        out
     }
 
-    fn save(&self, m: &Model) -> Result<(), ApiError> {
+    /// Persists what changed: one journal line with the changed nodes (and
+    /// new audit entries), or a full snapshot when the journal has grown to
+    /// the size of the repository or something outside the nodes changed.
+    /// So a change costs what it changed, not what the repository holds
+    /// (the whole model written per request made each upload into a large
+    /// repository cost as much as the repository).
+    fn save(&self, m: &mut Model) -> Result<(), ApiError> {
+        let changes = m.take_changes();
         let Some(path) = &self.state_file else {
             return Ok(());
         };
         let fail = |e: String| ApiError::internal(format!("Cannot persist state: {e}"));
-        let text = serde_json::to_vec(m).map_err(|e| fail(e.to_string()))?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text).map_err(|e| fail(e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string()))
+        let mut journal = lock(&self.journal);
+        let journal_path = path.with_extension("journal");
+        if changes.full || journal.lines >= JOURNAL_MIN_LINES.max(m.nodes.len()) {
+            let text = serde_json::to_vec(&*m).map_err(|e| fail(e.to_string()))?;
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, text).map_err(|e| fail(e.to_string()))?;
+            std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string()))?;
+            // A crash before this truncation replays lines the snapshot
+            // already holds; replaying is idempotent.
+            std::fs::write(&journal_path, b"").map_err(|e| fail(e.to_string()))?;
+            *journal = Journal {
+                lines: 0,
+                audit_saved: m.audit.len(),
+            };
+            return Ok(());
+        }
+        let new_audit = m.audit.get(journal.audit_saved..).unwrap_or_default();
+        if changes.nodes.is_empty() && new_audit.is_empty() {
+            return Ok(());
+        }
+        let entry = JournalEntry {
+            nodes: changes
+                .nodes
+                .iter()
+                .filter_map(|id| m.nodes.get(id).cloned())
+                .collect(),
+            deleted: changes
+                .nodes
+                .iter()
+                .filter(|id| !m.nodes.contains_key(id))
+                .copied()
+                .collect(),
+            audit: new_audit.to_vec(),
+            next_id: m.next_id,
+            next_audit_id: m.next_audit_id,
+        };
+        let mut line = serde_json::to_vec(&entry).map_err(|e| fail(e.to_string()))?;
+        line.push(b'\n');
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&journal_path)
+            .and_then(|mut f| f.write_all(&line))
+            .map_err(|e| fail(format!("{}: {e}", journal_path.display())))?;
+        journal.lines += 1;
+        journal.audit_saved = m.audit.len();
+        Ok(())
     }
 
     pub fn login(&self, username: &str, password: &str) -> Option<String> {
@@ -174,6 +300,7 @@ impl AppState {
                 .find(|u| u.name == username)
                 .ok_or_else(|| ApiError::not_found(format!("No user '{username}'.")))?;
             user.password = password.to_string();
+            m.mark_full_change();
             Ok(())
         })
     }

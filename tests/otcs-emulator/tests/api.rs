@@ -772,6 +772,99 @@ async fn data_dir_keeps_nodes_and_content_across_restart() {
     assert!(next > doc);
 }
 
+#[tokio::test]
+async fn renames_moves_deletes_and_many_changes_survive_a_restart() {
+    // More changes than the journal holds before a snapshot (1,024), then
+    // changes that stay in the journal: both must come back after a restart.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = || EmulatorConfig {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..EmulatorConfig::default()
+    };
+    let app = spawn_with(config()).await;
+    let big = app.new_folder("Big").await;
+    for i in 0..1100 {
+        let (s, v) = app.create_folder(big, &format!("f{i:04}")).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let a = app.new_folder("A").await;
+    let b = app.new_folder("B").await;
+    let gone = app.new_folder("Gone").await;
+    let (s, v) = app
+        .send_body(
+            reqwest::Method::PUT,
+            &format!("/v2/nodes/{a}"),
+            json!({"name": "A renamed", "parent_id": b}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let r = app
+        .http
+        .delete(app.url(&format!("/v2/nodes/{gone}")))
+        .header("OTCSTicket", &app.ticket)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status().as_u16(), 200);
+    app.emu.shutdown().await;
+
+    let app = spawn_with(config()).await;
+    let (_, v) = app.get(&format!("/v2/nodes/{big}")).await;
+    assert_eq!(v["results"]["data"]["properties"]["size"], json!(1100));
+    let (_, v) = app.get(&format!("/v2/nodes/{b}/nodes")).await;
+    assert_eq!(
+        v["results"][0]["data"]["properties"]["name"],
+        json!("A renamed")
+    );
+    let (s, _) = app.get(&format!("/v2/nodes/{gone}")).await;
+    assert_eq!(s, 404);
+    // The name index came back too: the old name is free, the new one taken.
+    let (s, _) = app.create_folder(big, "f0042").await;
+    assert_eq!(s, 500, "f0042 exists after the restart");
+    let (s, v) = app.create_folder(2000, "A").await;
+    assert_eq!(s, 200, "{v}");
+}
+
+#[tokio::test]
+async fn a_large_folder_lists_in_name_order_and_refuses_duplicate_names() {
+    let app = spawn().await;
+    let folder = app.new_folder("Large folder").await;
+    // Created in reverse order, mixed case: listings sort by name, ignoring case.
+    for i in (0..300).rev() {
+        let name = if i % 2 == 0 {
+            format!("doc{i:03}")
+        } else {
+            format!("DOC{i:03}")
+        };
+        let (s, v) = app.create_folder(folder, &name).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let (s, v) = app.create_folder(folder, "DOC101").await;
+    assert_eq!(s, 500, "duplicate: {v}");
+    // Another case is another name, as in Content Server.
+    let (s, v) = app.create_folder(folder, "doc101").await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = app
+        .get(&format!("/v2/nodes/{folder}/nodes?limit=100&page=2"))
+        .await;
+    let names: Vec<String> = v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| {
+            r["data"]["properties"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_lowercase()
+        })
+        .collect();
+    assert_eq!(names.len(), 100);
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    assert_eq!(v["collection"]["paging"]["total_count"], json!(301));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_upload_written_behind_comes_back_byte_exact() {
     // 40 MiB + 5 bytes: several 8 MiB ranges are sent to disk and dropped

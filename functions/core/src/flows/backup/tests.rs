@@ -526,3 +526,54 @@ async fn given_folder_of_10001_children_when_walked_in_pages_then_each_once_in_o
     assert_eq!(names, sorted, "stable listing order");
     assert_eq!(names.len(), 10_001);
 }
+
+#[tokio::test]
+async fn given_crash_after_files_written_but_before_their_page_was_recorded_when_resumed_then_files_recorded_not_copied_again()
+ {
+    let w = world().await;
+    let b = w.backup(3);
+    let SnapshotOutcome::Continuing { snapshot_id, .. } =
+        w.run_with(&b, None, Some(Instant::now())).await.unwrap()
+    else {
+        panic!()
+    };
+    // What a run killed mid-page leaves: the next page's documents written
+    // (atomically, complete), listed as pending, the page not recorded.
+    let cp_path = format!("/backups/t/{snapshot_id}.partial/.checkpoint.json");
+    let mut cp: Checkpoint = serde_json::from_slice(&w.store.file(&cp_path).unwrap()).unwrap();
+    let top = cp.stack.last().unwrap().clone();
+    let page = walk::list_page(&w.ecm, &top, b.page_size).await.unwrap();
+    assert!(!page.documents.is_empty(), "the next page has documents");
+    for d in &page.documents {
+        let body = &w.docs.iter().find(|(id, _)| *id == d.node.id).unwrap().1;
+        w.store.insert_file(
+            &format!("/backups/t/{snapshot_id}.partial/{}", d.path),
+            body,
+        );
+        cp.pending.push(Pending {
+            node_id: d.node.id.get(),
+            version: 1,
+            size: body.len() as u64,
+            path: d.path.clone(),
+            alt_path: d.alt_path.clone(),
+        });
+    }
+    w.store
+        .insert_file(&cp_path, &serde_json::to_vec(&cp).unwrap());
+    let o = w.run_with(&b, Some(&snapshot_id), None).await.unwrap();
+    let s = completed(&o);
+    let lines = w.manifest(&s.snapshot_id);
+    assert_eq!(lines.len(), 8);
+    for d in &page.documents {
+        let l = lines.iter().find(|l| l.node_id == d.node.id.get()).unwrap();
+        // Recorded where the crashed run wrote it; no second copy beside it.
+        assert_eq!(l.path, d.path);
+        assert!(
+            w.store
+                .file(&format!("/backups/t/{}/{}", s.snapshot_id, d.alt_path))
+                .is_none(),
+            "copied again to {}",
+            d.alt_path
+        );
+    }
+}

@@ -647,3 +647,62 @@ async fn verify_reports_a_corrupted_and_a_missing_file_and_fails_and_retention_k
         "{failed}"
     );
 }
+
+#[tokio::test]
+async fn a_transient_ecm_failure_fails_the_run_as_retryable_and_the_retry_resumes_at_once() {
+    let s = Setup::start().await;
+    let (roots, docs) = s.seed().await;
+    let flaky = docs["MSA.pdf"].0;
+    // More 503s than the client's retries of one download.
+    let path = format!("/nodes/{flaky}/versions/1/content");
+    s.fault(json!({"status": 503, "count": 40, "path_contains": path}))
+        .await;
+    let backup = s.backup(&roots, 5, 3);
+    let r = s.run(&json!({"backup": backup}), &[]).await;
+    assert_eq!(r.code, Some(75), "transient: {r:?}");
+    assert!(r.stderr.contains("Transient."), "{}", r.stderr);
+    let dirs = s.snapshot_dirs();
+    assert!(dirs.len() == 1 && dirs[0].ends_with(".partial"), "{dirs:?}");
+    assert!(
+        s.dir.join(&dirs[0]).join(".checkpoint.json").exists(),
+        "the checkpoint stays"
+    );
+    // The ECM recovers: use up the remaining faults.
+    let http = reqwest::Client::new();
+    let ticket: Value = http
+        .post(format!("{}/cs/cs/api/v1/auth", s.stack.emulator.base_url()))
+        .form(&[("username", "admin"), ("password", "admin")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ticket = ticket["ticket"].as_str().unwrap().to_owned();
+    for _ in 0..40 {
+        let st = http
+            .get(format!(
+                "{}/cs/cs/api/v2{path}",
+                s.stack.emulator.base_url()
+            ))
+            .header("OTCSTicket", &ticket)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if st.is_success() {
+            break;
+        }
+    }
+    // The retry (another invocation) is not kept out by the failed run's lease.
+    let out = s.run(&json!({"backup": backup}), &[]).await.json();
+    let (id, sum) = completed(&out);
+    assert_eq!(
+        dirs[0],
+        format!("{id}.partial"),
+        "the same snapshot was resumed"
+    );
+    assert_eq!(sum["counts"]["documents"], docs.len());
+    assert_eq!(sum["counts"]["skipped"], 0);
+    assert_eq!(sum["invocations"], 2);
+}

@@ -265,9 +265,13 @@ async fn run(
         checkpoint::Target::Resume(cp) => *cp,
         checkpoint::Target::Start { base } => start(cx, backup, &dir, &state, base).await?,
     };
+    let snapshot_id = cp.snapshot_id.clone();
     match snapshot(cx, backup, &dir, cp).await {
         Ok(o) => Ok(o),
-        Err(e) if e.is_retryable() => Err(e),
+        Err(e) if e.is_retryable() => {
+            release_lease(cx, &dir, &snapshot_id).await;
+            Err(e)
+        }
         Err(e) => {
             cx.publish(Event {
                 detail_type: DetailType::SnapshotFailed,
@@ -281,6 +285,26 @@ async fn run(
             })
             .await;
             Err(e)
+        }
+    }
+}
+
+/// After a transient failure: the retry (a new invocation) may start at once
+/// rather than wait out this invocation's lease. Best effort: when SFTP is
+/// what failed, the lease simply expires.
+async fn release_lease(cx: &BackupContext<'_>, dir: &RemotePath, snapshot_id: &str) {
+    let Ok(partial) = dir.join(partial_name(snapshot_id)) else {
+        return;
+    };
+    if let Ok(Some(mut cp)) = checkpoint::load(cx.store, &partial).await
+        && cp
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.owner == cx.invocation_id)
+    {
+        cp.lease = None;
+        if let Err(e) = checkpoint::save(cx.store, &partial, &cp).await {
+            tracing::warn!(snapshot = %snapshot_id, error = %e, "could not release the lease");
         }
     }
 }

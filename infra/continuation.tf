@@ -1,5 +1,15 @@
 # Backups longer than one invocation chain themselves: backup-snapshot puts a
 # `Snapshot Continuation` event on the bus and this rule invokes it again.
+#
+# The contract, kept in one place on each side (the function's
+# `DetailType::SnapshotContinuation` and `domain::backup::continuation_detail`):
+# source `xecm-sftp`, detail-type `Snapshot Continuation`, and a detail that
+# is itself the function's `continue` event
+#   {"action":"continue","backup":{...},"snapshot_id":"YYYYMMDDTHHMMSSZ"}
+# so the target passes `$.detail` and the function receives exactly that
+# (it also accepts the whole event and takes its detail). Pattern and input
+# path are checked by tests/tests/backup_function.rs against the event the
+# real binary published on the bus.
 
 resource "aws_cloudwatch_event_rule" "snapshot_continuation" {
   name           = "${var.name_prefix}-snapshot-continuation"
@@ -16,6 +26,8 @@ resource "aws_cloudwatch_event_target" "snapshot_continuation" {
   rule           = aws_cloudwatch_event_rule.snapshot_continuation.name
   event_bus_name = aws_cloudwatch_event_bus.this.name
   arn            = aws_lambda_function.fn["backup-snapshot"].arn
+  # The detail is the `continue` event itself.
+  input_path = "$.detail"
 
   dead_letter_config {
     arn = aws_sqs_queue.failed.arn

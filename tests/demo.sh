@@ -66,4 +66,7 @@ log "invoking sftp-ingest locally with events/ingest-demo.json"
 log "ecm-export: approval webhook, package export and resend"
 "$XECM_ROOT/tests/demo/export.sh"
 
+log "backup-snapshot: full and incremental snapshots, verify, restore drill"
+"$XECM_ROOT/tests/demo/backup.sh"
+
 log "demo finished; stopping the local stack"

@@ -182,13 +182,25 @@ impl Moto {
     /// Routes every `xecm-sftp` event on `bus` into a new SQS queue, so tests
     /// can read what was published (moto keeps no other record of events).
     pub async fn capture_events(&self, bus: &str) -> Result<EventCapture> {
+        let name = format!("capture-{bus}-{}", std::process::id());
+        self.capture_events_matching(bus, &name, r#"{"source":["xecm-sftp"]}"#)
+            .await
+    }
+
+    /// Routes the events on `bus` that match `pattern` (an EventBridge event
+    /// pattern, e.g. a deployed rule's) into a new SQS queue named `name`.
+    pub async fn capture_events_matching(
+        &self,
+        bus: &str,
+        name: &str,
+        pattern: &str,
+    ) -> Result<EventCapture> {
         let conf = self.sdk_config().await;
         let sqs = aws_sdk_sqs::Client::new(&conf);
         let eb = aws_sdk_eventbridge::Client::new(&conf);
-        let name = format!("capture-{bus}-{}", std::process::id());
         let queue_url = sqs
             .create_queue()
-            .queue_name(&name)
+            .queue_name(name)
             .send()
             .await
             .context("creating the capture queue")?
@@ -208,9 +220,9 @@ impl Moto {
             .cloned()
             .ok_or_else(|| anyhow!("moto returned no queue ARN"))?;
         eb.put_rule()
-            .name(&name)
+            .name(name)
             .event_bus_name(bus)
-            .event_pattern(r#"{"source":["xecm-sftp"]}"#)
+            .event_pattern(pattern)
             .send()
             .await
             .with_context(|| format!("creating the capture rule on bus {bus}"))?;
@@ -220,7 +232,7 @@ impl Moto {
             .build()
             .context("building the capture target")?;
         eb.put_targets()
-            .rule(&name)
+            .rule(name)
             .event_bus_name(bus)
             .targets(target)
             .send()

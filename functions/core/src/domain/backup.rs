@@ -1,20 +1,25 @@
 //! Backup job configuration (`backup-snapshot`), carried in the schedule's
-//! input like an ingest route, and the pure snapshot decisions: snapshot ids
-//! and which snapshots retention prunes.
+//! input like an ingest route, and the pure snapshot decisions: events,
+//! the checkpoint a snapshot resumes from, the incremental rule, the summary
+//! (`snapshot.json`) and which snapshots retention prunes.
 //!
-//! Events (see `events/backup-scheduled.json`):
-//! - `{"backup": {...}}` — scheduled: start (or resume) a snapshot;
+//! Events (see `events/backup-*.json`):
+//! - `{"backup": {...}}` — scheduled: resume the unfinished snapshot if there
+//!   is one (a crash or a lost continuation), else start a new one;
 //! - `{"action":"continue","backup":{...},"snapshot_id":"..."}` — the
-//!   continuation a run emits when its deadline nears;
-//! - `{"action":"verify","backup":{...},"snapshot_id":"..."}` — manual re-hash.
-//!
-//! Snapshot ids are `YYYYMMDDTHHMMSSZ` (UTC), so lexical order is time order
-//! and retention needs no parsing of dates from listings.
+//!   continuation a run publishes (as the `detail` of a `Snapshot
+//!   Continuation` event) when its deadline nears;
+//! - `{"action":"verify","backup":{...},"snapshot_id":"..."}` — manual re-hash;
+//! - `{"action":"restore","backup":{...},"snapshot_id":"...","target_folder":N,
+//!   "node_id":M?}` — manual restore into an ECM folder (the DR drill).
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::route::RouteError;
+pub use super::snapshot_names::{is_snapshot_id, snapshot_id};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,13 +32,17 @@ pub struct BackupConfig {
     pub directory: String,
     /// Complete snapshots kept.
     pub retention: u32,
-    /// Copy only nodes whose version changed since the previous manifest.
+    /// Copy only documents whose version or size changed since the last
+    /// complete snapshot; the others point at the snapshot holding them.
     #[serde(default = "yes")]
     pub incremental: bool,
     #[serde(default = "yes")]
     pub include_metadata: bool,
     #[serde(default = "default_page_size")]
     pub page_size: u32,
+    /// Documents downloaded at once (and SFTP sessions used for them).
+    #[serde(default = "default_parallelism")]
+    pub parallelism: u32,
 }
 
 fn yes() -> bool {
@@ -42,6 +51,10 @@ fn yes() -> bool {
 
 fn default_page_size() -> u32 {
     100
+}
+
+fn default_parallelism() -> u32 {
+    4
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +68,24 @@ pub enum BackupEvent {
         backup: BackupConfig,
         snapshot_id: String,
     },
+    Restore {
+        backup: BackupConfig,
+        snapshot_id: String,
+        target_folder: i64,
+        /// Only this document (or every document below this container).
+        node_id: Option<i64>,
+    },
+}
+
+impl BackupEvent {
+    pub fn backup(&self) -> &BackupConfig {
+        match self {
+            BackupEvent::Scheduled(b) => b,
+            BackupEvent::Continue { backup, .. }
+            | BackupEvent::Verify { backup, .. }
+            | BackupEvent::Restore { backup, .. } => backup,
+        }
+    }
 }
 
 fn err(field: &str, value: impl std::fmt::Display, problem: &str) -> RouteError {
@@ -95,6 +126,15 @@ impl BackupConfig {
                 "must be a positive node id",
             ));
         }
+        let mut seen = BTreeSet::new();
+        if let Some((i, r)) = self
+            .roots
+            .iter()
+            .enumerate()
+            .find(|(_, r)| !seen.insert(**r))
+        {
+            return Err(err(&format!("backup.roots[{i}]"), r, "is listed twice"));
+        }
         if self.sftp_secret.trim().is_empty() {
             return Err(err(
                 "backup.sftp_secret",
@@ -129,40 +169,130 @@ impl BackupConfig {
                 "must be within 1..=1000",
             ));
         }
+        if !(1..=16).contains(&self.parallelism) {
+            return Err(err(
+                "backup.parallelism",
+                self.parallelism,
+                "must be within 1..=16",
+            ));
+        }
         Ok(())
     }
 }
 
-/// Snapshot id for a snapshot started at `at`.
-pub fn snapshot_id(at: DateTime<Utc>) -> String {
-    at.format("%Y%m%dT%H%M%SZ").to_string()
+/// The name of a snapshot's directory while it is being written.
+pub fn partial_name(snapshot_id: &str) -> String {
+    format!("{snapshot_id}.partial")
 }
 
-/// Whether `s` is a snapshot id we wrote.
-pub fn is_snapshot_id(s: &str) -> bool {
-    s.len() == 16
-        && s.bytes().enumerate().all(|(i, b)| match i {
-            8 => b == b'T',
-            15 => b == b'Z',
-            _ => b.is_ascii_digit(),
-        })
+/// The name a pruned snapshot is renamed to before its files are removed, so
+/// a crash mid-removal never leaves a half-deleted "complete" snapshot.
+pub fn deleting_name(snapshot_id: &str) -> String {
+    format!("{snapshot_id}.deleting")
+}
+
+/// What a backup directory holds, from the names listed in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirectoryState {
+    /// Complete snapshots, oldest first.
+    pub complete: Vec<String>,
+    /// Unfinished snapshots, oldest first.
+    pub partial: Vec<String>,
+    /// Pruned snapshots whose removal did not finish.
+    pub deleting: Vec<String>,
+}
+
+impl DirectoryState {
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut st = DirectoryState::default();
+        for n in names {
+            if is_snapshot_id(n) {
+                st.complete.push(n.to_owned());
+            } else if let Some(id) = n.strip_suffix(".partial").filter(|s| is_snapshot_id(s)) {
+                st.partial.push(id.to_owned());
+            } else if let Some(id) = n.strip_suffix(".deleting").filter(|s| is_snapshot_id(s)) {
+                st.deleting.push(id.to_owned());
+            }
+        }
+        for v in [&mut st.complete, &mut st.partial, &mut st.deleting] {
+            v.sort();
+            v.dedup();
+        }
+        st
+    }
+
+    /// The newest complete snapshot: the base of an incremental one.
+    pub fn latest_complete(&self) -> Option<&String> {
+        self.complete.last()
+    }
 }
 
 /// Given the names in the backup directory, the complete snapshots to delete so
 /// that `retention` remain (oldest first). `.partial` directories and foreign
-/// names are never touched here.
+/// names are never touched here. See [`plan_retention`] for the rule that also
+/// keeps what kept snapshots point at.
 pub fn snapshots_to_prune(names: &[String], retention: u32) -> Vec<String> {
-    let mut complete: Vec<&String> = names.iter().filter(|n| is_snapshot_id(n)).collect();
-    complete.sort();
-    complete.dedup();
-    let excess = complete.len().saturating_sub(retention as usize);
-    complete.into_iter().take(excess).cloned().collect()
+    plan_retention(
+        &DirectoryState::from_names(names.iter().map(String::as_str)).complete,
+        retention,
+        &BTreeMap::new(),
+    )
+    .delete
 }
 
-/// Progress of a snapshot, stored as `checkpoint.json` in its `.partial`
-/// directory and rewritten after each page, so a continuation resumes where
-/// the previous invocation stopped. The walk is depth-first over containers:
-/// `stack` holds the containers still to list and the next page of each.
+/// What retention does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionPlan {
+    /// Complete snapshots to delete, oldest first.
+    pub delete: Vec<String>,
+    /// Snapshots beyond the count kept because a kept snapshot points at
+    /// their bytes.
+    pub kept_for_references: Vec<String>,
+}
+
+/// Keeps the newest `retention` complete snapshots and, transitively, every
+/// snapshot whose bytes one of them points at (`references`: snapshot →
+/// the snapshots its manifest lines name); everything else is deleted. With
+/// `retention >= 1` the newest snapshot is always kept, so the only
+/// complete snapshot is never deleted.
+pub fn plan_retention(
+    complete: &[String],
+    retention: u32,
+    references: &BTreeMap<String, BTreeSet<String>>,
+) -> RetentionPlan {
+    let mut sorted: Vec<&String> = complete.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let keep_n = (retention.max(1) as usize).min(sorted.len());
+    let newest: BTreeSet<&String> = sorted[sorted.len() - keep_n..].iter().copied().collect();
+    let mut kept: BTreeSet<String> = newest.iter().map(|s| (*s).clone()).collect();
+    let mut todo: Vec<String> = kept.iter().cloned().collect();
+    while let Some(s) = todo.pop() {
+        for r in references.get(&s).into_iter().flatten() {
+            if kept.insert(r.clone()) {
+                todo.push(r.clone());
+            }
+        }
+    }
+    RetentionPlan {
+        delete: sorted
+            .iter()
+            .filter(|s| !kept.contains(**s))
+            .map(|s| (*s).clone())
+            .collect(),
+        kept_for_references: sorted
+            .iter()
+            .filter(|s| kept.contains(**s) && !newest.contains(*s))
+            .map(|s| (*s).clone())
+            .collect(),
+    }
+}
+
+/// Progress of a snapshot, stored as `.checkpoint.json` in its `.partial`
+/// directory and rewritten after each page, so a continuation (or the next
+/// run after a crash) resumes where the previous invocation stopped. The walk
+/// is depth-first over containers: `stack` holds the containers still to
+/// list and the next page of each (the top is the last element).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
@@ -170,11 +300,23 @@ pub struct Checkpoint {
     /// The complete snapshot this one is incremental against, if any.
     pub base_snapshot: Option<String>,
     pub stack: Vec<Cursor>,
-    pub files: u64,
-    pub bytes: u64,
-    pub copied: u64,
+    /// Documents being copied when the checkpoint was written: a crash may
+    /// have left their files complete without a manifest line.
+    #[serde(default)]
+    pub pending: Vec<Pending>,
+    /// Manifest parts written (`.parts/000001.jsonl`, …) and their bytes.
+    pub parts: u32,
+    #[serde(default)]
+    pub manifest_bytes: u64,
+    pub counts: Counts,
+    #[serde(default)]
+    pub skipped: Vec<Skipped>,
     pub invocations: u32,
     pub started_at: DateTime<Utc>,
+    /// The invocation working on the snapshot and until when; another run
+    /// leaves the snapshot alone until then.
+    #[serde(default)]
+    pub lease: Option<Lease>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,30 +325,89 @@ pub struct Cursor {
     pub node_id: i64,
     /// Path of the container inside the snapshot (`/`-separated, safe).
     pub path: String,
+    /// The container's names from the root down, unsanitised.
+    pub ecm_path: Vec<String>,
     /// Next page to fetch, from 1.
     pub page: u32,
+    /// The container's child count when its first page was listed; a change
+    /// means pages shifted and the container is listed again from page 1
+    /// (documents already in the manifest are not copied twice).
+    #[serde(default)]
+    pub total_count: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pending {
+    pub node_id: i64,
+    pub version: u32,
+    pub size: u64,
+    /// Where it was going, and its unique alternative (see `copy`).
+    pub path: String,
+    pub alt_path: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Counts {
+    /// Documents in the manifest.
+    pub documents: u64,
+    /// Their bytes (copied and referenced).
+    pub bytes: u64,
+    /// Documents whose bytes this snapshot holds.
+    pub copied: u64,
+    pub copied_bytes: u64,
+    /// Documents pointing at an earlier snapshot's bytes.
+    pub referenced: u64,
+    pub skipped: u64,
+    /// Containers listed (folders, workspaces).
+    pub containers: u64,
+    /// Nodes without content (shortcuts, URLs), not backed up.
+    #[serde(default)]
+    pub other_nodes: u64,
+}
+
+/// A document the ECM refused to serve, with its reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Skipped {
+    pub node_id: i64,
+    pub ecm_path: Vec<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lease {
+    pub owner: String,
+    pub until: DateTime<Utc>,
 }
 
 impl Checkpoint {
-    /// A fresh checkpoint: every root still to walk, first page.
+    /// A fresh checkpoint: every root still to walk, first page. `roots`
+    /// are (node id, name) in configuration order.
     pub fn start(
-        backup: &BackupConfig,
         at: DateTime<Utc>,
         base_snapshot: Option<String>,
-        root_names: &[String],
+        roots: &[(i64, String)],
     ) -> Self {
-        let mut stack: Vec<Cursor> = backup
-            .roots
+        // Two roots of the same name (in different places) must not merge.
+        let mut taken = BTreeSet::new();
+        let mut stack: Vec<Cursor> = roots
             .iter()
-            .enumerate()
-            .map(|(i, id)| Cursor {
-                node_id: *id,
-                // Root folders by name when known, else by id; always one safe segment.
-                path: match root_names.get(i) {
-                    Some(n) if !n.is_empty() => super::names::sftp_safe_name(n),
-                    _ => id.to_string(),
-                },
-                page: 1,
+            .map(|(id, name)| {
+                let mut path = super::snapshot_names::root_segment(name, *id);
+                if !taken.insert(path.to_lowercase()) {
+                    path = super::snapshot_names::unique_segment(name, *id);
+                    taken.insert(path.to_lowercase());
+                }
+                Cursor {
+                    node_id: *id,
+                    path,
+                    ecm_path: vec![name.clone()],
+                    page: 1,
+                    total_count: None,
+                }
             })
             .collect();
         // The walk pops from the end, so the first root goes last.
@@ -215,17 +416,27 @@ impl Checkpoint {
             snapshot_id: snapshot_id(at),
             base_snapshot,
             stack,
-            files: 0,
-            bytes: 0,
-            copied: 0,
+            pending: Vec::new(),
+            parts: 0,
+            manifest_bytes: 0,
+            counts: Counts::default(),
+            skipped: Vec::new(),
             invocations: 1,
             started_at: at,
+            lease: None,
         }
     }
 
-    /// Nothing left to walk: the snapshot can be finished (renamed into place).
+    /// Nothing left to walk or to recover: the snapshot can be finished.
     pub fn is_done(&self) -> bool {
-        self.stack.is_empty()
+        self.stack.is_empty() && self.pending.is_empty()
+    }
+
+    /// Whether another invocation holds the snapshot at `now`.
+    pub fn held_by_other(&self, me: &str, now: DateTime<Utc>) -> Option<&Lease> {
+        self.lease
+            .as_ref()
+            .filter(|l| l.owner != me && l.until > now)
     }
 }
 
@@ -234,6 +445,37 @@ impl Checkpoint {
 /// base and only the manifest line is carried over).
 pub fn needs_copy(base: Option<&super::manifest::BackupRecord>, version: u32, size: u64) -> bool {
     !base.is_some_and(|b| b.version == version && b.size == size)
+}
+
+pub const SNAPSHOT_FORMAT: &str = "xecm-snapshot/1";
+
+/// `snapshot.json`: the summary of a complete snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotSummary {
+    pub format: String,
+    pub snapshot_id: String,
+    pub backup: String,
+    pub roots: Vec<i64>,
+    /// The snapshot this one was taken incrementally against.
+    pub base_snapshot: Option<String>,
+    /// Snapshots holding bytes this one's manifest points at.
+    pub references: Vec<String>,
+    pub counts: Counts,
+    pub skipped: Vec<Skipped>,
+    pub manifest_lines: u64,
+    pub manifest_size: u64,
+    pub manifest_sha256: String,
+    pub include_metadata: bool,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    pub invocations: u32,
+}
+
+/// The detail of the continuation event: exactly the event the next
+/// invocation must receive (the rule passes `$.detail` to the function).
+pub fn continuation_detail(backup: &BackupConfig, snapshot_id: &str) -> serde_json::Value {
+    serde_json::json!({"action": "continue", "backup": backup, "snapshot_id": snapshot_id})
 }
 
 /// Parse a `backup-snapshot` invocation payload.
@@ -246,6 +488,10 @@ pub fn parse_backup_event(value: serde_json::Value) -> Result<BackupEvent, Route
         backup: BackupConfig,
         #[serde(default)]
         snapshot_id: Option<String>,
+        #[serde(default)]
+        target_folder: Option<i64>,
+        #[serde(default)]
+        node_id: Option<i64>,
     }
     let raw: Raw =
         serde_path_to_error::deserialize(value).map_err(|e| super::route::serde_error(e, ""))?;
@@ -259,12 +505,27 @@ pub fn parse_backup_event(value: serde_json::Value) -> Result<BackupEvent, Route
         )),
         None => Err(err("snapshot_id", "", "missing")),
     };
+    let restore_only = |what: &str, present: bool| {
+        if present {
+            Err(err(
+                what,
+                "",
+                "only restore events name a target folder or node",
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    if raw.action.as_deref() != Some("restore") {
+        restore_only("target_folder", raw.target_folder.is_some())?;
+        restore_only("node_id", raw.node_id.is_some())?;
+    }
     match raw.action.as_deref() {
         None if raw.snapshot_id.is_none() => Ok(BackupEvent::Scheduled(raw.backup)),
         None => Err(err(
             "snapshot_id",
             "",
-            "only continue and verify events name a snapshot",
+            "only continue, verify and restore events name a snapshot",
         )),
         Some("continue") => Ok(BackupEvent::Continue {
             snapshot_id: id(raw.snapshot_id)?,
@@ -274,10 +535,27 @@ pub fn parse_backup_event(value: serde_json::Value) -> Result<BackupEvent, Route
             snapshot_id: id(raw.snapshot_id)?,
             backup: raw.backup,
         }),
+        Some("restore") => {
+            let snapshot_id = id(raw.snapshot_id)?;
+            let target_folder = match raw.target_folder {
+                Some(t) if t > 0 => t,
+                Some(t) => return Err(err("target_folder", t, "must be a positive node id")),
+                None => return Err(err("target_folder", "", "missing")),
+            };
+            if let Some(n) = raw.node_id.filter(|n| *n <= 0) {
+                return Err(err("node_id", n, "must be a positive node id"));
+            }
+            Ok(BackupEvent::Restore {
+                backup: raw.backup,
+                snapshot_id,
+                target_folder,
+                node_id: raw.node_id,
+            })
+        }
         Some(other) => Err(err(
             "action",
             other,
-            "unknown action (expected continue or verify)",
+            "unknown action (expected continue, verify or restore)",
         )),
     }
 }
@@ -290,6 +568,10 @@ mod tests {
 
     fn cfg() -> serde_json::Value {
         json!({"name": "critical", "roots": [2000], "sftp_secret": "s", "directory": "backups/critical", "retention": 2})
+    }
+
+    fn ids(xs: &[&str]) -> Vec<String> {
+        xs.iter().map(|s| s.to_string()).collect()
     }
 
     #[test]
@@ -309,31 +591,64 @@ mod tests {
 
     #[test]
     fn given_more_snapshots_than_retention_when_pruned_then_oldest_complete_ones_only() {
-        let names: Vec<String> = [
+        let names = ids(&[
             "20260103T000000Z",
             "20260101T000000Z",
             "20260104T000000Z.partial",
             "notes.txt",
             "20260102T000000Z",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        assert_eq!(
-            snapshots_to_prune(&names, 2),
-            vec!["20260101T000000Z".to_string()]
-        );
+        ]);
+        assert_eq!(snapshots_to_prune(&names, 2), ids(&["20260101T000000Z"]));
         assert!(snapshots_to_prune(&names, 5).is_empty());
     }
 
     #[test]
+    fn given_kept_incremental_pointing_at_old_snapshot_when_pruned_then_old_one_kept() {
+        let complete = ids(&["20260101T000000Z", "20260102T000000Z", "20260103T000000Z"]);
+        // The newest points at the oldest (an unchanged document since the first full).
+        let refs: BTreeMap<String, BTreeSet<String>> = [(
+            "20260103T000000Z".to_string(),
+            ["20260101T000000Z".to_string()].into(),
+        )]
+        .into();
+        let plan = plan_retention(&complete, 1, &refs);
+        assert_eq!(plan.delete, ids(&["20260102T000000Z"]));
+        assert_eq!(plan.kept_for_references, ids(&["20260101T000000Z"]));
+        // Retention 0 is refused by validation; the rule still keeps the newest.
+        let plan = plan_retention(&complete[..1], 0, &BTreeMap::new());
+        assert!(plan.delete.is_empty());
+    }
+
+    #[test]
+    fn given_directory_names_when_read_then_complete_partial_and_deleting_apart() {
+        let st = DirectoryState::from_names([
+            "20260102T000000Z",
+            "20260103T000000Z.partial",
+            "20260101T000000Z.deleting",
+            "20260101T000000Z",
+            ".tmp",
+        ]);
+        assert_eq!(st.complete, ids(&["20260101T000000Z", "20260102T000000Z"]));
+        assert_eq!(st.partial, ids(&["20260103T000000Z"]));
+        assert_eq!(st.deleting, ids(&["20260101T000000Z"]));
+        assert_eq!(
+            st.latest_complete().map(String::as_str),
+            Some("20260102T000000Z")
+        );
+    }
+
+    #[test]
     fn given_new_snapshot_when_checkpoint_started_then_roots_stacked_in_order_and_round_trip() {
-        let b: BackupConfig = serde_json::from_value(json!({"name": "c", "roots": [3001, 3003], "sftp_secret": "s", "directory": "d", "retention": 2})).unwrap();
         let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).single().unwrap();
-        let c = Checkpoint::start(&b, at, None, &["Suppliers".into(), "Con/tracts".into()]);
+        let c = Checkpoint::start(
+            at,
+            None,
+            &[(3001, "Suppliers".into()), (3003, "Con/tracts".into())],
+        );
         // Depth-first: the first root is on top of the stack (popped last-in).
         assert_eq!(c.stack.last().map(|x| x.node_id), Some(3001));
-        assert_eq!(c.stack[0].path, "Con_tracts");
+        assert_eq!(c.stack[0].path, "Con_tracts~3003");
+        assert_eq!(c.stack[0].ecm_path, vec!["Con/tracts".to_string()]);
         assert_eq!(c.snapshot_id, "20260102T030405Z");
         assert!(!c.is_done());
         let text = serde_json::to_string(&c).unwrap();
@@ -341,22 +656,54 @@ mod tests {
     }
 
     #[test]
+    fn given_lease_when_checked_then_only_a_live_lease_of_another_blocks() {
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).single().unwrap();
+        let mut c = Checkpoint::start(at, None, &[(1, "r".into())]);
+        assert!(c.held_by_other("me", at).is_none());
+        c.lease = Some(Lease {
+            owner: "other".into(),
+            until: at + chrono::Duration::seconds(60),
+        });
+        assert!(c.held_by_other("me", at).is_some());
+        assert!(c.held_by_other("other", at).is_none());
+        assert!(
+            c.held_by_other("me", at + chrono::Duration::seconds(61))
+                .is_none()
+        );
+    }
+
+    #[test]
     fn given_base_record_when_version_or_size_differs_then_copied() {
         use crate::domain::manifest::BackupRecord;
-        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).single().unwrap();
         let r = BackupRecord {
             node_id: 1,
+            ecm_path: vec!["a".into()],
             path: "a".into(),
+            snapshot: None,
             version: 2,
             size: 10,
             sha256: "ab".repeat(32),
-            modified: at,
+            modified: None,
+            mime_type: None,
             metadata: Default::default(),
         };
         assert!(!needs_copy(Some(&r), 2, 10));
         assert!(needs_copy(Some(&r), 3, 10));
         assert!(needs_copy(Some(&r), 2, 11));
         assert!(needs_copy(None, 1, 1));
+    }
+
+    #[test]
+    fn given_continuation_detail_when_parsed_back_then_it_is_the_continue_event() {
+        let b: BackupConfig = serde_json::from_value(cfg()).unwrap();
+        let detail = continuation_detail(&b, "20260102T030405Z");
+        assert_eq!(
+            parse_backup_event(detail).unwrap(),
+            BackupEvent::Continue {
+                backup: b,
+                snapshot_id: "20260102T030405Z".into()
+            }
+        );
     }
 
     #[test]
@@ -372,6 +719,15 @@ mod tests {
         assert!(
             matches!(c, BackupEvent::Continue { ref snapshot_id, .. } if snapshot_id == "20260102T030405Z")
         );
+        let r = parse_backup_event(json!({"action": "restore", "backup": cfg(), "snapshot_id": "20260102T030405Z", "target_folder": 3100, "node_id": 7})).unwrap();
+        assert!(matches!(
+            r,
+            BackupEvent::Restore {
+                target_folder: 3100,
+                node_id: Some(7),
+                ..
+            }
+        ));
         let bad = [
             (json!({"action": "verify", "backup": cfg()}), "snapshot_id"),
             (
@@ -381,8 +737,24 @@ mod tests {
             (json!({"action": "wipe", "backup": cfg()}), "action"),
             (json!({"backup": cfg(), "extra": 1}), "extra"),
             (
+                json!({"action": "restore", "backup": cfg(), "snapshot_id": "20260102T030405Z"}),
+                "target_folder",
+            ),
+            (
+                json!({"action": "restore", "backup": cfg(), "snapshot_id": "20260102T030405Z", "target_folder": -1}),
+                "target_folder",
+            ),
+            (
+                json!({"action": "verify", "backup": cfg(), "snapshot_id": "20260102T030405Z", "target_folder": 5}),
+                "target_folder",
+            ),
+            (
                 json!({"backup": {"name": "x", "roots": [], "sftp_secret": "s", "directory": "d", "retention": 1}}),
                 "backup.roots",
+            ),
+            (
+                json!({"backup": {"name": "x", "roots": [1, 1], "sftp_secret": "s", "directory": "d", "retention": 1}}),
+                "backup.roots[1]",
             ),
             (
                 json!({"backup": {"name": "x", "roots": [1], "sftp_secret": "s", "directory": "../d", "retention": 1}}),
@@ -391,6 +763,10 @@ mod tests {
             (
                 json!({"backup": {"name": "x", "roots": [1], "sftp_secret": "s", "directory": "d", "retention": 0}}),
                 "backup.retention",
+            ),
+            (
+                json!({"backup": {"name": "x", "roots": [1], "sftp_secret": "s", "directory": "d", "retention": 1, "parallelism": 0}}),
+                "backup.parallelism",
             ),
         ];
         for (v, field) in bad {

@@ -171,37 +171,64 @@ impl PackageManifest {
     }
 }
 
-/// One line of a backup snapshot's `manifest.jsonl`.
+/// One line of a backup snapshot's `manifest.jsonl`: one document version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackupRecord {
     pub node_id: i64,
-    /// Path inside the snapshot (safe, see module docs).
+    /// The document's names in Content Server from the backed-up root down,
+    /// unsanitised (a name may itself contain `/`).
+    pub ecm_path: Vec<String>,
+    /// Path of the bytes inside the snapshot that holds them (safe, see
+    /// module docs).
     pub path: String,
+    /// The snapshot holding the bytes when it is not this one (an unchanged
+    /// document of an incremental snapshot); always a complete snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
     pub version: u32,
     pub size: u64,
     pub sha256: String,
-    pub modified: DateTime<Utc>,
-    /// Category values and other properties, as read from the ECM.
+    /// The ECM's modify date, verbatim (servers send local time without offset).
     #[serde(default)]
+    pub modified: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime_type: Option<String>,
+    /// With `include_metadata`: `categories` (`[{category_id, values}]`) and
+    /// `rm_classifications` (`[id]`), as read from the ECM.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+fn is_snapshot_ref(s: &str) -> bool {
+    s.len() == 16
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 => b == b'T',
+            15 => b == b'Z',
+            _ => b.is_ascii_digit(),
+        })
 }
 
 impl BackupRecord {
     fn check(&self, line: usize) -> Result<(), ManifestError> {
-        if !is_safe_entry_path(&self.path) {
-            return Err(ManifestError::Line {
-                line,
-                problem: format!("unsafe path {:?}", self.path),
-            });
+        let problem = if !is_safe_entry_path(&self.path) {
+            Some(format!("unsafe path {:?}", self.path))
+        } else if !is_sha256_hex(&self.sha256) {
+            Some(format!("bad sha256 {:?}", self.sha256))
+        } else if self.node_id <= 0 {
+            Some(format!("node id {} is not positive", self.node_id))
+        } else if self.ecm_path.is_empty() {
+            Some("ecm_path is empty".to_owned())
+        } else {
+            self.snapshot
+                .as_deref()
+                .filter(|s| !is_snapshot_ref(s))
+                .map(|s| format!("snapshot {s:?} is not a snapshot id"))
+        };
+        match problem {
+            Some(problem) => Err(ManifestError::Line { line, problem }),
+            None => Ok(()),
         }
-        if !is_sha256_hex(&self.sha256) {
-            return Err(ManifestError::Line {
-                line,
-                problem: format!("bad sha256 {:?}", self.sha256),
-            });
-        }
-        Ok(())
     }
 
     /// One line, newline-terminated.
@@ -210,6 +237,11 @@ impl BackupRecord {
         let mut s = serde_json::to_string(self).map_err(|e| ManifestError::Json(e.to_string()))?;
         s.push('\n');
         Ok(s)
+    }
+
+    /// The snapshot holding the bytes, `this` when the line names none.
+    pub fn holder<'a>(&'a self, this: &'a str) -> &'a str {
+        self.snapshot.as_deref().unwrap_or(this)
     }
 }
 
@@ -350,12 +382,15 @@ mod tests {
     fn given_backup_records_when_written_as_lines_then_parsed_back_and_truncation_detected() {
         let r = BackupRecord {
             node_id: 7,
-            path: "Contracts/ACME/MSA.pdf".into(),
+            ecm_path: vec!["Contracts".into(), "ACME/2026".into(), "MSA.pdf".into()],
+            path: "Contracts/ACME_2026~9/MSA.pdf".into(),
+            snapshot: Some("20261127T120000Z".into()),
             version: 4,
             size: 123,
             sha256: SHA.into(),
-            modified: t(),
-            metadata: [("9001_2".to_string(), serde_json::json!("Approved"))].into(),
+            modified: Some(t().to_rfc3339()),
+            mime_type: None,
+            metadata: [("categories".to_string(), serde_json::json!([]))].into(),
         };
         let mut text = r.to_line().unwrap();
         text.push('\n');
@@ -369,8 +404,11 @@ mod tests {
             parse_backup_manifest(cut),
             Err(ManifestError::Line { line: 3, .. })
         ));
-        let mut bad = r;
+        let mut bad = r.clone();
         bad.path = "/etc/passwd".into();
+        assert!(bad.to_line().is_err());
+        let mut bad = r;
+        bad.snapshot = Some("../other".into());
         assert!(bad.to_line().is_err());
     }
 }

@@ -14,6 +14,7 @@ pub mod readiness;
 pub mod route;
 #[cfg(test)]
 mod samples;
+pub mod snapshot_names;
 pub mod template;
 pub mod transfer;
 pub mod webhook;

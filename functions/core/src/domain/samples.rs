@@ -35,6 +35,10 @@ fn json(name: &str) -> serde_json::Value {
 fn given_events_dir_when_listed_then_every_sample_is_covered_by_a_test() {
     let covered = [
         "README.md",
+        "backup-continuation-envelope.json",
+        "backup-continue.json",
+        "backup-manual-restore.json",
+        "backup-manual-verify.json",
         "backup-scheduled.json",
         "export-manual-package.json",
         "export-manual-resend.json",
@@ -221,6 +225,32 @@ fn given_backup_sample_when_parsed_then_scheduled_job_is_valid() {
         panic!("not scheduled");
     };
     assert_eq!((b.roots.as_slice(), b.retention), (&[3001, 3003][..], 14));
+}
+
+#[test]
+fn given_backup_manual_and_continuation_samples_when_parsed_then_actions_match() {
+    assert!(matches!(
+        parse_backup_event(json("backup-continue.json")).unwrap(),
+        BackupEvent::Continue { .. }
+    ));
+    // The envelope's detail is what the continuation rule passes on.
+    let env = json("backup-continuation-envelope.json");
+    assert_eq!(env["detail-type"], "Snapshot Continuation");
+    assert_eq!(
+        parse_backup_event(env["detail"].clone()).unwrap(),
+        parse_backup_event(json("backup-continue.json")).unwrap()
+    );
+    assert!(matches!(
+        parse_backup_event(json("backup-manual-verify.json")).unwrap(),
+        BackupEvent::Verify { .. }
+    ));
+    assert!(matches!(
+        parse_backup_event(json("backup-manual-restore.json")).unwrap(),
+        BackupEvent::Restore {
+            target_folder: 3100,
+            ..
+        }
+    ));
 }
 
 #[test]

@@ -1,4 +1,5 @@
 //! Flows: orchestration over the ports, deadline-aware.
 
+pub mod backup;
 pub mod export;
 pub mod ingest;

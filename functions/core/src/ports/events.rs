@@ -24,6 +24,18 @@ pub enum DetailType {
     ExportRejected,
     #[serde(rename = "Snapshot Completed")]
     SnapshotCompleted,
+    #[serde(rename = "Snapshot Failed")]
+    SnapshotFailed,
+    #[serde(rename = "Snapshot Verified")]
+    SnapshotVerified,
+    #[serde(rename = "Snapshot Verify Failed")]
+    SnapshotVerifyFailed,
+    #[serde(rename = "Snapshot Restored")]
+    SnapshotRestored,
+    /// A backup snapshot reached its deadline; the rule in
+    /// `infra/continuation.tf` invokes `backup-snapshot` with the detail.
+    #[serde(rename = "Snapshot Continuation")]
+    SnapshotContinuation,
 }
 
 impl DetailType {
@@ -34,6 +46,11 @@ impl DetailType {
             DetailType::DocumentExported => "Document Exported",
             DetailType::ExportRejected => "Export Rejected",
             DetailType::SnapshotCompleted => "Snapshot Completed",
+            DetailType::SnapshotFailed => "Snapshot Failed",
+            DetailType::SnapshotVerified => "Snapshot Verified",
+            DetailType::SnapshotVerifyFailed => "Snapshot Verify Failed",
+            DetailType::SnapshotRestored => "Snapshot Restored",
+            DetailType::SnapshotContinuation => "Snapshot Continuation",
         }
     }
 }
@@ -184,6 +201,11 @@ mod tests {
             DetailType::DocumentExported,
             DetailType::ExportRejected,
             DetailType::SnapshotCompleted,
+            DetailType::SnapshotFailed,
+            DetailType::SnapshotVerified,
+            DetailType::SnapshotVerifyFailed,
+            DetailType::SnapshotRestored,
+            DetailType::SnapshotContinuation,
         ] {
             assert_eq!(
                 serde_json::to_value(t).unwrap(),

@@ -967,6 +967,10 @@ impl Run<'_> {
                         Ok(()) => {
                             let files = self.claimed_in(&new_dir, &new_tag, true).await;
                             info!(claim = %e.display_name, files = files.len(), "took over an expired claim");
+                            if files.is_empty() {
+                                // Only leftovers (a sidecar) were in it, now gone.
+                                self.remove_empty_claim(&new_dir).await;
+                            }
                             out.extend(files);
                         }
                         // Another run won the takeover.
@@ -1070,7 +1074,62 @@ impl Run<'_> {
                 mtime: l.mtime,
             });
         }
+        // A sidecar whose document has left the claim: its run died between
+        // moving the document (archive or failed/) and moving the sidecar.
+        if adopt_sidecars {
+            for (doc_rel, (_, s)) in sidecars {
+                if let Ok(p) = join_all(dir, &s.segs) {
+                    self.finish_orphan_sidecar(&doc_rel, &p, &s.rel).await;
+                }
+            }
+        }
         out
+    }
+
+    /// Sends an orphaned sidecar where its document went: beside it in
+    /// `failed/` when a failure report for the document is there (without
+    /// its sidecar), else the post-action (archive or delete), since a
+    /// document leaves a claim only for those two places.
+    async fn finish_orphan_sidecar(&self, doc_rel: &str, path: &RemotePath, rel: &str) {
+        let ext = sidecar_suffix(rel);
+        for n in 1..=50 {
+            let (file, report) = claim::failed_paths(doc_rel, n);
+            let Ok(rp) = join_text(&self.src, &report) else {
+                break;
+            };
+            let Ok(bytes) = self.deps.store.read_small(&rp, 1 << 20).await else {
+                break;
+            };
+            let recorded = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["source_path"].as_str().map(str::to_owned));
+            if recorded.as_deref() != Some(doc_rel) {
+                continue;
+            }
+            let Ok(to) = join_text(&self.src, &format!("{file}{ext}")) else {
+                break;
+            };
+            match self
+                .deps
+                .store
+                .rename(path, &to, RenameMode::NoReplace)
+                .await
+            {
+                Ok(()) => {
+                    info!(sidecar = %rel, "moved a sidecar left behind to its document in failed/");
+                    return;
+                }
+                Err(FileStoreError::AlreadyExists { .. }) => continue,
+                Err(e) => {
+                    warn!(sidecar = %rel, error = %e, "sidecar left behind could not be moved");
+                    return;
+                }
+            }
+        }
+        match self.post_action(path, rel).await {
+            Ok(to) => info!(sidecar = %rel, to = %to, "finished a sidecar its run left behind"),
+            Err(e) => warn!(sidecar = %rel, error = %e, "sidecar left behind could not be moved"),
+        }
     }
 
     /// Moves a document's sidecar left in intake into its claim `dir`.
@@ -1178,6 +1237,7 @@ impl Run<'_> {
             .rename(&from, &to, RenameMode::NoReplace)
             .await
             .map_err(|e| format!("claimed by another run ({e})"))?;
+        crash::point(crash::CLAIMED);
         // The sidecar follows its document into the claim. Two renames are
         // not atomic: if this one fails, or the run dies before it, the
         // document's claim stays and its takeover brings the sidecar along
@@ -1211,6 +1271,7 @@ impl Run<'_> {
             }
             None => None,
         };
+        crash::point(crash::SIDECAR_CLAIMED);
         // The done marker has served its purpose once the file is claimed.
         if let Some(m) = &self.route.readiness().done_marker {
             let mut segs = l.segs.clone();
@@ -1665,6 +1726,7 @@ impl Run<'_> {
             h.remove(&th_key(th.attributes.ingested_at));
         }
         let rule = plan.rule.clone();
+        crash::point(crash::CLASSIFIED);
 
         let ws = self.workspace(&plan).await?;
         let folder = self.folder(ws, &plan.folder).await?;
@@ -1871,8 +1933,20 @@ impl Run<'_> {
                 (Vec::new(), h.body)
             }
         };
-        let stream: ByteStream =
-            Box::pin(futures_util::stream::iter(first.into_iter().map(Ok)).chain(rest));
+        let mut sent = 0u64;
+        let stream: ByteStream = Box::pin(
+            futures_util::stream::iter(first.into_iter().map(Ok))
+                .chain(rest)
+                .inspect(move |c| {
+                    if let Ok(c) = c {
+                        let before = sent;
+                        sent += c.len() as u64;
+                        if before < size / 2 && sent >= size / 2 {
+                            crash::point(crash::MID_UPLOAD);
+                        }
+                    }
+                }),
+        );
         let content = Content {
             stream: ecm_stream(stream),
             length: size,
@@ -1908,6 +1982,7 @@ impl Run<'_> {
                     serde_json::Value::String("-".into()),
                 );
                 self.set_history(node, &hist).await?;
+                crash::point(crash::MARKED);
                 let r = ecm
                     .add_version(node, plan.description.as_deref(), content)
                     .await?;
@@ -1955,6 +2030,7 @@ impl Run<'_> {
                 receipt.size
             )));
         }
+        crash::point(crash::UPLOADED);
         plan.document_name = name;
         let outcome = if add_version_to.is_some() {
             IngestOutcome::VersionAdded
@@ -2013,6 +2089,19 @@ impl Run<'_> {
         // A document this run created (or just marked for its new version)
         // has the category; one it created has no RM classification yet.
         let fresh = outcome == IngestOutcome::Created;
+        // A new version's metadata (sidecar, index row, captures) replaces
+        // the document's, also when a crashed run's upload is finished
+        // here; before the final key, so a crash in between redoes it.
+        if outcome == IngestOutcome::VersionAdded
+            || (outcome == IngestOutcome::AlreadyIngested && !history_final)
+        {
+            for cat in to_applied(&plan.categories) {
+                if cat.category_id != th.category_id {
+                    self.set_category(node, cat.category_id, &cat.values)
+                        .await?;
+                }
+            }
+        }
         if history_final {
             // Created with it (small files).
         } else if fresh || outcome == IngestOutcome::VersionAdded {
@@ -2020,6 +2109,7 @@ impl Run<'_> {
         } else {
             self.set_history(node, &v).await?;
         }
+        crash::point(crash::HISTORY_WRITTEN);
         if let Some(class) = plan.rm_classification
             && (fresh || !ecm.rm_classifications(node).await?.contains(&class))
         {
@@ -2050,7 +2140,17 @@ impl Run<'_> {
     /// Updates the transfer-history category, applying it first if the
     /// document does not have it yet (a document created by someone else).
     async fn set_history(&self, node: NodeId, values: &CategoryValues) -> Result<(), EcmError> {
-        let cat = self.route.config.transfer_history.category_id;
+        self.set_category(node, self.route.config.transfer_history.category_id, values)
+            .await
+    }
+
+    /// Updates category `cat` on `node`, applying it first if missing.
+    async fn set_category(
+        &self,
+        node: NodeId,
+        cat: i64,
+        values: &CategoryValues,
+    ) -> Result<(), EcmError> {
         // Servers answer an update of an unassigned category with 400 or 404;
         // asking first keeps the refusal of a bad value a refusal.
         let assigned = self
@@ -2301,10 +2401,13 @@ impl Run<'_> {
     /// Archives or deletes the claimed file (and sidecar) after a verified
     /// ingest, then publishes `Transfer Ingested`.
     async fn finish_source(&self, c: &Claimed, done: Done, started: Instant) -> FileReport {
+        crash::point(crash::VERIFIED);
         let moved = self.post_action(&c.path, &c.rel).await;
+        crash::point(crash::ARCHIVED);
         if let Some((_, p, segs)) = &c.sidecar {
             let _ = self.post_action(p, &rel_text(segs)).await;
         }
+        crash::point(crash::SOURCE_FINISHED);
         if moved.is_ok() {
             self.release_claim_dirs(c).await;
         }
@@ -2653,6 +2756,7 @@ pub async fn retry(
     Ok(report)
 }
 
+pub mod crash;
 #[cfg(test)]
 mod faulty_ecm;
 #[cfg(test)]

@@ -1519,3 +1519,5 @@ async fn given_rtl_override_in_name_when_run_then_failed_naming_the_hidden_exten
         "{reason}"
     );
 }
+
+mod crash_matrix;

@@ -70,16 +70,48 @@ impl ClaimTag {
         )
     }
 
+    /// The tag that takes over the expired claim `old` at `now`: the next
+    /// attempt, and a nonce derived from this invocation *and* the old tag,
+    /// so one run taking over several claims in one second names each
+    /// takeover differently (and two runs racing for one claim still collide,
+    /// which is what makes only one of them win).
+    pub fn takeover_of(old: &ClaimTag, route_name: &str, now: i64, invocation_id: &str) -> Self {
+        let mut h = Sha256::new();
+        for f in [invocation_id.as_bytes(), old.dir_name().as_bytes()] {
+            h.update((f.len() as u64).to_be_bytes());
+            h.update(f);
+        }
+        ClaimTag {
+            claimed_at: now,
+            attempt: old.attempt + 1,
+            route_tag: route_tag(route_name),
+            nonce: hex::encode(h.finalize())[..12].to_owned(),
+        }
+    }
+
+    /// The tag a run gives its own claim when it stops on a run-level outage
+    /// (the ECM or the SFTP server unavailable): already expired, so the next
+    /// run takes it over at once, and one attempt lower, so that takeover
+    /// does not count an attempt the outage spent (attempt 0 = released
+    /// before its first real try).
+    pub fn released(&self, lease_secs: u64) -> Self {
+        ClaimTag {
+            claimed_at: self
+                .claimed_at
+                .saturating_sub(lease_secs as i64)
+                .saturating_sub(1)
+                .max(0),
+            attempt: self.attempt.saturating_sub(1),
+            route_tag: self.route_tag.clone(),
+            nonce: self.nonce.clone(),
+        }
+    }
+
     /// Parse a tag directory name; `None` for anything we did not write.
     pub fn parse(dir_name: &str) -> Option<Self> {
         let mut parts = dir_name.splitn(4, '-');
         let claimed_at = parts.next()?.parse::<i64>().ok().filter(|t| *t >= 0)?;
-        let attempt = parts
-            .next()?
-            .strip_prefix('a')?
-            .parse::<u32>()
-            .ok()
-            .filter(|a| *a >= 1)?;
+        let attempt = parts.next()?.strip_prefix('a')?.parse::<u32>().ok()?;
         let route_tag = parts.next()?;
         let nonce = parts.next()?;
         let hex8 = route_tag.len() == 8 && route_tag.bytes().all(|b| b.is_ascii_hexdigit());
@@ -156,12 +188,7 @@ pub fn decide_existing(
             attempts: tag.attempt,
         };
     }
-    ExistingClaim::TakeOver(ClaimTag::new(
-        route_name,
-        tag.attempt + 1,
-        now,
-        invocation_id,
-    ))
+    ExistingClaim::TakeOver(ClaimTag::takeover_of(tag, route_name, now, invocation_id))
 }
 
 /// After a transient failure within an invocation.
@@ -210,6 +237,9 @@ pub struct FailureReport {
     pub invocation_id: String,
     /// How to retry: the manual event that moves it back.
     pub retry_with: serde_json::Value,
+    /// For a CSV index: the rows refused (the others are used).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused_rows: Vec<super::classify::RefusedRow>,
 }
 
 impl FailureReport {
@@ -236,6 +266,7 @@ impl FailureReport {
             failed_at: now.to_rfc3339_opts(SecondsFormat::Secs, true),
             invocation_id: invocation_id.to_owned(),
             retry_with: serde_json::json!({"action": "retry", "files": [failed_name]}),
+            refused_rows: Vec::new(),
         }
     }
 }
@@ -265,6 +296,26 @@ pub fn retry_paths(failed_name: &str) -> (String, String, String) {
         format!("{FAILED_DIR}/{}", error_report_name(failed_name)),
         failed_name.to_owned(),
     )
+}
+
+/// Where a manual retry puts `failed/<failed_name>` back, relative to
+/// `source_dir`: the original path recorded in its report (a recursive
+/// route's `a/b.pdf` goes back to `a/b.pdf`, keeping its identity and so its
+/// idempotency key), or, without a usable one, the failed name at the top.
+/// A recorded path is used only when it is a plain relative path outside the
+/// work folders and carries no `%` (which could be an escape of a
+/// non-UTF-8 byte rather than the character itself).
+pub fn retry_target(failed_name: &str, recorded_source_path: Option<&str>) -> String {
+    let usable = |p: &str| {
+        !p.is_empty()
+            && !p.contains(['\0', '\\', '%'])
+            && p.split('/').all(|s| !s.is_empty() && !s.starts_with('.'))
+            && p.split('/').next() != Some(FAILED_DIR)
+    };
+    match recorded_source_path {
+        Some(p) if usable(p) => p.to_owned(),
+        _ => failed_name.to_owned(),
+    }
 }
 
 /// Where a successfully ingested file goes, relative to `source_dir`:
@@ -316,7 +367,6 @@ mod tests {
             "",
             "x",
             "1-a1-zzzzzzzz-n",
-            "1-a0-0123abcd-n",
             "-1-a1-0123abcd-n",
             "1-a1-0123abcd-",
             "1-b1-0123abcd-n",
@@ -353,10 +403,20 @@ mod tests {
         let ExistingClaim::TakeOver(next) = decide_existing(&t, "r", 2801, 1800, 3, "inv2") else {
             panic!("expected takeover");
         };
-        assert_eq!(
-            (next.attempt, next.claimed_at, next.nonce.as_str()),
-            (2, 2801, "inv2")
-        );
+        assert_eq!((next.attempt, next.claimed_at), (2, 2801));
+        assert_eq!(ClaimTag::parse(&next.dir_name()), Some(next.clone()));
+        // Another stale claim taken over by the same run in the same second
+        // gets another name; the same claim taken over by another run too.
+        let other = ClaimTag::new("r", 1, 1000, "inv-b");
+        let ExistingClaim::TakeOver(next_b) = decide_existing(&other, "r", 2801, 1800, 3, "inv2")
+        else {
+            panic!("expected takeover");
+        };
+        assert_ne!(next.dir_name(), next_b.dir_name());
+        let ExistingClaim::TakeOver(again) = decide_existing(&t, "r", 2801, 1800, 3, "inv2") else {
+            panic!("expected takeover");
+        };
+        assert_eq!(again, next, "deterministic for one run and one claim");
         let third = ClaimTag::new("r", 3, 1000, "inv");
         assert_eq!(
             decide_existing(&third, "r", 2801, 1800, 3, "x"),
@@ -368,6 +428,25 @@ mod tests {
         );
         assert_eq!(after_transient_failure(2, 3), AfterTransient::LeaveClaimed);
         assert_eq!(after_transient_failure(3, 3), AfterTransient::Quarantine);
+    }
+
+    #[test]
+    fn given_claim_released_on_outage_when_found_next_then_taken_over_without_spending_an_attempt()
+    {
+        let t = ClaimTag::new("r", 1, 5000, "inv");
+        let rel = t.released(1800);
+        assert_eq!(rel.attempt, 0);
+        assert_eq!(ClaimTag::parse(&rel.dir_name()), Some(rel.clone()));
+        let ExistingClaim::TakeOver(next) = decide_existing(&rel, "r", 5001, 1800, 3, "inv2")
+        else {
+            panic!("expected an immediate takeover");
+        };
+        assert_eq!(next.attempt, 1);
+        let last = ClaimTag::new("r", 3, 5000, "inv").released(1800);
+        assert!(matches!(
+            decide_existing(&last, "r", 5001, 1800, 3, "x"),
+            ExistingClaim::TakeOver(ClaimTag { attempt: 3, .. })
+        ));
     }
 
     #[test]
@@ -388,6 +467,24 @@ mod tests {
                 "a.pdf".into()
             )
         );
+    }
+
+    #[test]
+    fn given_recorded_source_path_when_retried_then_back_at_it_unless_unsafe() {
+        assert_eq!(retry_target("a__b.pdf", Some("a/b.pdf")), "a/b.pdf");
+        assert_eq!(retry_target("a__b.pdf", None), "a__b.pdf");
+        for bad in [
+            "../x",
+            "/etc/x",
+            "a/../b",
+            ".inflight/x",
+            "failed/x",
+            "a%2Fb",
+            "a//b",
+            "",
+        ] {
+            assert_eq!(retry_target("f.pdf", Some(bad)), "f.pdf", "{bad:?}");
+        }
     }
 
     #[test]

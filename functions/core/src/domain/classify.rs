@@ -369,14 +369,69 @@ pub fn parse_xml_sidecar(file: &str, bytes: &[u8]) -> Result<Metadata, MetadataE
     Ok(out)
 }
 
+/// An index row that was refused (the index's other rows are used).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedRow {
+    /// Line in the index file (the header is line 1).
+    pub line: u64,
+    /// The file the row names, when it names one usably (its document then
+    /// fails saying its row was refused, instead of going in without metadata).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Column name or number, when one is to blame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for RefusedRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.column {
+            Some(c) => write!(f, "line {} column {c}: {}", self.line, self.reason),
+            None => write!(f, "line {}: {}", self.line, self.reason),
+        }
+    }
+}
+
+/// A CSV index as parsed: the usable rows (file → metadata) and the refused ones.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ParsedIndex {
+    pub rows: BTreeMap<String, Metadata>,
+    pub refused: Vec<RefusedRow>,
+}
+
 /// A CSV index file: header row, one row per listed file; `file_column` names the
 /// file (relative to the index's directory), every other column is metadata.
-/// Returns file → metadata. Errors name the line and column.
+/// Returns file → metadata. Errors name the line and column. Strict: the
+/// first bad row fails the whole index (see [`parse_csv_index_rows`] for
+/// the flow's row-by-row reading).
 pub fn parse_csv_index(
     file: &str,
     bytes: &[u8],
     index: &Index,
 ) -> Result<BTreeMap<String, Metadata>, MetadataError> {
+    let parsed = parse_csv_index_rows(file, bytes, index)?;
+    match parsed.refused.first() {
+        Some(r) => Err(MetadataError::new(file, r.reason.clone()).at(r.line, r.column())),
+        None => Ok(parsed.rows),
+    }
+}
+
+impl RefusedRow {
+    fn column(&self) -> String {
+        self.column.clone().unwrap_or_else(|| "-".to_owned())
+    }
+}
+
+/// Reads an index row by row: a problem with the file as a whole (too big,
+/// header) is an error; a bad row is refused on its own, with its line and
+/// reason, and the other rows are used. A file listed twice is refused on
+/// both rows (which one is meant cannot be known).
+pub fn parse_csv_index_rows(
+    file: &str,
+    bytes: &[u8],
+    index: &Index,
+) -> Result<ParsedIndex, MetadataError> {
     check_size(file, bytes, MAX_INDEX_BYTES)?;
     let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
     let mut reader = csv::ReaderBuilder::new()
@@ -384,22 +439,24 @@ pub fn parse_csv_index(
         .has_headers(true)
         .flexible(false)
         .from_reader(bytes);
-    let csv_err = |e: csv::Error| {
-        let line = e.position().map_or(0, |p| p.line());
-        let problem = match e.kind() {
-            csv::ErrorKind::Utf8 { err, .. } => format!("not UTF-8 in field {}", err.field() + 1),
-            csv::ErrorKind::UnequalLengths {
-                expected_len, len, ..
-            } => format!("has {len} fields, the header has {expected_len}"),
-            _ => e.to_string(),
-        };
-        let col = match e.kind() {
-            csv::ErrorKind::Utf8 { err, .. } => (err.field() + 1).to_string(),
-            _ => "-".to_owned(),
-        };
-        MetadataError::new(file, problem).at(line, col)
+    let problem_of = |e: &csv::Error| match e.kind() {
+        csv::ErrorKind::Utf8 { err, .. } => format!("not UTF-8 in field {}", err.field() + 1),
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!("has {len} fields, the header has {expected_len}"),
+        _ => e.to_string(),
     };
-    let headers = reader.headers().map_err(csv_err)?.clone();
+    let headers = match reader.headers() {
+        Ok(h) => h.clone(),
+        Err(e) => {
+            let line = e.position().map_or(1, |p| p.line());
+            let col = match e.kind() {
+                csv::ErrorKind::Utf8 { err, .. } => (err.field() + 1).to_string(),
+                _ => "-".to_owned(),
+            };
+            return Err(MetadataError::new(file, problem_of(&e)).at(line, col));
+        }
+    };
     let mut seen = std::collections::BTreeSet::new();
     for (i, h) in headers.iter().enumerate() {
         if h.trim().is_empty() || !seen.insert(h.trim()) {
@@ -420,14 +477,48 @@ pub fn parse_csv_index(
         )
         .at(1, "-"));
     };
-    let mut out = BTreeMap::new();
+    let mut out = ParsedIndex::default();
+    // file → first line it was seen on, for duplicates.
+    let mut lines: BTreeMap<String, u64> = BTreeMap::new();
+    let mut duplicated: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut last_line = 1u64;
     for record in reader.records() {
-        let record = record.map_err(csv_err)?;
-        let line = record.position().map_or(0, |p| p.line());
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map_or(last_line + 1, |p| p.line());
+                last_line = line;
+                let column = match e.kind() {
+                    csv::ErrorKind::Utf8 { err, .. } => Some((err.field() + 1).to_string()),
+                    _ => None,
+                };
+                out.refused.push(RefusedRow {
+                    line,
+                    file: None,
+                    column,
+                    reason: problem_of(&e),
+                });
+                // An I/O error would repeat forever; a reader over bytes has none.
+                if matches!(e.kind(), csv::ErrorKind::Io(_)) {
+                    break;
+                }
+                continue;
+            }
+        };
+        let line = record.position().map_or(last_line + 1, |p| p.line());
+        last_line = line;
         let name = record.get(file_col).unwrap_or("").trim();
-        let col_name = index.file_column.clone();
+        let refuse = |file: Option<&str>, column: &str, reason: String| RefusedRow {
+            line,
+            file: file.map(str::to_owned),
+            column: Some(column.to_owned()),
+            reason,
+        };
+        let file_column = index.file_column.as_str();
         if name.is_empty() {
-            return Err(MetadataError::new(file, "file name is empty").at(line, col_name));
+            out.refused
+                .push(refuse(None, file_column, "file name is empty".to_owned()));
+            continue;
         }
         if name.starts_with('/')
             || name.contains('\\')
@@ -436,35 +527,56 @@ pub fn parse_csv_index(
                 .split('/')
                 .any(|s| s.is_empty() || s == "." || s == "..")
         {
-            return Err(MetadataError::new(
-                file,
+            out.refused.push(refuse(
+                None,
+                file_column,
                 format!(
                     "file name {:?} must be a plain relative path",
                     name.escape_debug().to_string()
                 ),
-            )
-            .at(line, col_name));
+            ));
+            continue;
         }
         let mut meta = Metadata::new();
+        let mut bad = None;
         for (i, (h, v)) in headers.iter().zip(record.iter()).enumerate() {
             if i == file_col {
                 continue;
             }
             let h = h.trim();
             if v.contains('\0') {
-                return Err(
-                    MetadataError::new(file, format!("field {h:?} contains NUL")).at(line, h),
-                );
+                bad = Some((h.to_owned(), format!("field {h:?} contains NUL")));
+                break;
             }
             meta.insert(h.to_owned(), v.to_owned());
         }
-        if out.insert(name.to_owned(), meta).is_some() {
-            return Err(
-                MetadataError::new(file, format!("file {name:?} is listed twice"))
-                    .at(line, col_name),
-            );
+        if let Some((column, reason)) = bad {
+            out.refused.push(refuse(Some(name), &column, reason));
+            continue;
+        }
+        if let Some(first) = lines.get(name) {
+            duplicated
+                .entry(name.to_owned())
+                .or_insert_with(|| vec![*first])
+                .push(line);
+            continue;
+        }
+        lines.insert(name.to_owned(), line);
+        out.rows.insert(name.to_owned(), meta);
+    }
+    for (name, at) in duplicated {
+        out.rows.remove(&name);
+        let all = at.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+        for line in at {
+            out.refused.push(RefusedRow {
+                line,
+                file: Some(name.clone()),
+                column: Some(index.file_column.clone()),
+                reason: format!("file {name:?} is listed twice (lines {all})"),
+            });
         }
     }
+    out.refused.sort_by_key(|r| r.line);
     Ok(out)
 }
 
@@ -898,10 +1010,38 @@ mod tests {
             "{e}"
         );
         let e = parse_csv_index("i.csv", b"file,po\na.pdf,1\na.pdf,2\n", &index(',')).unwrap_err();
-        assert!(e.problem.contains("twice") && e.line == Some(3), "{e}");
+        assert!(e.problem.contains("twice") && e.line == Some(2), "{e}");
         let e = parse_csv_index("i.csv", b"file,po\na.pdf,\xff\n", &index(',')).unwrap_err();
         assert_eq!((e.line, e.column.as_deref()), (Some(2), Some("2")), "{e}");
         let e = parse_csv_index("i.csv", b"file,file\na,b\n", &index(',')).unwrap_err();
         assert!(e.problem.contains("repeated"), "{e}");
+    }
+
+    #[test]
+    fn given_index_with_bad_rows_when_read_row_by_row_then_others_kept_and_refusals_listed() {
+        let csv = b"file,po\n../../etc/passwd,X\na.pdf,1\nb.pdf,2\nb.pdf,3\nc.pdf\nd.pdf,P\0\n,9\ne.pdf,\xff\nf.pdf,6\n";
+        let p = parse_csv_index_rows("i.csv", csv, &index(',')).unwrap();
+        assert_eq!(p.rows.keys().collect::<Vec<_>>(), ["a.pdf", "f.pdf"]);
+        let lines: Vec<(u64, Option<&str>)> = p
+            .refused
+            .iter()
+            .map(|r| (r.line, r.file.as_deref()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (2, None),
+                (4, Some("b.pdf")),
+                (5, Some("b.pdf")),
+                (6, None),
+                (7, Some("d.pdf")),
+                (8, None),
+                (9, None)
+            ]
+        );
+        assert!(p.refused[0].to_string().contains("plain relative path"));
+        assert!(p.refused[1].reason.contains("lines 4, 5"));
+        // A problem with the whole file is still an error.
+        assert!(parse_csv_index_rows("i.csv", b"name,po\na,1\n", &index(',')).is_err());
     }
 }

@@ -105,7 +105,7 @@ pub fn cs_name(original: &str) -> Result<String, NameError> {
         .chars()
         .filter_map(|c| match c {
             ':' => Some('_'),
-            c if c.is_control() => None,
+            c if c.is_control() || is_bidi_control(c) => None,
             // Unicode line/paragraph separators are not `is_control` but break
             // single-line displays and logs the same way.
             '\u{2028}' | '\u{2029}' => None,
@@ -135,7 +135,7 @@ pub fn sftp_safe_name(original: &str) -> String {
             '/' | '\\' | '\0' => '_',
             // Reserved on Windows servers; partners run those too.
             '<' | '>' | ':' | '"' | '|' | '?' | '*' => '_',
-            c if c.is_control() => '_',
+            c if c.is_control() || is_bidi_control(c) => '_',
             c => c,
         })
         .collect();
@@ -188,6 +188,46 @@ pub fn numbered(name: &str, n: u32, max_chars: usize) -> String {
     format!("{}{marker}{ext_part}", stem.trim_end())
 }
 
+/// Unicode bidirectional controls (embeddings, overrides, isolates, marks):
+/// invisible, and able to make `invoice\u{202E}fdp.exe` display as
+/// `invoiceexe.pdf`.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}'
+    )
+}
+
+/// Why a partner's name is refused before anything else is decided about it:
+/// bidirectional controls that disguise what the name really ends in.
+/// `None` for a name without them.
+pub fn hidden_name_problem(name: &str) -> Option<String> {
+    let controls: Vec<String> = name
+        .chars()
+        .filter(|c| is_bidi_control(*c))
+        .map(|c| format!("U+{:04X}", c as u32))
+        .collect();
+    if controls.is_empty() {
+        return None;
+    }
+    let plain: String = name.chars().filter(|c| !is_bidi_control(*c)).collect();
+    let last = plain.rsplit('/').next().unwrap_or(&plain);
+    let ext = match last.rsplit_once('.') {
+        Some((_, e)) if !e.is_empty() => format!("really ends in \".{e}\""),
+        _ => "has no real extension".to_owned(),
+    };
+    let kind = if name.contains('\u{202E}') {
+        "a right-to-left override"
+    } else {
+        "bidirectional control characters"
+    };
+    Some(format!(
+        "the name contains {kind} ({}) that changes how it displays and can hide its real extension: it {ext} (shown without the controls: {:?})",
+        controls.join(", "),
+        plain
+    ))
+}
+
 /// The error report written next to a file moved to `failed/`.
 pub fn error_report_name(safe_name: &str) -> String {
     format!("{safe_name}.error.json")
@@ -196,6 +236,20 @@ pub fn error_report_name(safe_name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn given_rtl_override_when_checked_then_problem_names_it_and_the_real_extension() {
+        let p = hidden_name_problem("invoice\u{202E}fdp.exe").unwrap();
+        assert!(
+            p.contains("right-to-left override") && p.contains("U+202E"),
+            "{p}"
+        );
+        assert!(p.contains("\".exe\""), "{p}");
+        assert!(!p.contains('\u{202E}'), "{p}");
+        assert_eq!(hidden_name_problem("invoice.pdf"), None);
+        assert_eq!(sftp_safe_name("a\u{202E}fdp.exe"), "a_fdp.exe");
+        assert_eq!(cs_name("a\u{2066}b.pdf").unwrap(), "ab.pdf");
+    }
 
     #[test]
     fn given_colon_and_control_chars_when_sanitised_for_cs_then_removed_and_trimmed() {

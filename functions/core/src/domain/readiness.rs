@@ -50,6 +50,24 @@ pub enum NotReady {
 pub enum Readiness {
     Ready,
     NotYet(NotReady),
+    /// Complete, and never acceptable: refuse it (into `failed/`) instead of
+    /// deferring it on every run.
+    Refuse(Refusal),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Empty, settled by every other condition, and the route does not
+    /// allow empty files.
+    EmptyNotAllowed,
+}
+
+impl Refusal {
+    pub fn reason(&self) -> String {
+        match self {
+            Refusal::EmptyNotAllowed => "the file is empty (0 bytes) and stayed empty until it was complete by the route's readiness rule; the route does not allow empty files (readiness.allow_empty)".into(),
+        }
+    }
 }
 
 impl NotReady {
@@ -76,7 +94,16 @@ pub fn assess(rule: &ReadinessConfig, ev: &Evidence) -> Readiness {
         return NotYet(NotReady::MarkerMissing);
     }
     if ev.current.size == 0 && !rule.allow_empty {
-        return NotYet(NotReady::EmptyNotAllowed);
+        // Still arriving, or an empty file for good? Once every other
+        // condition holds, it is the latter: the partner must be told.
+        let rest = ReadinessConfig {
+            allow_empty: true,
+            ..rule.clone()
+        };
+        return match assess(&rest, ev) {
+            Readiness::Ready => Readiness::Refuse(Refusal::EmptyNotAllowed),
+            _ => NotYet(NotReady::EmptyNotAllowed),
+        };
     }
     if let Some(min_age) = rule.min_age_secs {
         let age = ev.now.saturating_sub(ev.current.mtime).max(0) as u64;
@@ -197,11 +224,22 @@ mod tests {
     }
 
     #[test]
-    fn given_empty_file_when_route_disallows_then_not_ready_even_with_marker() {
+    fn given_empty_file_when_route_disallows_then_waits_until_settled_then_refused() {
+        // Complete by the marker and still empty: refused, not deferred forever.
         let strict = rule(true, None, None, false);
         assert_eq!(
             assess(&strict, &ev(100, obs(0, 0), None, true)),
+            Readiness::Refuse(Refusal::EmptyNotAllowed)
+        );
+        // Young (may be the first instant of an upload): waits.
+        let aged = rule(false, None, Some(60), false);
+        assert_eq!(
+            assess(&aged, &ev(100, obs(0, 90), None, false)),
             Readiness::NotYet(NotReady::EmptyNotAllowed)
+        );
+        assert_eq!(
+            assess(&aged, &ev(1000, obs(0, 90), None, false)),
+            Readiness::Refuse(Refusal::EmptyNotAllowed)
         );
         let lenient = rule(true, None, None, true);
         assert_eq!(

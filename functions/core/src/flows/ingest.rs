@@ -74,7 +74,9 @@ use crate::domain::claim::{
     self, AfterTransient, ClaimTag, ExistingClaim, FailureKind, FailureReport,
 };
 use crate::domain::classify::{self, Candidate, HEAD_LEN, MAX_INDEX_BYTES, MAX_SIDECAR_BYTES};
-use crate::domain::names::{CS_NAME_MAX_CHARS, SFTP_NAME_MAX_BYTES, escape_non_utf8, numbered};
+use crate::domain::names::{
+    CS_NAME_MAX_CHARS, SFTP_NAME_MAX_BYTES, escape_non_utf8, hidden_name_problem, numbered,
+};
 use crate::domain::paths::{PathError, RemotePath};
 use crate::domain::placement::{self, ConflictPolicy, PlacementPlan, WorkspaceTarget};
 use crate::domain::readiness::{self, Evidence, Observation, Readiness};
@@ -374,6 +376,9 @@ struct Claimed {
     /// The claimed file (under `.inflight/<tag>/`).
     path: RemotePath,
     sidecar: Option<(SidecarFormat, RemotePath, Vec<Vec<u8>>)>,
+    /// Its sidecar is in intake but could not be brought into the claim:
+    /// not ingested without it this time.
+    sidecar_error: Option<String>,
     size: u64,
     mtime: i64,
 }
@@ -401,7 +406,26 @@ struct Run<'a> {
     /// Events not yet published: sent in batches of [`EVENT_BATCH`] (one
     /// PutEvents call each) and the rest at the end of the run.
     events: tokio::sync::Mutex<Vec<Event>>,
+    /// Set by the first run-level fault (the ECM or the SFTP server
+    /// unavailable): no further claim is made, claimed files are not tried,
+    /// and this run's claims are released at the end (see [`ClaimTag::released`]).
+    outage: std::sync::atomic::AtomicBool,
+    /// Claim directories of this run that still hold a deferred file.
+    held: std::sync::Mutex<BTreeMap<String, ClaimTag>>,
+    /// One lock per target (folder, document name): files of one run that
+    /// go to the same name are placed one after the other, so the second
+    /// sees the first and its conflict policy applies.
+    name_locks: std::sync::Mutex<BTreeMap<(NodeId, String), NameLock>>,
+    /// Index rows refused, by the document they name: (index, row).
+    refused_rows: BTreeMap<String, (String, classify::RefusedRow)>,
 }
+
+/// Serialises the placement of one target name (see `Run::name_locks`).
+type NameLock = std::sync::Arc<tokio::sync::Mutex<()>>;
+
+/// How often one file re-applies its conflict policy after the ECM answered
+/// `Conflict` within one run.
+const MAX_CONFLICT_RETRIES: u32 = 3;
 
 /// Numbered copies (`name (2).pdf` …) searched for this file's own copy
 /// under the `rename` policy.
@@ -457,6 +481,10 @@ pub async fn run(
             dirs: std::sync::Mutex::new(BTreeSet::new()),
             released: std::sync::Mutex::new(BTreeSet::new()),
             events: tokio::sync::Mutex::new(Vec::new()),
+            outage: std::sync::atomic::AtomicBool::new(false),
+            held: std::sync::Mutex::new(BTreeMap::new()),
+            name_locks: std::sync::Mutex::new(BTreeMap::new()),
+            refused_rows: BTreeMap::new(),
         };
         let src_text = run.src.to_string();
         let list_err = |source| IngestError::List {
@@ -533,11 +561,14 @@ pub async fn run(
             report.push(f);
         }
 
-        let results = futures_util::stream::iter(ready)
-            .map(|(l, sidecar)| async move { run.claim_and_process(l, sidecar).await })
-            .buffer_unordered(parallelism)
-            .collect::<Vec<_>>()
-            .await;
+        let results =
+            futures_util::stream::iter(ready)
+                .map(|(l, sidecar, refusal)| async move {
+                    run.claim_and_process(l, sidecar, refusal).await
+                })
+                .buffer_unordered(parallelism)
+                .collect::<Vec<_>>()
+                .await;
         let mut remaining: BTreeSet<String> = waiting.iter().map(|(l, _)| l.0.clone()).collect();
         for r in results {
             match r {
@@ -552,14 +583,28 @@ pub async fn run(
         }
         report.stopped_early = run.stopped.load(Ordering::Relaxed);
 
-        // 4. Index files whose documents are all gone from intake are done.
+        // 4. Index files whose documents are all gone from intake and from
+        // every claim are done (looked at afresh: a file may sit in another
+        // run's claim, or in one of ours that a transient failure kept).
+        let pending = if indexes.is_empty() {
+            None
+        } else {
+            run.paths_still_pending(&skip_top).await
+        };
         for (index_rel, segs, rows) in indexes {
-            if rows.iter().any(|r| remaining.contains(r)) || report.left_for_next_run > 0 {
+            let Some(pending) = &pending else {
+                break;
+            };
+            if rows
+                .iter()
+                .any(|r| remaining.contains(r) || pending.contains(r))
+            {
                 continue;
             }
             run.post_action_index(&index_rel, &segs).await;
         }
         run.remove_released_dirs().await;
+        run.release_held_claims().await;
         run.flush_events().await;
         Ok::<_, IngestError>(())
     }
@@ -591,7 +636,9 @@ fn archive_root(route: &Route) -> Option<String> {
 }
 
 type Waiting = ((String, String), Option<u64>);
-type ReadyDoc = (Listed, Option<(SidecarFormat, Listed)>);
+/// A document to claim, its sidecar, and, for a complete file that can
+/// never be accepted (empty), why it is refused.
+type ReadyDoc = (Listed, Option<(SidecarFormat, Listed)>, Option<String>);
 
 /// Sorts listed entries into ready documents (with their sidecars) and
 /// waiting ones (with the seconds to wait for a second look, if that is what
@@ -621,20 +668,57 @@ fn assess_all(
         }
     }
     let mut observed = BTreeMap::new();
+    let evidence = |l: &Listed, marker: bool| Evidence {
+        now,
+        current: Observation {
+            size: l.size,
+            mtime: l.mtime,
+        },
+        earlier: earlier.and_then(|(m, at)| m.get(&l.rel).map(|o| (*o, at))),
+        marker_present: marker,
+    };
+    for (_, s) in sidecars.values() {
+        observed.insert(
+            s.rel.clone(),
+            Observation {
+                size: s.size,
+                mtime: s.mtime,
+            },
+        );
+    }
     for l in docs {
         let current = Observation {
             size: l.size,
             mtime: l.mtime,
         };
         observed.insert(l.rel.clone(), current);
-        let ev = Evidence {
-            now,
-            current,
-            earlier: earlier.and_then(|(m, at)| m.get(&l.rel).map(|o| (*o, at))),
-            marker_present: markers.contains(&l.rel),
-        };
-        match readiness::assess(route.readiness(), &ev) {
-            Readiness::Ready => ready.push((l.clone(), sidecars.remove(&l.rel))),
+        let marker = markers.contains(&l.rel);
+        let verdict = readiness::assess(route.readiness(), &evidence(l, marker));
+        // A sidecar is part of its document: both are complete or neither
+        // is taken (an empty sidecar is complete, and refused when read).
+        if matches!(verdict, Readiness::Ready | Readiness::Refuse(_))
+            && let Some((_, s)) = sidecars.get(&l.rel)
+            && let Readiness::NotYet(why) =
+                readiness::assess(route.readiness(), &evidence(s, marker))
+        {
+            let wait = match why {
+                readiness::NotReady::NeedsSecondLook { wait_secs } => Some(wait_secs),
+                _ => None,
+            };
+            waiting.push((
+                (
+                    l.rel.clone(),
+                    format!("not ready: its sidecar {}: {}", s.rel, why.reason()),
+                ),
+                wait,
+            ));
+            continue;
+        }
+        match verdict {
+            Readiness::Ready => ready.push((l.clone(), sidecars.remove(&l.rel), None)),
+            Readiness::Refuse(why) => {
+                ready.push((l.clone(), sidecars.remove(&l.rel), Some(why.reason())))
+            }
             Readiness::NotYet(why) => {
                 let wait = match why {
                     readiness::NotReady::NeedsSecondLook { wait_secs } => Some(wait_secs),
@@ -654,13 +738,40 @@ fn assess_all(
 #[derive(Debug)]
 enum Failure {
     Permanent(String),
-    Transient(String),
+    /// A retry can help. `outage`: the ECM or the SFTP server failed in a
+    /// way a retry may cure (unavailable, timeouts, an expired ticket): a
+    /// run-level fault, not this file's, so the run stops and no attempt is
+    /// spent on it.
+    Transient {
+        reason: String,
+        outage: bool,
+    },
+    /// The ECM refused a create because the name is taken (by a writer
+    /// outside this run, after our look-up): the conflict policy is applied
+    /// again.
+    Conflict(String),
+}
+
+impl Failure {
+    fn transient(reason: impl Into<String>) -> Self {
+        Failure::Transient {
+            reason: reason.into(),
+            outage: false,
+        }
+    }
 }
 
 impl From<EcmError> for Failure {
     fn from(e: EcmError) -> Self {
-        if e.is_retryable() {
-            Failure::Transient(e.to_string())
+        // The adapter decides what a retry can cure (is_retryable); this
+        // flow never second-guesses it by the error's variant.
+        if e.is_conflict() {
+            Failure::Conflict(e.to_string())
+        } else if e.is_retryable() {
+            Failure::Transient {
+                reason: e.to_string(),
+                outage: true,
+            }
         } else {
             Failure::Permanent(e.to_string())
         }
@@ -670,7 +781,10 @@ impl From<EcmError> for Failure {
 impl From<FileStoreError> for Failure {
     fn from(e: FileStoreError) -> Self {
         if e.is_retryable() {
-            Failure::Transient(e.to_string())
+            Failure::Transient {
+                reason: e.to_string(),
+                outage: true,
+            }
         } else {
             Failure::Permanent(e.to_string())
         }
@@ -827,8 +941,13 @@ impl Run<'_> {
                 &self.ctx.invocation_id,
             ) {
                 ExistingClaim::ForeignRoute => {}
+                ExistingClaim::TakeOver(_) | ExistingClaim::Quarantine { .. }
+                    if self.remove_empty_claim(&e.path).await =>
+                {
+                    info!(claim = %e.display_name, "removed an empty claim folder left by an interrupted run");
+                }
                 ExistingClaim::Held { expires_in } => {
-                    for c in self.claimed_in(&e.path, &tag).await {
+                    for c in self.claimed_in(&e.path, &tag, false).await {
                         report.push(FileReport::deferred(
                             &c.rel,
                             format!("claimed by another run; lease ends in {expires_in} s"),
@@ -846,8 +965,12 @@ impl Run<'_> {
                         .await
                     {
                         Ok(()) => {
-                            let files = self.claimed_in(&new_dir, &new_tag).await;
+                            let files = self.claimed_in(&new_dir, &new_tag, true).await;
                             info!(claim = %e.display_name, files = files.len(), "took over an expired claim");
+                            if files.is_empty() {
+                                // Only leftovers (a sidecar) were in it, now gone.
+                                self.remove_empty_claim(&new_dir).await;
+                            }
                             out.extend(files);
                         }
                         // Another run won the takeover.
@@ -857,7 +980,7 @@ impl Run<'_> {
                     }
                 }
                 ExistingClaim::Quarantine { attempts } => {
-                    for c in self.claimed_in(&e.path, &tag).await {
+                    for c in self.claimed_in(&e.path, &tag, true).await {
                         let reason = format!(
                             "quarantined after {attempts} attempts that did not finish (lease of {} s expired each time)",
                             limits.lease_secs
@@ -871,8 +994,43 @@ impl Run<'_> {
         out
     }
 
-    /// The documents (with sidecars) inside a claim directory.
-    async fn claimed_in(&self, dir: &RemotePath, tag: &ClaimTag) -> Vec<Claimed> {
+    /// Removes an expired claim directory that holds no file at all (a run
+    /// killed between creating it and its claim rename), deepest first.
+    /// `false` if anything is in it or a listing fails.
+    async fn remove_empty_claim(&self, dir: &RemotePath) -> bool {
+        let mut dirs = vec![dir.clone()];
+        let mut i = 0;
+        while i < dirs.len() {
+            let Ok(entries) = self.deps.store.list(&dirs[i]).await else {
+                return false;
+            };
+            for e in entries {
+                if e.meta.kind != EntryKind::Dir || dirs.len() > 1000 {
+                    return false;
+                }
+                dirs.push(e.path);
+            }
+            i += 1;
+        }
+        for d in dirs.iter().rev() {
+            if let Err(e) = self.deps.store.remove_dir(d).await {
+                warn!(dir = %d, error = %e, "empty claim folder not removed");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The documents (with sidecars) inside a claim directory. With
+    /// `adopt_sidecars` (a claim this run now owns), a document whose sidecar
+    /// is still in intake (its run died between the two claim renames)
+    /// gets it moved into the claim first.
+    async fn claimed_in(
+        &self,
+        dir: &RemotePath,
+        tag: &ClaimTag,
+        adopt_sidecars: bool,
+    ) -> Vec<Claimed> {
         let files = match walk(self.deps.store, dir, true, &BTreeSet::new()).await {
             Ok(f) => f,
             Err(e) => {
@@ -891,22 +1049,132 @@ impl Run<'_> {
                 _ => docs.push(l),
             }
         }
-        docs.into_iter()
-            .filter_map(|l| {
-                let path = join_all(dir, &l.segs).ok()?;
-                let sidecar = sidecars
-                    .remove(&l.rel)
-                    .and_then(|(f, s)| join_all(dir, &s.segs).ok().map(|p| (f, p, s.segs.clone())));
-                Some(Claimed {
-                    rel: l.rel,
-                    tag: tag.clone(),
-                    path,
-                    sidecar,
-                    size: l.size,
-                    mtime: l.mtime,
-                })
-            })
-            .collect()
+        let mut out = Vec::new();
+        for l in docs {
+            let Ok(path) = join_all(dir, &l.segs) else {
+                continue;
+            };
+            let mut sidecar = sidecars
+                .remove(&l.rel)
+                .and_then(|(f, s)| join_all(dir, &s.segs).ok().map(|p| (f, p, s.segs.clone())));
+            let mut sidecar_error = None;
+            if sidecar.is_none() && adopt_sidecars {
+                match self.adopt_sidecar(dir, &l.segs).await {
+                    Ok(s) => sidecar = s,
+                    Err(e) => sidecar_error = Some(e),
+                }
+            }
+            out.push(Claimed {
+                rel: l.rel,
+                tag: tag.clone(),
+                path,
+                sidecar,
+                sidecar_error,
+                size: l.size,
+                mtime: l.mtime,
+            });
+        }
+        // A sidecar whose document has left the claim: its run died between
+        // moving the document (archive or failed/) and moving the sidecar.
+        if adopt_sidecars {
+            for (doc_rel, (_, s)) in sidecars {
+                if let Ok(p) = join_all(dir, &s.segs) {
+                    self.finish_orphan_sidecar(&doc_rel, &p, &s.rel).await;
+                }
+            }
+        }
+        out
+    }
+
+    /// Sends an orphaned sidecar where its document went: beside it in
+    /// `failed/` when a failure report for the document is there (without
+    /// its sidecar), else the post-action (archive or delete), since a
+    /// document leaves a claim only for those two places.
+    async fn finish_orphan_sidecar(&self, doc_rel: &str, path: &RemotePath, rel: &str) {
+        let ext = sidecar_suffix(rel);
+        for n in 1..=50 {
+            let (file, report) = claim::failed_paths(doc_rel, n);
+            let Ok(rp) = join_text(&self.src, &report) else {
+                break;
+            };
+            let Ok(bytes) = self.deps.store.read_small(&rp, 1 << 20).await else {
+                break;
+            };
+            let recorded = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["source_path"].as_str().map(str::to_owned));
+            if recorded.as_deref() != Some(doc_rel) {
+                continue;
+            }
+            let Ok(to) = join_text(&self.src, &format!("{file}{ext}")) else {
+                break;
+            };
+            match self
+                .deps
+                .store
+                .rename(path, &to, RenameMode::NoReplace)
+                .await
+            {
+                Ok(()) => {
+                    info!(sidecar = %rel, "moved a sidecar left behind to its document in failed/");
+                    return;
+                }
+                Err(FileStoreError::AlreadyExists { .. }) => continue,
+                Err(e) => {
+                    warn!(sidecar = %rel, error = %e, "sidecar left behind could not be moved");
+                    return;
+                }
+            }
+        }
+        match self.post_action(path, rel).await {
+            Ok(to) => info!(sidecar = %rel, to = %to, "finished a sidecar its run left behind"),
+            Err(e) => warn!(sidecar = %rel, error = %e, "sidecar left behind could not be moved"),
+        }
+    }
+
+    /// Moves a document's sidecar left in intake into its claim `dir`.
+    async fn adopt_sidecar(
+        &self,
+        dir: &RemotePath,
+        doc_segs: &[Vec<u8>],
+    ) -> Result<Option<(SidecarFormat, RemotePath, Vec<Vec<u8>>)>, String> {
+        let cfg = &self.route.config.sidecars;
+        if cfg.mode == crate::domain::route::SidecarMode::Off {
+            return Ok(None);
+        }
+        for format in &cfg.formats {
+            let ext: &[u8] = match format {
+                SidecarFormat::Json => b".json",
+                SidecarFormat::Xml => b".xml",
+            };
+            let mut segs = doc_segs.to_vec();
+            let Some(last) = segs.last_mut() else {
+                return Ok(None);
+            };
+            last.extend_from_slice(ext);
+            let (Ok(from), Ok(to)) = (join_all(&self.src, &segs), join_all(dir, &segs)) else {
+                continue;
+            };
+            match self
+                .deps
+                .store
+                .rename(&from, &to, RenameMode::NoReplace)
+                .await
+            {
+                Ok(()) => {
+                    info!(sidecar = %rel_text(&segs), "took the sidecar left in intake into the claim");
+                    return Ok(Some((*format, to, segs)));
+                }
+                Err(FileStoreError::NotFound { .. }) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "its sidecar {} is still in intake and could not be claimed: {e}",
+                        rel_text(&segs)
+                    ));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Claims one ready document (and its sidecar), then processes it.
@@ -915,9 +1183,10 @@ impl Run<'_> {
         &self,
         l: Listed,
         sidecar: Option<(SidecarFormat, Listed)>,
+        refusal: Option<String>,
     ) -> Option<FileReport> {
         let limits = self.route.limits();
-        if self.ctx.near_deadline() {
+        if self.ctx.near_deadline() || self.outage.load(Ordering::SeqCst) {
             self.stopped.store(true, Ordering::Relaxed);
             return None;
         }
@@ -937,6 +1206,12 @@ impl Run<'_> {
             Ok(c) => c,
             Err(reason) => return Some(FileReport::deferred(&l.rel, reason)),
         };
+        if let Some(reason) = refusal {
+            return Some(
+                self.fail(&claimed, FailureKind::Permanent, &reason, None)
+                    .await,
+            );
+        }
         Some(self.process_claimed(claimed).await)
     }
 
@@ -962,25 +1237,41 @@ impl Run<'_> {
             .rename(&from, &to, RenameMode::NoReplace)
             .await
             .map_err(|e| format!("claimed by another run ({e})"))?;
-        // The sidecar travels with its document; losing it to a concurrent
-        // run only means that run will find no document for it.
+        crash::point(crash::CLAIMED);
+        // The sidecar follows its document into the claim. Two renames are
+        // not atomic: if this one fails, or the run dies before it, the
+        // document's claim stays and its takeover brings the sidecar along
+        // (`adopt_sidecars`), so the document never goes in without it.
         let sidecar = match sidecar {
             Some((format, s)) => {
-                let sfrom = join_all(&self.src, &s.segs).ok();
-                let sto = join_all(&dir, &s.segs).ok();
-                match (sfrom, sto) {
-                    (Some(a), Some(b)) => match store.rename(&a, &b, RenameMode::NoReplace).await {
-                        Ok(()) => Some((format, b, s.segs.clone())),
-                        Err(e) => {
-                            warn!(sidecar = %s.rel, error = %e, "sidecar could not be claimed");
-                            None
-                        }
-                    },
-                    _ => None,
+                let a = join_all(&self.src, &s.segs).map_err(|e| e.to_string())?;
+                let b = join_all(&dir, &s.segs).map_err(|e| e.to_string())?;
+                match store.rename(&a, &b, RenameMode::NoReplace).await {
+                    Ok(()) => Some((format, b, s.segs.clone())),
+                    // Removed by the partner since the listing.
+                    Err(FileStoreError::NotFound { .. }) => None,
+                    Err(e) => {
+                        warn!(sidecar = %s.rel, error = %e, "sidecar could not be claimed; the document waits in its claim");
+                        let c = Claimed {
+                            rel: l.rel.clone(),
+                            tag: tag.clone(),
+                            path: to,
+                            sidecar: None,
+                            sidecar_error: None,
+                            size: l.size,
+                            mtime: l.mtime,
+                        };
+                        self.hold(&c);
+                        return Err(format!(
+                            "claimed, but its sidecar {} could not be claimed ({e}); both are taken together by a later run",
+                            s.rel
+                        ));
+                    }
                 }
             }
             None => None,
         };
+        crash::point(crash::SIDECAR_CLAIMED);
         // The done marker has served its purpose once the file is claimed.
         if let Some(m) = &self.route.readiness().done_marker {
             let mut segs = l.segs.clone();
@@ -996,6 +1287,7 @@ impl Run<'_> {
             tag: tag.clone(),
             path: to,
             sidecar,
+            sidecar_error: None,
             size: l.size,
             mtime: l.mtime,
         })
@@ -1026,13 +1318,27 @@ impl Run<'_> {
                     .read_small(&p, MAX_INDEX_BYTES as u64)
                     .await
                     .map_err(|e| e.to_string())?;
-                classify::parse_csv_index(&l.rel, &bytes, &index).map_err(|e| e.to_string())
+                classify::parse_csv_index_rows(&l.rel, &bytes, &index).map_err(|e| e.to_string())
             }
             .await;
             match parsed {
-                Ok(rows) => {
-                    let rows = classify::index_rows_by_path(&l.rel, rows);
-                    let names: Vec<String> = rows.keys().cloned().collect();
+                Ok(parsed) => {
+                    let dir = l.rel.rsplit_once('/').map(|(d, _)| d.to_owned());
+                    let rows = classify::index_rows_by_path(&l.rel, parsed.rows);
+                    let mut names: Vec<String> = rows.keys().cloned().collect();
+                    for row in &parsed.refused {
+                        if let Some(f) = &row.file {
+                            let rel = match &dir {
+                                Some(d) => format!("{d}/{f}"),
+                                None => f.clone(),
+                            };
+                            names.push(rel.clone());
+                            self.refused_rows.insert(rel, (l.rel.clone(), row.clone()));
+                        }
+                    }
+                    if !parsed.refused.is_empty() {
+                        self.report_refused_rows(l, &parsed.refused).await;
+                    }
                     self.index_rows.extend(rows);
                     out.push((l.rel.clone(), l.segs.clone(), names));
                 }
@@ -1087,6 +1393,109 @@ impl Run<'_> {
         out
     }
 
+    /// The index's own failure record for its refused rows:
+    /// `failed/<index>.error.json` (the index itself stays in intake for the
+    /// rows that were usable), written and announced once per index.
+    async fn report_refused_rows(&self, l: &Listed, refused: &[classify::RefusedRow]) {
+        let (_, report_path) = claim::failed_paths(&l.rel, 1);
+        let Ok(rp) = join_text(&self.src, &report_path) else {
+            return;
+        };
+        if self.deps.store.stat(&rp).await.is_ok() {
+            return;
+        }
+        let now = self.now();
+        let reason = format!(
+            "{} row(s) of index {} refused, the others are used: {}",
+            refused.len(),
+            l.rel,
+            refused
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        let name = report_path
+            .trim_start_matches("failed/")
+            .trim_end_matches(".error.json")
+            .to_owned();
+        let mut rep = FailureReport::new(
+            self.route.name(),
+            &l.rel,
+            &name,
+            FailureKind::Permanent,
+            &reason,
+            1,
+            now,
+            &self.ctx.invocation_id,
+        );
+        rep.refused_rows = refused.to_vec();
+        rep.size = Some(l.size);
+        if let Ok(dir) = self.src.join(FAILED_DIR) {
+            let _ = self.mkdir(&dir).await;
+        }
+        match serde_json::to_vec_pretty(&rep) {
+            Ok(json) => {
+                if let Err(e) = self
+                    .deps
+                    .store
+                    .write_small(&rp, Bytes::from(json), RenameMode::NoReplace)
+                    .await
+                {
+                    warn!(index = %l.rel, error = %e, "the index's refused rows could not be reported");
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(index = %l.rel, error = %e, "the index's refused rows could not be reported");
+                return;
+            }
+        }
+        warn!(index = %l.rel, refused = refused.len(), "index rows refused");
+        let detail = TransferFailed {
+            route: self.route.name().to_owned(),
+            host: self.deps.sftp_host.clone(),
+            source_path: l.rel.clone(),
+            failed_path: None,
+            kind: FailureKind::Permanent,
+            reason,
+            attempts: 1,
+            size: Some(l.size),
+            sha256: None,
+            failed_at: now,
+            invocation_id: self.ctx.invocation_id.clone(),
+        };
+        self.publish(DetailType::TransferFailed, detail.detail())
+            .await;
+    }
+
+    /// Every document path still in intake or in any claim (this route's or
+    /// not, held, deferred or abandoned): an index listing one of them must
+    /// stay. `None` when a listing fails (then every index stays).
+    async fn paths_still_pending(&self, skip_top: &BTreeSet<&[u8]>) -> Option<BTreeSet<String>> {
+        let mut out: BTreeSet<String> = walk(
+            self.deps.store,
+            &self.src,
+            self.route.config.recursive,
+            skip_top,
+        )
+        .await
+        .ok()?
+        .into_iter()
+        .map(|l| l.rel)
+        .collect();
+        match walk(self.deps.store, &self.inflight, true, &BTreeSet::new()).await {
+            Ok(claimed) => out.extend(
+                claimed
+                    .into_iter()
+                    .filter_map(|l| l.rel.split_once('/').map(|(_, rel)| rel.to_owned())),
+            ),
+            Err(FileStoreError::NotFound { .. }) => {}
+            Err(_) => return None,
+        }
+        Some(out)
+    }
+
     async fn post_action_index(&self, rel: &str, segs: &[Vec<u8>]) {
         let Ok(from) = join_all(&self.src, segs) else {
             return;
@@ -1102,12 +1511,54 @@ impl Run<'_> {
         let span = info_span!("file", path = %c.rel, attempt = c.tag.attempt);
         async {
             let started = Instant::now();
-            match self.ingest(&c).await {
+            if self.outage.load(Ordering::SeqCst) {
+                self.hold(&c);
+                return FileReport::deferred(
+                    &c.rel,
+                    "not tried: the run stopped on an outage of the ECM or the SFTP server; the claim is released for the next run",
+                );
+            }
+            // A Conflict means someone took the name after our look-up:
+            // look again and apply the policy to what is there now.
+            let mut conflicts = 0;
+            let result = loop {
+                match self.ingest(&c).await {
+                    Err(Failure::Conflict(reason)) if conflicts < MAX_CONFLICT_RETRIES => {
+                        conflicts += 1;
+                        info!(error = %reason, "name taken meanwhile; resolving the conflict again");
+                    }
+                    Err(Failure::Conflict(reason)) => {
+                        break Err(Failure::transient(format!(
+                            "the name was taken again on each of {MAX_CONFLICT_RETRIES} tries: {reason}"
+                        )));
+                    }
+                    other => break other,
+                }
+            };
+            match result {
                 Ok(done) => self.finish_source(&c, done, started).await,
                 Err(Failure::Permanent(reason)) => {
                     self.fail(&c, FailureKind::Permanent, &reason, None).await
                 }
-                Err(Failure::Transient(reason)) => {
+                Err(Failure::Conflict(reason)) => {
+                    self.hold(&c);
+                    FileReport::deferred(&c.rel, reason)
+                }
+                Err(Failure::Transient {
+                    reason,
+                    outage: true,
+                }) => {
+                    if !self.outage.swap(true, Ordering::SeqCst) {
+                        warn!(error = %reason, "outage: the run stops claiming; claims stay for the next run");
+                    }
+                    self.stopped.store(true, Ordering::Relaxed);
+                    self.hold(&c);
+                    FileReport::deferred(
+                        &c.rel,
+                        format!("outage, the claim stays for the next run: {reason}"),
+                    )
+                }
+                Err(Failure::Transient { reason, .. }) => {
                     match claim::after_transient_failure(
                         c.tag.attempt,
                         self.route.limits().max_attempts,
@@ -1120,6 +1571,7 @@ impl Run<'_> {
                             self.fail(&c, FailureKind::Quarantined, &r, None).await
                         }
                         AfterTransient::LeaveClaimed => {
+                            self.hold(&c);
                             warn!(error = %reason, "transient failure; the claim stays for a later run");
                             FileReport::deferred(
                                 &c.rel,
@@ -1134,12 +1586,67 @@ impl Run<'_> {
         .await
     }
 
+    /// Notes that `c` stays claimed after this run.
+    fn hold(&self, c: &Claimed) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(c.tag.dir_name(), c.tag.clone());
+    }
+
+    /// After an outage: this run's claims that still hold files are renamed
+    /// to their released tag, so the next run takes them over at once and
+    /// without spending an attempt (a takeover lost to a concurrent run, or
+    /// a failed rename, leaves the claim to expire normally).
+    async fn release_held_claims(&self) {
+        if !self.outage.load(Ordering::SeqCst) {
+            return;
+        }
+        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
+        let lease = self.route.limits().lease_secs;
+        for (dir_name, tag) in held {
+            let (Ok(from), Ok(to)) = (
+                self.inflight.join(&dir_name),
+                self.inflight.join(tag.released(lease).dir_name()),
+            ) else {
+                continue;
+            };
+            match self
+                .deps
+                .store
+                .rename(&from, &to, RenameMode::NoReplace)
+                .await
+            {
+                Ok(()) => info!(claim = %dir_name, "claim released for the next run"),
+                Err(FileStoreError::NotFound { .. }) => {}
+                Err(e) => {
+                    warn!(claim = %dir_name, error = %e, "claim not released; it waits for its lease")
+                }
+            }
+        }
+    }
+
     async fn ingest(&self, c: &Claimed) -> Result<Done, Failure> {
         let store = self.deps.store;
         let ecm = self.deps.ecm;
         let th = &self.route.config.transfer_history;
         let th_key = |id: u32| format!("{}_{id}", th.category_id);
 
+        // A name that disguises what it is (bidirectional controls) is
+        // refused before anything is decided on it.
+        if let Some(problem) = hidden_name_problem(&c.rel) {
+            return Err(Failure::Permanent(problem));
+        }
+        if let Some(e) = &c.sidecar_error {
+            return Err(Failure::transient(e.clone()));
+        }
+        if !self.index_rows.contains_key(&c.rel)
+            && let Some((index, row)) = self.refused_rows.get(&c.rel)
+        {
+            return Err(Failure::Permanent(format!(
+                "its row in index {index} was refused ({row}); correct the index and retry the file"
+            )));
+        }
         // Metadata first: the sidecar is small, and reading it before the
         // document keeps one SFTP session per file.
         let sidecar_bytes = match &c.sidecar {
@@ -1219,15 +1726,20 @@ impl Run<'_> {
             h.remove(&th_key(th.attributes.ingested_at));
         }
         let rule = plan.rule.clone();
+        crash::point(crash::CLASSIFIED);
 
         let ws = self.workspace(&plan).await?;
         let folder = self.folder(ws, &plan.folder).await?;
         let ecm_path = format!("node {ws}/{}", plan.folder.join("/"));
+        // Files of this run with the same target are placed one at a time
+        // (held until this file is complete).
+        let name_lock = self.name_lock(folder, &plan.document_name);
+        let _placing = name_lock.lock().await;
         let mut existing = ecm.child_by_name(folder, &plan.document_name).await?;
         if plan.on_existing == ConflictPolicy::Rename
             && let Some(node) = &existing
             && !self
-                .carries_our_key(node.id, c, size, known_sha.as_deref())
+                .is_ours(node.id, c, size, &mut known_sha, &head_chunks, &mut body)
                 .await?
         {
             // A run that crashed after creating a numbered copy left that
@@ -1239,7 +1751,7 @@ impl Run<'_> {
                 };
                 if sibling.node_type == ecm_port::node_type::DOCUMENT
                     && self
-                        .carries_our_key(sibling.id, c, size, known_sha.as_deref())
+                        .is_ours(sibling.id, c, size, &mut known_sha, &head_chunks, &mut body)
                         .await?
                 {
                     info!(node = %sibling.id, name = %sibling.name, "found this file's numbered copy from an earlier run");
@@ -1268,6 +1780,7 @@ impl Run<'_> {
                 && Some(id.to_owned()) == ours_id
             {
                 // A crashed run of this very file.
+                let mut ours_in_place = false;
                 if latest >= v {
                     let sha = match known_sha.clone() {
                         Some(s) => s,
@@ -1277,6 +1790,18 @@ impl Run<'_> {
                                 .0
                         }
                     };
+                    known_sha = Some(sha.clone());
+                    // Version 1 came with the key in one create request; a
+                    // later version was added after the key was set, and in
+                    // between someone else may have checked in that number.
+                    ours_in_place =
+                        v == 1 || self.version_has(node.id, &versions, v, size, &sha).await?;
+                    if !ours_in_place {
+                        warn!(node = %node.id, version = v, "the version our crashed run meant to add was checked in by someone else; adding ours");
+                    }
+                }
+                if ours_in_place {
+                    let sha = known_sha.clone().unwrap_or_default();
                     info!(node = %node.id, version = v, "finishing a document a crashed run uploaded");
                     return self
                         .complete(
@@ -1293,15 +1818,23 @@ impl Run<'_> {
                         )
                         .await;
                 }
-                add_version_to = Some((node.id, v));
+                add_version_to = Some((node.id, v.max(latest + 1)));
             } else {
                 let same_origin = hist.route.as_deref() == Some(self.route.name())
                     && hist.source_path.as_deref() == Some(c.rel.as_str())
                     && hist.size == Some(size)
                     && hist.sha256.is_some();
+                // Under add-version, any version of our size may hold our
+                // bytes (a partner re-sending an older file).
+                let same_size_versions: Vec<u32> = versions
+                    .iter()
+                    .filter(|v| v.size == size)
+                    .map(|v| v.number)
+                    .collect();
                 let needs_hash = same_origin
                     || plan.on_existing == ConflictPolicy::SkipIfIdentical
-                    || (plan.on_existing == ConflictPolicy::AddVersion && node.size == Some(size));
+                    || (plan.on_existing == ConflictPolicy::AddVersion
+                        && (node.size == Some(size) || !same_size_versions.is_empty()));
                 if needs_hash && known_sha.is_none() {
                     let (sha, _) =
                         hash_rest(&head_chunks, body.take().ok_or_else(no_body)?).await?;
@@ -1330,6 +1863,25 @@ impl Run<'_> {
                                 ecm_path,
                             )
                             .await;
+                    }
+                }
+                if plan.on_existing == ConflictPolicy::AddVersion
+                    && let Some(sha) = known_sha.clone()
+                {
+                    for v in same_size_versions.iter().rev() {
+                        if self.version_has(node.id, &versions, *v, size, &sha).await? {
+                            info!(node = %node.id, version = v, "these bytes are already a version of the document; no version added");
+                            return Ok(Done {
+                                outcome: IngestOutcome::SkippedIdentical,
+                                rule,
+                                node_id: node.id,
+                                version: *v,
+                                document_name: node.name,
+                                ecm_path,
+                                key: idempotency_key(self.route.name(), &c.rel, size, &sha),
+                                sha256: sha,
+                            });
+                        }
                     }
                 }
                 let taken: BTreeSet<String> = if plan.on_existing == ConflictPolicy::Rename {
@@ -1381,8 +1933,20 @@ impl Run<'_> {
                 (Vec::new(), h.body)
             }
         };
-        let stream: ByteStream =
-            Box::pin(futures_util::stream::iter(first.into_iter().map(Ok)).chain(rest));
+        let mut sent = 0u64;
+        let stream: ByteStream = Box::pin(
+            futures_util::stream::iter(first.into_iter().map(Ok))
+                .chain(rest)
+                .inspect(move |c| {
+                    if let Ok(c) = c {
+                        let before = sent;
+                        sent += c.len() as u64;
+                        if before < size / 2 && sent >= size / 2 {
+                            crash::point(crash::MID_UPLOAD);
+                        }
+                    }
+                }),
+        );
         let content = Content {
             stream: ecm_stream(stream),
             length: size,
@@ -1418,6 +1982,7 @@ impl Run<'_> {
                     serde_json::Value::String("-".into()),
                 );
                 self.set_history(node, &hist).await?;
+                crash::point(crash::MARKED);
                 let r = ecm
                     .add_version(node, plan.description.as_deref(), content)
                     .await?;
@@ -1460,11 +2025,12 @@ impl Run<'_> {
                 .as_deref()
                 .is_some_and(|s| !s.eq_ignore_ascii_case(&receipt.sha256))
         {
-            return Err(Failure::Transient(format!(
+            return Err(Failure::transient(format!(
                 "uploaded {} bytes but the file has {size}",
                 receipt.size
             )));
         }
+        crash::point(crash::UPLOADED);
         plan.document_name = name;
         let outcome = if add_version_to.is_some() {
             IngestOutcome::VersionAdded
@@ -1523,6 +2089,19 @@ impl Run<'_> {
         // A document this run created (or just marked for its new version)
         // has the category; one it created has no RM classification yet.
         let fresh = outcome == IngestOutcome::Created;
+        // A new version's metadata (sidecar, index row, captures) replaces
+        // the document's, also when a crashed run's upload is finished
+        // here; before the final key, so a crash in between redoes it.
+        if outcome == IngestOutcome::VersionAdded
+            || (outcome == IngestOutcome::AlreadyIngested && !history_final)
+        {
+            for cat in to_applied(&plan.categories) {
+                if cat.category_id != th.category_id {
+                    self.set_category(node, cat.category_id, &cat.values)
+                        .await?;
+                }
+            }
+        }
         if history_final {
             // Created with it (small files).
         } else if fresh || outcome == IngestOutcome::VersionAdded {
@@ -1530,6 +2109,7 @@ impl Run<'_> {
         } else {
             self.set_history(node, &v).await?;
         }
+        crash::point(crash::HISTORY_WRITTEN);
         if let Some(class) = plan.rm_classification
             && (fresh || !ecm.rm_classifications(node).await?.contains(&class))
         {
@@ -1540,7 +2120,7 @@ impl Run<'_> {
         }
         let n = ecm.node(node).await?;
         if n.size.is_some_and(|s| s != size) {
-            return Err(Failure::Transient(format!(
+            return Err(Failure::transient(format!(
                 "verification: node {node} reports {} bytes, the file has {size}",
                 n.size.unwrap_or(0)
             )));
@@ -1560,7 +2140,17 @@ impl Run<'_> {
     /// Updates the transfer-history category, applying it first if the
     /// document does not have it yet (a document created by someone else).
     async fn set_history(&self, node: NodeId, values: &CategoryValues) -> Result<(), EcmError> {
-        let cat = self.route.config.transfer_history.category_id;
+        self.set_category(node, self.route.config.transfer_history.category_id, values)
+            .await
+    }
+
+    /// Updates category `cat` on `node`, applying it first if missing.
+    async fn set_category(
+        &self,
+        node: NodeId,
+        cat: i64,
+        values: &CategoryValues,
+    ) -> Result<(), EcmError> {
         // Servers answer an update of an unassigned category with 400 or 404;
         // asking first keeps the refusal of a bad value a refusal.
         let assigned = self
@@ -1623,14 +2213,19 @@ impl Run<'_> {
 
     /// Whether `node`'s transfer history carries this file's key: the
     /// pending key a crashed streamed upload leaves (route, path, size,
-    /// mtime), or, for a small file whose SHA-256 is known, the final key.
-    async fn carries_our_key(
+    /// mtime), or the final key. A final key with our route, path and size
+    /// is checked against our SHA-256, hashing the file first when it is not
+    /// known yet (a large file whose run died after finishing the document:
+    /// without the hash it would look like someone else's).
+    async fn is_ours(
         &self,
         node: NodeId,
         c: &Claimed,
         size: u64,
-        known_sha: Option<&str>,
-    ) -> Result<bool, EcmError> {
+        known_sha: &mut Option<String>,
+        head: &[Bytes],
+        body: &mut Option<ByteStream>,
+    ) -> Result<bool, Failure> {
         let hist = self.history(node).await?;
         let Some(key) = hist.key.as_deref() else {
             return Ok(false);
@@ -1640,8 +2235,58 @@ impl Run<'_> {
         if pending_identity(key).map(|(i, _)| i) == ours_id && ours_id.is_some() {
             return Ok(true);
         }
+        let same_origin = hist.route.as_deref() == Some(self.route.name())
+            && hist.source_path.as_deref() == Some(c.rel.as_str())
+            && hist.size == Some(size);
+        if known_sha.is_none() {
+            if !same_origin {
+                return Ok(false);
+            }
+            let (sha, _) = hash_rest(head, body.take().ok_or_else(no_body)?).await?;
+            *known_sha = Some(sha);
+        }
         Ok(known_sha
+            .as_deref()
             .is_some_and(|sha| key == idempotency_key(self.route.name(), &c.rel, size, sha)))
+    }
+
+    /// The lock of one target name in one folder (see `name_locks`).
+    fn name_lock(&self, folder: NodeId, name: &str) -> NameLock {
+        self.name_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((folder, name.to_owned()))
+            .or_default()
+            .clone()
+    }
+
+    /// Whether version `version` of `node` has exactly our bytes (size
+    /// first, then the SHA-256 of a download: crash recovery and re-sends
+    /// only).
+    async fn version_has(
+        &self,
+        node: NodeId,
+        versions: &[ecm_port::Version],
+        version: u32,
+        size: u64,
+        sha: &str,
+    ) -> Result<bool, Failure> {
+        let Some(v) = versions.iter().find(|v| v.number == version) else {
+            return Ok(false);
+        };
+        if v.size != size {
+            return Ok(false);
+        }
+        let d = self.deps.ecm.download(node, Some(version)).await?;
+        let mut h = Sha256::new();
+        let mut stream = d.stream;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                Failure::transient(format!("reading version {version} of node {node}: {e}"))
+            })?;
+            h.update(&chunk);
+        }
+        Ok(hex::encode(h.finalize()).eq_ignore_ascii_case(sha))
     }
 
     async fn child_names(&self, folder: NodeId) -> Result<BTreeSet<String>, EcmError> {
@@ -1756,10 +2401,13 @@ impl Run<'_> {
     /// Archives or deletes the claimed file (and sidecar) after a verified
     /// ingest, then publishes `Transfer Ingested`.
     async fn finish_source(&self, c: &Claimed, done: Done, started: Instant) -> FileReport {
+        crash::point(crash::VERIFIED);
         let moved = self.post_action(&c.path, &c.rel).await;
+        crash::point(crash::ARCHIVED);
         if let Some((_, p, segs)) = &c.sidecar {
             let _ = self.post_action(p, &rel_text(segs)).await;
         }
+        crash::point(crash::SOURCE_FINISHED);
         if moved.is_ok() {
             self.release_claim_dirs(c).await;
         }
@@ -2021,7 +2669,7 @@ fn sidecar_suffix(name: &str) -> &'static str {
 }
 
 fn no_body() -> Failure {
-    Failure::Transient("internal: body already consumed".into())
+    Failure::transient("internal: body already consumed")
 }
 
 trait Pipe: Sized {
@@ -2057,21 +2705,48 @@ pub async fn retry(
     };
     let mut report = IngestReport::new(&cfg.name, &ctx.invocation_id);
     for name in files {
-        let (file, err_report, target) = claim::retry_paths(name);
+        let (file, err_report, _) = claim::retry_paths(name);
+        let mut target = name.clone();
         let r = async {
             let from = join_text(&src, &file)?;
+            let report_path = join_text(&src, &err_report)?;
+            // Back to the path it was dropped at (its identity, and so its
+            // idempotency key, depend on it), as the report records it.
+            let recorded = match deps.store.read_small(&report_path, 1 << 20).await {
+                Ok(b) => serde_json::from_slice::<serde_json::Value>(&b)
+                    .ok()
+                    .and_then(|v| v["source_path"].as_str().map(str::to_owned)),
+                Err(_) => None,
+            };
+            target = claim::retry_target(name, recorded.as_deref());
             let to = join_text(&src, &target)?;
-            deps.store.rename(&from, &to, RenameMode::NoReplace).await?;
-            if let Ok(p) = join_text(&src, &err_report) {
-                let _ = deps.store.remove(&p).await;
+            if let Some(parent) = to.parent() {
+                deps.store.mkdir_all(&parent).await?;
             }
+            deps.store.rename(&from, &to, RenameMode::NoReplace).await?;
+            // Its sidecar went to failed/ beside it; it comes back too.
+            for ext in [".json", ".xml"] {
+                let (Ok(sfrom), Ok(Some(sto))) = (
+                    join_text(&src, &format!("{file}{ext}")),
+                    to.with_name(format!("{}{ext}", to.file_name_lossy()).as_bytes()),
+                ) else {
+                    continue;
+                };
+                match deps.store.rename(&sfrom, &sto, RenameMode::NoReplace).await {
+                    Ok(()) | Err(FileStoreError::NotFound { .. }) => {}
+                    Err(e) => warn!(sidecar = %sfrom, error = %e, "sidecar not moved back"),
+                }
+            }
+            let _ = deps.store.remove(&report_path).await;
             Ok::<_, Failure>(())
         }
         .await;
         let mut f = FileReport::new(&file, FileOutcome::Requeued);
         match r {
-            Ok(()) => f.moved_to = Some(target),
-            Err(Failure::Permanent(e)) | Err(Failure::Transient(e)) => {
+            Ok(()) => f.moved_to = Some(target.clone()),
+            Err(Failure::Permanent(e))
+            | Err(Failure::Transient { reason: e, .. })
+            | Err(Failure::Conflict(e)) => {
                 f.outcome = FileOutcome::Failed;
                 f.reason = Some(format!("cannot move back into intake: {e}"));
             }
@@ -2081,5 +2756,8 @@ pub async fn retry(
     Ok(report)
 }
 
+pub mod crash;
+#[cfg(test)]
+mod faulty_ecm;
 #[cfg(test)]
 mod tests;

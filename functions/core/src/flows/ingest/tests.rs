@@ -10,6 +10,7 @@ use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
 use futures_util::StreamExt;
 
+use super::faulty_ecm::{Fault, FaultyEcm};
 use super::*;
 use crate::domain::paths::{RemotePath, RemoteRoot};
 use crate::domain::route::{IngestEvent, parse_ingest_event};
@@ -277,6 +278,17 @@ fn pdf(body: &str) -> Vec<u8> {
 }
 
 fn route(extra_rules: serde_json::Value, on_existing: &str) -> Route {
+    parse_route(route_json(extra_rules, on_existing))
+}
+
+fn parse_route(ev: serde_json::Value) -> Route {
+    match parse_ingest_event(ev).unwrap() {
+        IngestEvent::Scheduled(r) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn route_json(extra_rules: serde_json::Value, on_existing: &str) -> serde_json::Value {
     let mut rules = vec![serde_json::json!({
         "name": "supplier-invoice",
         "match": {
@@ -311,15 +323,12 @@ fn route(extra_rules: serde_json::Value, on_existing: &str) -> Route {
             "received_at": 7, "ingested_at": 8, "invocation_id": 9,
             "idempotency_key": 10, "original_name": 11}}
     }});
-    match parse_ingest_event(ev).unwrap() {
-        IngestEvent::Scheduled(r) => r,
-        other => panic!("{other:?}"),
-    }
+    ev
 }
 
 struct World {
     store: MemStore,
-    ecm: MemoryEcm,
+    ecm: FaultyEcm,
     events: MemoryEvents,
     clock: FixedClock,
 }
@@ -396,10 +405,24 @@ impl World {
         ecm.add_workspace_type(100, "Supplier", &["Supplier template"]);
         Self {
             store: MemStore::new(),
-            ecm,
+            ecm: FaultyEcm::new(ecm),
             events: MemoryEvents::new(),
             clock: FixedClock(Utc.timestamp_opt(NOW, 0).unwrap()),
         }
+    }
+
+    /// A run whose clock reads `now` (Unix seconds).
+    async fn run_at(&self, route: &Route, id: &str, now: i64) -> IngestReport {
+        let clock = FixedClock(Utc.timestamp_opt(now, 0).unwrap());
+        let deps = IngestDeps {
+            store: &self.store,
+            ecm: &self.ecm,
+            events: &self.events,
+            clock: &clock,
+            sftp_host: "sftp.test".into(),
+        };
+        let ctx = RunContext::new(id, Duration::from_secs(300));
+        run(route, &deps, &ctx).await.unwrap()
     }
 
     async fn run(&self, route: &Route, id: &str) -> IngestReport {
@@ -857,3 +880,644 @@ async fn given_failed_file_when_manual_retry_then_back_in_intake_without_report_
     assert!(w.store.read("/in/INV-47_0000100001.pdf").is_some());
     assert!(w.store.files_under("/in/failed/").is_empty());
 }
+
+// ------------------------------------------------------------ issue 15
+
+fn content_of(body: &[u8]) -> Content {
+    Content {
+        stream: Box::pin(futures_util::stream::iter([Ok(Bytes::from(body.to_vec()))])),
+        length: body.len() as u64,
+        file_name: "x.pdf".into(),
+        mime_type: "application/pdf".into(),
+    }
+}
+
+/// A PDF above the size up to which files are read whole before the upload.
+fn large_pdf(body: &str) -> Vec<u8> {
+    let mut b = pdf(body);
+    b.extend(std::iter::repeat_n(b'.', SMALL_FILE_BYTES as usize + 1000));
+    b
+}
+
+fn inflight_files(w: &World) -> Vec<String> {
+    w.store.files_under("/in/.inflight/")
+}
+
+/// Defect 3: a partner re-sending yesterday's redline (same bytes) on an
+/// add-version route must not become a further version.
+#[tokio::test]
+async fn given_add_version_route_when_an_older_version_is_resent_then_no_duplicate_version() {
+    for (label, make) in [
+        ("small", pdf as fn(&str) -> Vec<u8>),
+        ("large", large_pdf as fn(&str) -> Vec<u8>),
+    ] {
+        let w = World::new();
+        let r = route(serde_json::json!([]), "add-version");
+        let path = "in/INV-4711_0000100001.pdf";
+        w.store.put(path, &make("draft one"), NOW - 7200);
+        let first = w.run(&r, "req-1").await;
+        let node = first.files[0].node_id.unwrap();
+        w.store.put(path, &make("redline two"), NOW - 3600);
+        let second = w.run(&r, "req-2").await;
+        assert_eq!(
+            second.files[0].outcome,
+            FileOutcome::VersionAdded,
+            "{label}"
+        );
+        // The partner sends the first file again (same bytes, new mtime).
+        w.store.put(path, &make("draft one"), NOW - 600);
+        let third = w.run(&r, "req-3").await;
+
+        assert!(
+            matches!(
+                third.files[0].outcome,
+                FileOutcome::AlreadyIngested | FileOutcome::SkippedIdentical
+            ),
+            "{label}: {third:#?}"
+        );
+        assert_eq!(third.files[0].node_id, Some(node), "{label}");
+        let (_, versions, _) = w.doc(node).await;
+        assert_eq!(versions, vec![1, 2], "{label}: no third version");
+        assert_eq!(w.store.files_under("/in/archive/").len(), 3, "{label}");
+    }
+}
+
+/// Defect 4: an ECM outage stops the run after the first retryable failure;
+/// nothing goes to `failed/`, and the next run (ECM back) ingests everything
+/// without waiting for the lease.
+#[tokio::test]
+async fn given_ecm_outage_when_run_then_run_stops_claims_stay_and_next_run_ingests_all() {
+    let w = World::new();
+    let r = route(serde_json::json!([]), "fail");
+    for i in 0..6 {
+        w.store.put(
+            &format!("in/INV-100{i}_0000100001.pdf"),
+            &pdf(&format!("x{i}")),
+            NOW - 3600,
+        );
+    }
+    w.ecm.arm("upload", u32::MAX, Fault::Transient);
+
+    let rep = w.run(&r, "req-1").await;
+
+    assert_eq!(rep.counts.failed, 0, "{rep:#?}");
+    assert!(rep.stopped_early, "{rep:#?}");
+    assert!(
+        w.ecm.calls("upload") <= 3,
+        "kept uploading during an outage: {}",
+        w.ecm.calls("upload")
+    );
+    assert!(w.store.files_under("/in/failed/").is_empty());
+    let intake = w.store.files_under("/in/INV").len();
+    assert_eq!(intake + inflight_files(&w).len(), 6);
+
+    w.ecm.disarm();
+    let next = w.run(&r, "req-2").await;
+    assert_eq!(next.counts.ingested, 6, "{next:#?}");
+    assert!(inflight_files(&w).is_empty());
+    assert_eq!(w.store.files_under("/in/archive/").len(), 6);
+}
+
+/// Defect 4: an outage on a claim's last allowed attempt does not quarantine
+/// it, and does not spend the attempt.
+#[tokio::test]
+async fn given_outage_on_the_last_attempt_when_run_then_not_quarantined() {
+    let w = World::new();
+    let r = route(serde_json::json!([]), "fail");
+    let tag = ClaimTag::new("acme", 2, NOW - 4000, "second-run");
+    w.store.put(
+        &format!("in/.inflight/{}/INV-4711_0000100001.pdf", tag.dir_name()),
+        &pdf("late"),
+        NOW - 5000,
+    );
+    w.ecm.arm("upload", u32::MAX, Fault::Transient);
+    let rep = w.run(&r, "req-3").await;
+    assert_eq!(rep.counts.failed, 0, "{rep:#?}");
+    assert!(w.store.files_under("/in/failed/").is_empty());
+    assert_eq!(inflight_files(&w).len(), 1);
+
+    w.ecm.disarm();
+    let next = w.run(&r, "req-4").await;
+    assert_eq!(next.counts.ingested, 1, "{next:#?}");
+}
+
+/// Defect 9: after a crash between marking the document for our version and
+/// uploading it, someone else checked in that version number. Ours must still
+/// be added, not their version taken for ours.
+#[tokio::test]
+async fn given_foreign_version_checked_in_during_crash_when_rerun_then_our_content_is_added() {
+    for (label, body, theirs) in [
+        ("small", pdf("our redline"), pdf("his redline")),
+        ("large", large_pdf("our redline"), large_pdf("his redline")),
+    ] {
+        let w = World::new();
+        let r = route(serde_json::json!([]), "add-version");
+        let rel = "INV-4711_0000100001.pdf";
+        w.put_crashed_claim(rel, &body);
+        let folder = w.supplier_invoice_folder().await;
+        let first = pdf("first version");
+        let doc = w
+            .doc_with_key(
+                folder,
+                "Invoice 4711.pdf",
+                &first,
+                &idempotency_key("acme", rel, first.len() as u64, &sha_hex(&first)),
+            )
+            .await;
+        // Our crashed run had marked the document for its version 2 ...
+        let mut mark = CategoryValues::new();
+        mark.insert(
+            "9002_10".into(),
+            serde_json::json!(pending_key("acme", rel, body.len() as u64, NOW - 5000, 2)),
+        );
+        w.ecm
+            .update_category(doc.node_id, 9002, &mark)
+            .await
+            .unwrap();
+        // ... and a colleague checked in version 2 (same size) before ours.
+        w.ecm
+            .add_version(doc.node_id, None, content_of(&theirs))
+            .await
+            .unwrap();
+
+        let rep = w.run(&r, "req-2").await;
+
+        assert_eq!(rep.files.len(), 1, "{label}: {rep:#?}");
+        assert_eq!(rep.files[0].outcome, FileOutcome::VersionAdded, "{label}");
+        let (_, versions, hist) = w.doc(doc.node_id.get()).await;
+        assert_eq!(versions, vec![1, 2, 3], "{label}");
+        assert_eq!(
+            w.ecm.inner.content(doc.node_id, Some(2)).as_deref(),
+            Some(theirs.as_slice()),
+            "{label}"
+        );
+        assert_eq!(
+            w.ecm.inner.content(doc.node_id, Some(3)).as_deref(),
+            Some(body.as_slice()),
+            "{label}"
+        );
+        assert_eq!(
+            hist["9002_10"],
+            idempotency_key("acme", rel, body.len() as u64, &sha_hex(&body)),
+            "{label}"
+        );
+    }
+}
+
+/// The default route with a CSV index whose `po` column fills attribute 3.
+fn index_route() -> Route {
+    let mut ev = route_json(serde_json::json!([]), "fail");
+    ev["route"]["index"] =
+        serde_json::json!({"pattern": "index-*.csv", "file_column": "file", "delimiter": ";"});
+    ev["route"]["rules"][0]["place"]["categories"][0]["attributes"]["3"] =
+        serde_json::json!("{meta.po}");
+    parse_route(ev)
+}
+
+async fn attr(w: &World, node: i64, cat: i64, key: &str) -> Option<String> {
+    w.ecm
+        .categories(NodeId::new(node).unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.category_id == cat)
+        .and_then(|c| c.values.get(key).and_then(text))
+}
+
+/// Defect 1: an index outlives every file it lists, also one claimed by
+/// another run when the index's other files are done.
+#[tokio::test]
+async fn given_index_file_claimed_elsewhere_when_run_then_index_kept_until_that_file_is_done() {
+    let w = World::new();
+    let r = index_route();
+    w.store.put(
+        "in/index-1.csv",
+        b"file;po\nINV-1001_0000100001.pdf;PO-1\nINV-1002_0000100001.pdf;PO-2\n",
+        NOW - 3600,
+    );
+    w.store
+        .put("in/INV-1001_0000100001.pdf", &pdf("one"), NOW - 3600);
+    // Another run claimed the second file ten seconds ago (and then died).
+    let held = ClaimTag::new("acme", 1, NOW - 10, "other-run");
+    w.store.put(
+        &format!("in/.inflight/{}/INV-1002_0000100001.pdf", held.dir_name()),
+        &pdf("two"),
+        NOW - 3600,
+    );
+
+    let first = w.run(&r, "req-1").await;
+    assert_eq!(first.counts.ingested, 1, "{first:#?}");
+    assert!(
+        w.store.read("/in/index-1.csv").is_some(),
+        "index archived while a file it lists is still claimed"
+    );
+
+    // After the lease, a later run takes the claim over: its index row is there.
+    let later = w.run_at(&r, "req-2", NOW + 2000).await;
+    let f = later
+        .files
+        .iter()
+        .find(|f| f.source_path == "INV-1002_0000100001.pdf")
+        .unwrap_or_else(|| panic!("{later:#?}"));
+    assert_eq!(f.outcome, FileOutcome::Created, "{later:#?}");
+    assert_eq!(
+        attr(&w, f.node_id.unwrap(), 9005, "9005_3")
+            .await
+            .as_deref(),
+        Some("PO-2")
+    );
+    assert!(
+        w.store.read("/in/index-1.csv").is_none(),
+        "index archived at the end"
+    );
+}
+
+/// Defect 7: a sidecar still being written holds its document back.
+#[tokio::test]
+async fn given_sidecar_still_being_written_when_run_then_document_waits() {
+    let w = World::new();
+    let r = route(serde_json::json!([]), "fail");
+    w.store
+        .put("in/INV-4711_0000100001.pdf", &pdf("x"), NOW - 3600);
+    w.store
+        .put("in/INV-4711_0000100001.pdf.json", br#"{"po": "45"#, NOW - 5);
+
+    let rep = w.run(&r, "req-1").await;
+
+    assert_eq!(rep.counts.failed, 0, "{rep:#?}");
+    assert_eq!(rep.counts.deferred, 1, "{rep:#?}");
+    assert!(w.store.files_under("/in/failed/").is_empty());
+    assert_eq!(w.store.files_under("/in/INV").len(), 2);
+}
+
+/// Defect 7: a crash between the document's and the sidecar's claim renames;
+/// the takeover brings the sidecar along and ingests with its metadata.
+#[tokio::test]
+async fn given_crash_between_document_and_sidecar_claim_when_rerun_then_sidecar_used_and_archived()
+{
+    let w = World::new();
+    let mut ev = route_json(serde_json::json!([]), "fail");
+    ev["route"]["rules"][0]["place"]["categories"][0]["attributes"]["3"] =
+        serde_json::json!("{meta.po}");
+    let r = parse_route(ev);
+    let rel = "INV-4711_0000100001.pdf";
+    w.put_crashed_claim(rel, &pdf("x"));
+    w.store
+        .put(&format!("in/{rel}.json"), br#"{"po": "PO-9"}"#, NOW - 5000);
+
+    let rep = w.run(&r, "req-2").await;
+
+    assert_eq!(rep.counts.ingested, 1, "{rep:#?}");
+    let node = rep.files[0].node_id.unwrap();
+    assert_eq!(
+        attr(&w, node, 9005, "9005_3").await.as_deref(),
+        Some("PO-9")
+    );
+    assert!(
+        w.store.files_under("/in/INV").is_empty(),
+        "sidecar left behind"
+    );
+    assert_eq!(w.store.files_under("/in/archive/").len(), 2);
+}
+
+/// A route whose `SAME-*.pdf` files all go to one document name in `folder`.
+fn same_name_route(folder: NodeId, on_existing: &str) -> Route {
+    route(
+        serde_json::json!([{
+            "name": "same",
+            "match": {"glob": "SAME-*.pdf"},
+            "place": {"workspace": {"by": "node", "node_id": folder.get()},
+                      "name": "Same.pdf", "on_existing": on_existing}
+        }]),
+        "fail",
+    )
+}
+
+/// Defect 6: two files with one target name in one parallel run.
+#[tokio::test]
+async fn given_two_files_with_one_target_name_in_a_parallel_run_then_policy_applies_to_both() {
+    for policy in ["add-version", "rename"] {
+        let w = World::new();
+        let folder = w
+            .ecm
+            .create_folder(NodeId::new(2000).unwrap(), "drop")
+            .await
+            .unwrap();
+        let r = same_name_route(folder, policy);
+        w.store.put("in/SAME-1.pdf", &pdf("one"), NOW - 3600);
+        w.store.put("in/SAME-2.pdf", &pdf("two two"), NOW - 3600);
+        w.ecm.interleave();
+
+        let rep = w.run(&r, "req-1").await;
+
+        assert_eq!(rep.counts.ingested, 2, "{policy}: {rep:#?}");
+        assert!(w.store.files_under("/in/failed/").is_empty(), "{policy}");
+        let docs = w
+            .ecm
+            .children(folder, &ChildFilter::default(), 1, 100)
+            .await
+            .unwrap()
+            .items;
+        let versions: u32 = {
+            let mut n = 0;
+            for d in &docs {
+                n += w.ecm.versions(d.id).await.unwrap().len() as u32;
+            }
+            n
+        };
+        assert_eq!(versions, 2, "{policy}: {docs:?}");
+        assert_eq!(
+            docs.len(),
+            if policy == "rename" { 2 } else { 1 },
+            "{policy}"
+        );
+    }
+}
+
+/// Defect 6: the ECM answers `Conflict` (a writer outside this run took the
+/// name between our look-up and our create): the policy is applied again.
+#[tokio::test]
+async fn given_conflict_from_the_ecm_when_policy_add_version_then_resolved_again() {
+    let w = World::new();
+    let folder = w
+        .ecm
+        .create_folder(NodeId::new(2000).unwrap(), "drop")
+        .await
+        .unwrap();
+    let r = same_name_route(folder, "add-version");
+    let theirs = w
+        .doc_with_key(folder, "Same.pdf", &pdf("theirs"), "k")
+        .await;
+    w.store.put("in/SAME-1.pdf", &pdf("ours"), NOW - 3600);
+    // Our first look-up does not see their document yet.
+    w.ecm.arm("child_by_name", 1, Fault::Hidden);
+
+    let rep = w.run(&r, "req-1").await;
+
+    assert_eq!(rep.counts.ingested, 1, "{rep:#?}");
+    assert_eq!(rep.files[0].outcome, FileOutcome::VersionAdded, "{rep:#?}");
+    assert_eq!(rep.files[0].node_id, Some(theirs.node_id.get()));
+    assert!(w.store.files_under("/in/failed/").is_empty());
+}
+
+/// Defect 5: under `rename`, a run that died after finishing a large file's
+/// numbered copy (final key written, source not yet archived) is recognised
+/// by the takeover, which hashes the file: no `name (3).pdf`.
+#[tokio::test]
+async fn given_finished_numbered_copy_of_a_large_file_when_taken_over_then_no_third_copy() {
+    let w = World::new();
+    let r = route(serde_json::json!([]), "rename");
+    let body = large_pdf("second file of the name");
+    let rel = "INV-4711_0000100001.pdf";
+    w.put_crashed_claim(rel, &body);
+    let folder = w.supplier_invoice_folder().await;
+    let other = pdf("first file of the name");
+    w.doc_with_key(
+        folder,
+        "Invoice 4711.pdf",
+        &other,
+        &idempotency_key("acme", "old.pdf", other.len() as u64, &sha_hex(&other)),
+    )
+    .await;
+    let copy = w
+        .doc_with_key(
+            folder,
+            "Invoice 4711 (2).pdf",
+            &body,
+            &idempotency_key("acme", rel, body.len() as u64, &sha_hex(&body)),
+        )
+        .await;
+    let mut hist = CategoryValues::new();
+    for (k, v) in [
+        ("9002_2", "acme".to_string()),
+        ("9002_4", rel.to_string()),
+        ("9002_5", body.len().to_string()),
+        ("9002_6", sha_hex(&body)),
+    ] {
+        hist.insert(k.into(), serde_json::json!(v));
+    }
+    w.ecm
+        .update_category(copy.node_id, 9002, &hist)
+        .await
+        .unwrap();
+
+    let rep = w.run(&r, "req-2").await;
+
+    assert_eq!(rep.files.len(), 1, "{rep:#?}");
+    assert_eq!(
+        rep.files[0].outcome,
+        FileOutcome::AlreadyIngested,
+        "{rep:#?}"
+    );
+    assert_eq!(rep.files[0].node_id, Some(copy.node_id.get()));
+    let names: Vec<String> = w
+        .ecm
+        .children(folder, &ChildFilter::default(), 1, 100)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names.len(), 2, "no third copy: {names:?}");
+    assert_eq!(w.store.files_under("/in/archive/").len(), 1);
+}
+
+fn failed_report(w: &World, name: &str) -> serde_json::Value {
+    let bytes = w
+        .store
+        .read(&format!("/in/failed/{name}.error.json"))
+        .unwrap_or_else(|| panic!("no report for {name}: {:?}", w.store.files_under("/in/")));
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Defect 2: one bad index row is refused (reported with its line), the
+/// others are used, and the file of a refused row says why it failed.
+#[tokio::test]
+async fn given_index_with_bad_rows_when_run_then_other_rows_used_and_refusals_reported() {
+    let w = World::new();
+    let r = index_route();
+    w.store.put(
+        "in/index-1.csv",
+        b"file;po\n../../etc/passwd;PO-X\nINV-1001_0000100001.pdf;PO-1\nINV-1003_0000100001.pdf;P\0O\n",
+        NOW - 3600,
+    );
+    w.store
+        .put("in/INV-1001_0000100001.pdf", &pdf("one"), NOW - 3600);
+    w.store
+        .put("in/INV-1003_0000100001.pdf", &pdf("three"), NOW - 3600);
+
+    let rep = w.run(&r, "req-1").await;
+
+    let ok = rep
+        .files
+        .iter()
+        .find(|f| f.source_path == "INV-1001_0000100001.pdf")
+        .unwrap();
+    assert_eq!(ok.outcome, FileOutcome::Created, "{rep:#?}");
+    assert_eq!(
+        attr(&w, ok.node_id.unwrap(), 9005, "9005_3")
+            .await
+            .as_deref(),
+        Some("PO-1")
+    );
+    let bad = failed_report(&w, "INV-1003_0000100001.pdf");
+    let reason = bad["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("index-1.csv") && reason.contains("line 4") && reason.contains("refused"),
+        "{reason}"
+    );
+    let ix = failed_report(&w, "index-1.csv");
+    let text = ix.to_string();
+    assert!(
+        text.contains("line 2") && text.contains("plain relative path"),
+        "{text}"
+    );
+    assert!(text.contains("line 4"), "{text}");
+}
+
+/// Defect 8: a manual retry puts a recursive route's file back at its own
+/// path (same identity) and brings its sidecar along.
+#[tokio::test]
+async fn given_failed_file_in_a_subdirectory_when_retried_then_original_path_and_sidecar_restored()
+{
+    let w = World::new();
+    let mut ev = route_json(serde_json::json!([]), "fail");
+    ev["route"]["recursive"] = serde_json::json!(true);
+    let r = parse_route(ev);
+    w.store
+        .put("in/a/INV-47_0000100001.pdf", &pdf("x"), NOW - 3600);
+    w.store.put(
+        "in/a/INV-47_0000100001.pdf.json",
+        br#"{"po": "1"}"#,
+        NOW - 3600,
+    );
+    let first = w.run(&r, "req-1").await;
+    assert_eq!(first.counts.failed, 1, "{first:#?}");
+    let failed_name = first.files[0]
+        .moved_to
+        .clone()
+        .unwrap()
+        .trim_start_matches("in/failed/")
+        .trim_start_matches("failed/")
+        .to_owned();
+
+    let deps = IngestDeps {
+        store: &w.store,
+        ecm: &w.ecm,
+        events: &w.events,
+        clock: &w.clock,
+        sftp_host: "h".into(),
+    };
+    let ctx = RunContext::new("req-2", Duration::from_secs(60));
+    let rep = retry(&r, &[failed_name], &deps, &ctx).await.unwrap();
+
+    assert_eq!(rep.counts.requeued, 1, "{rep:#?}");
+    assert!(
+        w.store.read("/in/a/INV-47_0000100001.pdf").is_some(),
+        "{:?}",
+        w.store.files_under("/in/")
+    );
+    assert!(w.store.read("/in/a/INV-47_0000100001.pdf.json").is_some());
+    assert!(
+        w.store.files_under("/in/failed/").is_empty(),
+        "{:?}",
+        w.store.files_under("/in/failed/")
+    );
+}
+
+fn inflight_entries(w: &World) -> Vec<String> {
+    w.store
+        .nodes
+        .lock()
+        .unwrap()
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .filter(|k| k.starts_with("/in/.inflight/"))
+        .collect()
+}
+
+/// Defect 11: two stale claims taken over in one second by one run get
+/// distinct new names.
+#[tokio::test]
+async fn given_two_stale_claims_when_taken_over_in_one_second_then_both_processed() {
+    let w = World::new();
+    let r = route(serde_json::json!([]), "fail");
+    for (i, run) in ["died-a", "died-b"].iter().enumerate() {
+        let tag = ClaimTag::new("acme", 1, NOW - 4000, run);
+        w.store.put(
+            &format!("in/.inflight/{}/INV-200{i}_0000100001.pdf", tag.dir_name()),
+            &pdf(run),
+            NOW - 5000,
+        );
+    }
+    let rep = w.run(&r, "req-2").await;
+    assert_eq!(rep.counts.ingested, 2, "{rep:#?}");
+    assert!(
+        inflight_entries(&w).is_empty(),
+        "{:?}",
+        inflight_entries(&w)
+    );
+}
+
+/// Defect 12: an empty claim folder left by a kill is removed, not taken over
+/// again and again.
+#[tokio::test]
+async fn given_empty_stale_claim_folder_when_run_then_removed() {
+    let w = World::new();
+    let r = route(serde_json::json!([]), "fail");
+    let tag = ClaimTag::new("acme", 1, NOW - 4000, "killed");
+    let dir = w
+        .store
+        .root()
+        .resolve(&format!("in/.inflight/{}/sub", tag.dir_name()))
+        .unwrap();
+    w.store.mkdir_all(&dir).await.unwrap();
+    let rep = w.run(&r, "req-2").await;
+    assert!(
+        inflight_entries(&w).is_empty(),
+        "{:?} {rep:#?}",
+        inflight_entries(&w)
+    );
+}
+
+/// Defect 10: a settled empty file on a route that does not allow them is
+/// refused into `failed/` with a reason; a young one still waits.
+#[tokio::test]
+async fn given_settled_empty_file_when_empty_not_allowed_then_failed_with_reason() {
+    let w = World::new();
+    let r = route(serde_json::json!([]), "fail");
+    w.store.put("in/INV-4711_0000100001.pdf", b"", NOW - 3600);
+    w.store.put("in/INV-4712_0000100001.pdf", b"", NOW - 10);
+    let rep = w.run(&r, "req-1").await;
+    let rep_old = failed_report(&w, "INV-4711_0000100001.pdf");
+    assert!(
+        rep_old["reason"].as_str().unwrap().contains("empty"),
+        "{rep_old}"
+    );
+    assert!(
+        w.store.read("/in/INV-4712_0000100001.pdf").is_some(),
+        "{rep:#?}"
+    );
+}
+
+/// Defect 13: a right-to-left override hiding the real extension is named
+/// as the problem, and the raw character does not reach `failed/`.
+#[tokio::test]
+async fn given_rtl_override_in_name_when_run_then_failed_naming_the_hidden_extension() {
+    let w = World::new();
+    let r = route(serde_json::json!([]), "fail");
+    w.store
+        .put("in/invoice\u{202E}fdp.exe", b"MZ\x90\x00", NOW - 3600);
+    let rep = w.run(&r, "req-1").await;
+    assert_eq!(rep.counts.failed, 1, "{rep:#?}");
+    let failed = w.store.files_under("/in/failed/");
+    assert!(failed.iter().all(|f| !f.contains('\u{202E}')), "{failed:?}");
+    let reason = rep.files[0].reason.clone().unwrap();
+    assert!(
+        reason.contains("U+202E") && reason.contains(".exe"),
+        "{reason}"
+    );
+}
+
+mod crash_matrix;

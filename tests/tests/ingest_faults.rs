@@ -1,0 +1,430 @@
+//! sftp-ingest under faults, against the real parts (OpenSSH sshd, the
+//! Content Server emulator, moto): an ECM outage (HTTP 500) mid-run, the
+//! real `sftp-ingest` process aborted at named crash points
+//! (`XECM_INGEST_CRASH_AT`, honoured by debug builds only) and rerun, and a
+//! partner re-sending an older version on an add-version route.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use xecm_core::adapters::aws::{EventBridgeSink, SecretsManagerSecrets};
+use xecm_core::adapters::otcs::{EcmSettings, OtcsClient, OtcsOptions};
+use xecm_core::adapters::sftp::{SftpClient, SftpSettings, open_store};
+use xecm_core::domain::route::{IngestEvent, Route, parse_ingest_event};
+use xecm_core::flows::ingest::{
+    self, Clock, FileOutcome, IngestDeps, IngestReport, RunContext, SystemClock,
+};
+use xecm_core::ports::ecm::{ChildFilter, Ecm, NodeId};
+use xecm_core::ports::file_store::FileStore;
+use xecm_core::ports::secrets::Secrets;
+use xecm_stack::stack::{EVENT_BUS, LocalStack, SFTP_SECRET_ID};
+
+struct Env {
+    stack: LocalStack,
+    store: std::sync::Arc<dyn FileStore>,
+    ecm: OtcsClient,
+    events: EventBridgeSink,
+}
+
+impl Env {
+    async fn start() -> Env {
+        Env::start_with(SftpClient::Ssh2).await
+    }
+
+    async fn start_with(client: SftpClient) -> Env {
+        let stack = LocalStack::start().await.expect("local stack");
+        let sdk = stack.sdk_config().await;
+        let secrets = SecretsManagerSecrets::new(&sdk);
+        let json = secrets.get(SFTP_SECRET_ID).await.expect("sftp secret");
+        let mut settings = SftpSettings::from_secret_json(SFTP_SECRET_ID, json.expose_secret())
+            .expect("settings")
+            .with_root(stack.sshd.remote_root())
+            .expect("root");
+        settings.max_sessions = 4;
+        settings.client = client;
+        let store = open_store(settings).expect("store");
+        let ecm = OtcsClient::new(
+            EcmSettings::from_secret_json(
+                "ecm",
+                &json!({"base_url": stack.emulator.base_url(), "username": "admin", "password": "admin"})
+                    .to_string(),
+            )
+            .expect("ecm settings"),
+            OtcsOptions::default(),
+        )
+        .expect("ecm client");
+        let events = EventBridgeSink::new(&sdk, EVENT_BUS);
+        Env {
+            stack,
+            store,
+            ecm,
+            events,
+        }
+    }
+
+    fn data_root(&self) -> PathBuf {
+        self.stack.sshd.data_root()
+    }
+
+    /// Writes a file as the partner would (then hands it to the SFTP account),
+    /// with its mtime `age` in the past.
+    fn drop_file(&self, rel: &[u8], bytes: &[u8], age: Duration) -> PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        let path = self.data_root().join(std::ffi::OsStr::from_bytes(rel));
+        let parent = path.parent().expect("parent");
+        std::fs::create_dir_all(parent).expect("mkdir");
+        std::fs::write(&path, bytes).expect("write");
+        let f = std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        f.set_modified(SystemTime::now() - age).expect("mtime");
+        self.hand_over();
+        path
+    }
+
+    /// Everything under the data root belongs to the SFTP account, as if it
+    /// had uploaded it (we write as root).
+    fn hand_over(&self) {
+        let root = self.data_root();
+        let meta = std::fs::metadata(&root).expect("data root");
+        let status = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", meta.uid(), meta.gid()))
+            .arg(&root)
+            .status()
+            .expect("chown");
+        assert!(status.success());
+    }
+
+    async fn run_with(&self, route: &Route, clock: &dyn Clock, ctx: &RunContext) -> IngestReport {
+        let deps = IngestDeps {
+            store: self.store.as_ref(),
+            ecm: &self.ecm,
+            events: &self.events,
+            clock,
+            sftp_host: "127.0.0.1".into(),
+        };
+        ingest::run(route, &deps, ctx).await.expect("ingest run")
+    }
+
+    async fn run(&self, route: &Route, id: &str) -> IngestReport {
+        let ctx = RunContext::new(id, Duration::from_secs(300));
+        self.run_with(route, &SystemClock, &ctx).await
+    }
+
+    /// Injects an emulator fault (`/__emulator/faults`).
+    async fn fault(&self, fault: Value) {
+        let r = reqwest::Client::new()
+            .post(format!(
+                "{}/__emulator/faults",
+                self.stack.emulator.base_url()
+            ))
+            .json(&fault)
+            .send()
+            .await
+            .expect("faults");
+        assert!(r.status().is_success());
+    }
+
+    async fn history(&self, node: i64) -> serde_json::Map<String, Value> {
+        let cats = self
+            .ecm
+            .categories(NodeId::new(node).expect("id"))
+            .await
+            .expect("categories");
+        let h = cats
+            .into_iter()
+            .find(|c| c.category_id == 9002)
+            .expect("transfer history on the document");
+        h.values.into_iter().collect()
+    }
+
+    fn files_in(&self, rel_dir: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.data_root().join(rel_dir)];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push(
+                        p.strip_prefix(self.data_root())
+                            .unwrap_or(&p)
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+fn route(v: Value) -> Route {
+    match parse_ingest_event(json!({ "route": v })).expect("valid route") {
+        IngestEvent::Scheduled(r) => r,
+        other => panic!("not scheduled: {other:?}"),
+    }
+}
+
+fn history_cfg() -> Value {
+    json!({"category_id": 9002, "attributes": {
+        "route": 2, "host": 3, "source_path": 4, "size": 5, "sha256": 6, "received_at": 7,
+        "ingested_at": 8, "invocation_id": 9, "idempotency_key": 10, "original_name": 11}})
+}
+
+/// A route placing every file into the seeded records folder `folder`.
+fn simple_route(name: &str, source: &str, folder: i64, readiness: Value, policy: &str) -> Route {
+    route(simple_route_json(name, source, folder, readiness, policy))
+}
+
+fn simple_route_json(
+    name: &str,
+    source: &str,
+    folder: i64,
+    readiness: Value,
+    policy: &str,
+) -> Value {
+    json!({
+        "name": name,
+        "sftp_secret": SFTP_SECRET_ID,
+        "source_dir": source,
+        "readiness": readiness,
+        "rules": [],
+        "fallback": {"place": {
+            "workspace": {"by": "node", "node_id": folder},
+            "name": "{name}",
+            "rm_classification": 7004,
+            "on_existing": policy
+        }},
+        "limits": {"parallelism": 3, "max_attempts": 3, "lease_secs": 1800},
+        "transfer_history": history_cfg()
+    })
+}
+
+fn pdf(text: &str) -> Vec<u8> {
+    format!("%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n% {text}\ntrailer << /Root 1 0 R >>\n%%EOF\n")
+        .into_bytes()
+}
+
+fn sha_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+struct Ahead(chrono::Duration);
+impl Clock for Ahead {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + self.0
+    }
+}
+
+/// Every document in `folder` with that name, with its version count.
+async fn docs_named(env: &Env, folder: i64, name: &str) -> Vec<(NodeId, usize)> {
+    let page = env
+        .ecm
+        .children(
+            NodeId::new(folder).expect("id"),
+            &ChildFilter::default(),
+            1,
+            500,
+        )
+        .await
+        .expect("children");
+    let mut out = Vec::new();
+    for n in page.items.into_iter().filter(|n| n.name == name) {
+        let v = env.ecm.versions(n.id).await.expect("versions").len();
+        out.push((n.id, v));
+    }
+    out
+}
+
+/// An ECM outage mid-run (every look-up answers HTTP 500): nothing goes to
+/// failed/, the run stops, and the next run ingests every file at once
+/// (the claims were released, not left to their lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecm_http_500_mid_run_leaves_claims_and_the_next_run_ingests_all() {
+    let env = Env::start().await;
+    let src = "inbound/outage";
+    let r = simple_route("outage", src, 540101, json!({"min_age_secs": 1}), "fail");
+    let names: Vec<String> = (0..5).map(|i| format!("outage-{i}.pdf")).collect();
+    for n in &names {
+        env.drop_file(
+            format!("{src}/{n}").as_bytes(),
+            &pdf(n),
+            Duration::from_secs(60),
+        );
+    }
+    // Look-ups in the target folder fail for a while (every retry of the
+    // adapter included).
+    env.fault(json!({"status": 500, "count": 60, "path_contains": "/nodes/540101/nodes"}))
+        .await;
+
+    let first = env.run(&r, "it-outage-1").await;
+
+    assert_eq!(first.counts.failed, 0, "{first:#?}");
+    assert_eq!(first.counts.ingested, 0, "{first:#?}");
+    assert!(first.stopped_early, "{first:#?}");
+    assert!(env.files_in(&format!("{src}/failed")).is_empty());
+    // Use up what is left of the fault (the outage ends).
+    for _ in 0..60 {
+        if env
+            .ecm
+            .children(
+                NodeId::new(540101).expect("id"),
+                &ChildFilter::default(),
+                1,
+                1,
+            )
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    let next = env.run(&r, "it-outage-2").await;
+    assert_eq!(next.counts.ingested, 5, "{next:#?}");
+    for n in &names {
+        assert_eq!(docs_named(&env, 540101, n).await.len(), 1, "{n}");
+    }
+    assert!(env.files_in(&format!("{src}/.inflight")).is_empty());
+    assert_eq!(env.files_in(&format!("{src}/archive")).len(), 5);
+}
+
+/// A partner re-sends yesterday's file on an add-version route: the
+/// document keeps its two versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_version_sent_again_adds_no_version() {
+    let env = Env::start().await;
+    let src = "inbound/resend";
+    let r = simple_route(
+        "resend",
+        src,
+        540101,
+        json!({"min_age_secs": 1}),
+        "add-version",
+    );
+    let name = "contract-resend.pdf";
+    let path = format!("{src}/{name}");
+    env.drop_file(path.as_bytes(), &pdf("draft"), Duration::from_secs(600));
+    env.run(&r, "it-resend-1").await;
+    env.drop_file(
+        path.as_bytes(),
+        &pdf("redline with changes"),
+        Duration::from_secs(300),
+    );
+    env.run(&r, "it-resend-2").await;
+    env.drop_file(path.as_bytes(), &pdf("draft"), Duration::from_secs(60));
+    let third = env.run(&r, "it-resend-3").await;
+    assert!(
+        matches!(
+            third.files[0].outcome,
+            FileOutcome::SkippedIdentical | FileOutcome::AlreadyIngested
+        ),
+        "{third:#?}"
+    );
+    let docs = docs_named(&env, 540101, name).await;
+    assert_eq!(docs.len(), 1);
+    assert_eq!(docs[0].1, 2, "no third version");
+}
+
+/// The real binary aborted at crash points (debug builds honour
+/// `XECM_INGEST_CRASH_AT`), then a run after the lease: one document, one
+/// version, history final, the file and its sidecar archived once. Prints
+/// the rows as a table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_ingest_aborted_at_crash_points_then_rerun_loses_and_duplicates_nothing() {
+    let binary = xecm_stack::lambda::function_binary("sftp-ingest").expect("binary built");
+    let env = Env::start().await;
+    let points = [
+        "claimed",
+        "mid-upload",
+        "uploaded",
+        "history-written",
+        "archived",
+    ];
+    let mut table = String::from(
+        "| crash point (real process) | aborted | documents | versions | archived | left in claims |\n|---|---|---|---|---|---|\n",
+    );
+    let mut bad = Vec::new();
+    for (i, point) in points.iter().enumerate() {
+        let src = format!("inbound/crash{i}");
+        let name = format!("crash-{point}.pdf");
+        let mut body = pdf(point);
+        body.extend(std::iter::repeat_n(b'%', 1024 * 1024));
+        env.drop_file(
+            format!("{src}/{name}").as_bytes(),
+            &body,
+            Duration::from_secs(60),
+        );
+        env.drop_file(
+            format!("{src}/{name}.json").as_bytes(),
+            br#"{"po": "1"}"#,
+            Duration::from_secs(60),
+        );
+        let rj = simple_route_json(
+            &format!("crash{i}"),
+            &src,
+            540101,
+            json!({"min_age_secs": 1}),
+            "fail",
+        );
+        let r = route(rj.clone());
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("event.json");
+        std::fs::write(&file, json!({ "route": rj }).to_string()).expect("event file");
+        let status = Command::new(&binary)
+            .arg("--event")
+            .arg(&file)
+            .envs(
+                env.stack
+                    .env()
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+            .env("XECM_LOCAL_TIMEOUT_SECS", "300")
+            .env("XECM_INGEST_CRASH_AT", point)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run sftp-ingest");
+        let aborted = std::os::unix::process::ExitStatusExt::signal(&status) == Some(6);
+        let ctx = RunContext::new(format!("it-crash-rerun-{i}"), Duration::from_secs(300));
+        env.run_with(&r, &Ahead(chrono::Duration::seconds(1900)), &ctx)
+            .await;
+        let docs = docs_named(&env, 540101, &name).await;
+        let versions: usize = docs.iter().map(|d| d.1).sum();
+        let archived = env.files_in(&format!("{src}/archive"));
+        let left = env.files_in(&format!("{src}/.inflight"));
+        let mut ok =
+            aborted && docs.len() == 1 && versions == 1 && archived.len() == 2 && left.is_empty();
+        if let Some((node, _)) = docs.first() {
+            let h = env.history(node.get()).await;
+            ok &= h.get("9002_6") == Some(&json!(sha_hex(&body)));
+        }
+        if !ok {
+            bad.push(format!(
+                "{point}: aborted {aborted}, docs {docs:?}, archive {archived:?}, left {left:?}"
+            ));
+        }
+        table.push_str(&format!(
+            "| {point} | {aborted} | {} | {versions} | {} | {} |\n",
+            docs.len(),
+            archived.len(),
+            left.len()
+        ));
+    }
+    println!("\n{table}");
+    assert!(bad.is_empty(), "{bad:#?}\n{table}");
+}

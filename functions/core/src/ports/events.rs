@@ -24,6 +24,12 @@ pub enum DetailType {
     ExportRejected,
     #[serde(rename = "Snapshot Completed")]
     SnapshotCompleted,
+    /// A sweep run of an export route finished (what it caught up).
+    #[serde(rename = "Export Sweep Completed")]
+    ExportSweepCompleted,
+    /// A sweep run stopped early; the detail is the sweep event to run next.
+    #[serde(rename = "Export Sweep Continued")]
+    ExportSweepContinued,
 }
 
 impl DetailType {
@@ -34,6 +40,8 @@ impl DetailType {
             DetailType::DocumentExported => "Document Exported",
             DetailType::ExportRejected => "Export Rejected",
             DetailType::SnapshotCompleted => "Snapshot Completed",
+            DetailType::ExportSweepCompleted => "Export Sweep Completed",
+            DetailType::ExportSweepContinued => "Export Sweep Continued",
         }
     }
 }

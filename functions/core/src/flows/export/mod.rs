@@ -20,24 +20,23 @@
 //! 6. export history on the node, then a `Document Exported` event. A lost
 //!    event does not undo a delivery; it is logged.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use secrecy::ExposeSecret;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::adapters::sftp::{SftpSettings, open_store};
 use crate::domain::audit::{DocumentExported, EventDetail, ExportRejected};
+use crate::domain::export_history::{
+    DeliveryRecord, ExportHistory, HistoryVerdict, Lease, destination_key, lease_name,
+};
 use crate::domain::export_route::{
     Delivery, Destination, ExportDecision, ExportRoute, ExportRoutes, NodeFacts, PackageFormat,
-    decide, export_history_values, export_key,
+    decide, export_key,
 };
 use crate::domain::manifest::{
     ManifestError, PACKAGE_MANIFEST_FORMAT, PACKAGE_MANIFEST_NAME, PackageEntry, PackageManifest,
@@ -52,10 +51,14 @@ use crate::ports::ecm::{
 };
 use crate::ports::events::{DetailType, Event, EventSink};
 use crate::ports::file_store::{ByteStream, EntryKind, FileStore, FileStoreError, RenameMode};
-use crate::ports::secrets::{Secrets, SecretsError};
+use crate::ports::secrets::SecretsError;
 
+pub mod fault;
 pub mod memory;
+pub mod sweep;
 pub mod zip;
+
+pub use sweep::{SweepReport, sweep};
 
 /// Parent chains deeper than this are cut (a cycle or a pathological tree
 /// must not loop forever).
@@ -63,6 +66,8 @@ const MAX_ANCESTORS: usize = 64;
 /// Package walks stop here rather than run into the Lambda deadline unseen.
 const MAX_PACKAGE_ENTRIES: usize = 5_000;
 const MAX_PACKAGE_DEPTH: usize = 16;
+/// Documents a package walk looks at (approved or not) before it gives up.
+const MAX_PACKAGE_VISITS: usize = 20_000;
 const PAGE_SIZE: u32 = 100;
 
 /// Why an export failed. [`ExportError::is_retryable`] tells transient
@@ -104,6 +109,20 @@ pub enum ExportError {
     /// with) a transfer; nothing was published, a retry starts afresh.
     #[error("stopped before {what}: less than {margin_secs} s of the invocation left")]
     DeadlineNear { what: String, margin_secs: u64 },
+    /// Another invocation is delivering this node to this destination right
+    /// now (its lease holds until `expires_at`); retry later.
+    #[error(
+        "node {node_id} version {version} is being delivered to {destination} by another invocation (lease until {expires_at}); retry later"
+    )]
+    InProgress {
+        node_id: i64,
+        version: u32,
+        destination: String,
+        expires_at: DateTime<Utc>,
+    },
+    /// A fault switch of a test build stopped the flow here (crash tests).
+    #[error("stopped by the fault switch at {point}")]
+    Fault { point: &'static str },
     #[error(
         "node {node_id}: the callback names version {version} but the ECM shows {latest} as the latest; retry once it is visible"
     )]
@@ -120,7 +139,10 @@ impl ExportError {
             ExportError::Ecm(e) => e.is_retryable(),
             ExportError::Store(e) => e.is_retryable(),
             ExportError::Secrets(e) => e.is_retryable(),
-            ExportError::DeadlineNear { .. } | ExportError::VersionNotVisible { .. } => true,
+            ExportError::DeadlineNear { .. }
+            | ExportError::VersionNotVisible { .. }
+            | ExportError::InProgress { .. }
+            | ExportError::Fault { .. } => true,
             _ => false,
         }
     }
@@ -140,82 +162,23 @@ impl ExportError {
             ExportError::Unsupported { .. } => "Unsupported",
             ExportError::DeadlineNear { .. } => "DeadlineNear",
             ExportError::VersionNotVisible { .. } => "VersionNotVisible",
+            ExportError::InProgress { .. } => "InProgress",
+            ExportError::Fault { .. } => "Fault",
         }
     }
 }
 
-/// Where deliveries go: a route's `sftp_secret` name → a connected store.
-#[async_trait]
-pub trait Destinations: Send + Sync {
-    async fn store(&self, sftp_secret: &str) -> Result<Arc<dyn FileStore>, ExportError>;
-}
+pub use crate::ports::destinations::{DestinationError, Destinations};
 
-/// A store and when it was opened.
-type CachedStore = (Instant, Arc<dyn FileStore>);
-
-/// [`Destinations`] over Secrets Manager and the SFTP adapters (the client
-/// the secret names). Stores are kept per secret id for `ttl` so warm
-/// invocations reuse SSH sessions, and rebuilt afterwards so a rotated key
-/// or host key takes effect.
-pub struct SftpDestinations {
-    secrets: Arc<dyn Secrets>,
-    /// Route secret names → secret ids (`Config::sftp_secrets`).
-    names: BTreeMap<String, String>,
-    ttl: Duration,
-    cache: tokio::sync::Mutex<HashMap<String, CachedStore>>,
-}
-
-impl std::fmt::Debug for SftpDestinations {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SftpDestinations")
-            .field("names", &self.names)
-            .field("ttl", &self.ttl)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SftpDestinations {
-    pub fn new(secrets: Arc<dyn Secrets>, names: BTreeMap<String, String>) -> Self {
-        Self {
-            secrets,
-            names,
-            ttl: Duration::from_secs(300),
-            cache: tokio::sync::Mutex::new(HashMap::new()),
+impl From<DestinationError> for ExportError {
+    fn from(e: DestinationError) -> Self {
+        match e {
+            DestinationError::Store(e) => ExportError::Store(e),
+            DestinationError::Secrets(e) => ExportError::Secrets(e),
+            DestinationError::Secret { secret_id, reason } => {
+                ExportError::SftpSecret { secret_id, reason }
+            }
         }
-    }
-
-    pub fn with_ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
-    }
-}
-
-#[async_trait]
-impl Destinations for SftpDestinations {
-    async fn store(&self, sftp_secret: &str) -> Result<Arc<dyn FileStore>, ExportError> {
-        let secret_id = self
-            .names
-            .get(sftp_secret)
-            .map(String::as_str)
-            .unwrap_or(sftp_secret)
-            .to_owned();
-        let mut cache = self.cache.lock().await;
-        if let Some((at, store)) = cache.get(&secret_id)
-            && at.elapsed() < self.ttl
-        {
-            return Ok(Arc::clone(store));
-        }
-        let raw = self.secrets.get(&secret_id).await?;
-        let settings =
-            SftpSettings::from_secret_json(&secret_id, raw.expose_secret()).map_err(|e| {
-                ExportError::SftpSecret {
-                    secret_id: secret_id.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
-        let store = open_store(settings)?;
-        cache.insert(secret_id, (Instant::now(), Arc::clone(&store)));
-        Ok(store)
     }
 }
 
@@ -274,6 +237,14 @@ pub enum ExportOutcome {
     Delivered(DeliveryReport),
     /// This version already went to this destination; nothing was sent.
     Duplicate(DeliveryReport),
+    /// A newer version already went to this destination; this older one is
+    /// not delivered (it would replace or follow the newer one). Only a
+    /// manual resend delivers it.
+    Superseded {
+        delivery: DeliveryReport,
+        newest_version: u32,
+        newest_path: String,
+    },
     /// No route exports the node; an `Export Rejected` event was emitted.
     Rejected {
         node_id: i64,
@@ -477,8 +448,35 @@ async fn put_version(
             .map(move |r| r.map_err(|e| FileStoreError::source(&p, e))),
     );
     Ok(store
-        .put_atomic(path, read_ahead(body), source.expected_len, mode)
+        .put_atomic(
+            path,
+            with_upload_faults(read_ahead(body), path),
+            source.expected_len,
+            mode,
+        )
         .await?)
+}
+
+/// The upload's fault points (see [`fault`]): after its first chunk and
+/// after its last one, before the put renames. Nothing in a release build.
+fn with_upload_faults(body: ByteStream, path: &RemotePath) -> ByteStream {
+    if cfg!(not(debug_assertions)) {
+        return body;
+    }
+    let (p1, p2) = (path.clone(), path.clone());
+    let mut first = true;
+    let body = body.map(move |r| {
+        if r.is_ok() && std::mem::take(&mut first) {
+            fault::hit(fault::Point::MidUpload).map_err(|e| FileStoreError::source(&p1, e))?;
+        }
+        r
+    });
+    let tail = futures_util::stream::once(async move { fault::hit(fault::Point::AfterUpload) })
+        .filter_map(move |r| {
+            let p2 = p2.clone();
+            async move { r.err().map(|e| Err(FileStoreError::source(&p2, e))) }
+        });
+    Box::pin(body.chain(tail))
 }
 
 /// Streams a version from the ECM into `path` atomically.
@@ -542,64 +540,37 @@ async fn remote_sha256(store: &dyn FileStore, path: &RemotePath) -> Result<Strin
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// What the export history on the node records of its last delivery.
-struct LastExport {
-    /// `<route>/<destination>`.
-    to: String,
-    version: String,
-    /// The remote path it was delivered to.
-    path: String,
-    sha256: Option<String>,
-}
-
-fn last_export(routes: &ExportRoutes, applied: &[AppliedCategory]) -> Option<LastExport> {
+/// The export history as the node's categories hold it.
+fn history_of(routes: &ExportRoutes, applied: &[AppliedCategory]) -> ExportHistory {
     let h = &routes.export_history;
-    let cat = applied.iter().find(|c| c.category_id == h.category_id)?;
-    let key = |id: u32| format!("{}_{id}", h.category_id);
-    let text = |id: u32| cat.values.get(&key(id)).and_then(value_text);
-    let recorded = text(h.attributes.destination)?;
-    let (to, path) = recorded.split_once(':')?;
-    Some(LastExport {
-        to: to.to_owned(),
-        version: text(h.attributes.version)?,
-        path: path.to_owned(),
-        sha256: text(h.attributes.sha256),
-    })
-}
-
-impl LastExport {
-    /// Whether it went out through `d`'s route and destination.
-    fn through(&self, d: &Delivery) -> bool {
-        self.to == format!("{}/{}", d.route, d.destination)
+    let values = applied
+        .iter()
+        .find(|c| c.category_id == h.category_id)
+        .map(|c| &c.values);
+    let history = ExportHistory::from_values(h, values);
+    if !history.malformed.is_empty() {
+        tracing::warn!(malformed = ?history.malformed, "export history holds values that are not delivery records; kept as they are");
     }
+    history
 }
 
+/// Writes the delivery `record` into the node's export history (every
+/// earlier record kept, see `domain::export_history`).
 async fn record_history(
     ecm: &dyn Ecm,
     routes: &ExportRoutes,
     applied: &[AppliedCategory],
-    d: &Delivery,
-    sha256: &str,
+    history: &ExportHistory,
+    node: NodeId,
+    record: DeliveryRecord,
     at: DateTime<Utc>,
 ) -> Result<(), ExportError> {
     let h = &routes.export_history;
-    let values: CategoryValues = export_history_values(h, d, sha256, at)
-        .into_iter()
-        .map(|(k, v)| {
-            // Integer attributes go as numbers.
-            let json = if k == format!("{}_{}", h.category_id, h.attributes.version) {
-                serde_json::Value::from(d.version)
-            } else {
-                serde_json::Value::String(v)
-            };
-            (k, json)
-        })
-        .collect();
-    let id = node_id(d.node_id)?;
+    let values: CategoryValues = history.values_after(h, record, at).into_iter().collect();
     if applied.iter().any(|c| c.category_id == h.category_id) {
-        ecm.update_category(id, h.category_id, &values).await?;
+        ecm.update_category(node, h.category_id, &values).await?;
     } else {
-        ecm.apply_category(id, h.category_id, &values).await?;
+        ecm.apply_category(node, h.category_id, &values).await?;
     }
     Ok(())
 }
@@ -687,7 +658,17 @@ fn exported_detail(
 }
 
 /// Delivers one planned document; `resend` forces `Replace` and skips the
-/// idempotency check.
+/// idempotency checks (history, "never older").
+///
+/// 1. the history read with the node's facts answers a duplicate or a
+///    superseded version at once, without reaching the destination;
+/// 2. a lease per (route, destination, node) on the SFTP side: an
+///    overlapping delivery of the same node to the same destination is
+///    answered "in progress" (retryable) without a transfer;
+/// 3. under the lease the history is read again (the other delivery may
+///    have finished between the first read and the lease);
+/// 4. the transfer, or the identical-copy path when the bytes are already
+///    there; sidecar, `Document Exported`, history; the lease is released.
 async fn deliver(
     cx: &ExportContext<'_>,
     d: &Delivery,
@@ -696,6 +677,109 @@ async fn deliver(
     event_id: Option<&str>,
 ) -> Result<ExportOutcome, ExportError> {
     let started = Instant::now();
+    let to = destination_key(&d.route, &d.destination);
+    if !resend
+        && let Some(out) = settled(d, &history_of(cx.routes, applied).verdict(&to, d.version))
+    {
+        return Ok(out);
+    }
+    cx.check_deadline(|| format!("delivering node {} to {}", d.node_id, d.remote_path()))?;
+    let id = node_id(d.node_id)?;
+    let store = cx.destinations.store(&d.sftp_secret).await?;
+    let dir = remote_path(store.as_ref(), &d.directory)?;
+    let target = dir.join(d.file_name.as_bytes())?;
+    store.mkdir_all(&dir).await?;
+    let lease = match acquire_lease(cx, store.as_ref(), &dir, d).await? {
+        LeaseOutcome::Held(l) => l,
+        LeaseOutcome::Busy(other) => {
+            tracing::info!(key = %d.idempotency_key, holder = %other.holder, version = other.version, "another delivery of this node to this destination is in progress");
+            return Err(ExportError::InProgress {
+                node_id: d.node_id,
+                version: other.version,
+                destination: to,
+                expires_at: other.expires_at,
+            });
+        }
+    };
+    let leased = Leased {
+        store: store.as_ref(),
+        dir: &dir,
+        target: &target,
+        lease: &lease,
+    };
+    let result = deliver_leased(cx, d, id, resend, event_id, started, &leased).await;
+    // A fault switch stands for a crash: nothing after it runs, the lease
+    // stays until it expires.
+    if !matches!(result, Err(ExportError::Fault { .. })) {
+        release_lease(store.as_ref(), &lease).await;
+    }
+    result
+}
+
+/// The outcome the history already settles (a duplicate, or a version
+/// older than the one delivered), `None` to deliver.
+fn settled(d: &Delivery, verdict: &HistoryVerdict) -> Option<ExportOutcome> {
+    let report = |r: &DeliveryRecord| DeliveryReport {
+        route: d.route.clone(),
+        destination: d.destination.clone(),
+        node_id: d.node_id,
+        version: d.version,
+        // The path is the recorded one: it may hold a date that has moved
+        // on since (`outbound/{yyyy}` across New Year), and a retried
+        // callback must not deliver a second copy elsewhere.
+        remote_path: r.path.clone(),
+        size: None,
+        sha256: r.sha256.clone(),
+        idempotency_key: d.idempotency_key.clone(),
+        resend: false,
+        transfer_ms: None,
+    };
+    match verdict {
+        HistoryVerdict::New => None,
+        HistoryVerdict::Delivered(r) => {
+            tracing::info!(key = %d.idempotency_key, path = %r.path, "already delivered; acknowledged without a second delivery");
+            Some(ExportOutcome::Duplicate(report(r)))
+        }
+        HistoryVerdict::Superseded(newest) => {
+            tracing::info!(key = %d.idempotency_key, newest = newest.version, "a newer version already went to this destination; not delivered");
+            let mut r = report(newest);
+            r.sha256 = String::new();
+            r.remote_path = d.remote_path();
+            Some(ExportOutcome::Superseded {
+                delivery: r,
+                newest_version: newest.version,
+                newest_path: newest.path.clone(),
+            })
+        }
+    }
+}
+
+/// The destination and the lease a delivery holds.
+struct Leased<'a> {
+    store: &'a dyn FileStore,
+    dir: &'a RemotePath,
+    target: &'a RemotePath,
+    lease: &'a HeldLease,
+}
+
+async fn deliver_leased(
+    cx: &ExportContext<'_>,
+    d: &Delivery,
+    id: NodeId,
+    resend: bool,
+    event_id: Option<&str>,
+    started: Instant,
+    l: &Leased<'_>,
+) -> Result<ExportOutcome, ExportError> {
+    let (store, dir, target) = (l.store, l.dir, l.target);
+    let to = destination_key(&d.route, &d.destination);
+    // Read again under the lease.
+    let applied = cx.ecm.categories(id).await?;
+    let history = history_of(cx.routes, &applied);
+    if !resend && let Some(out) = settled(d, &history.verdict(&to, d.version)) {
+        return Ok(out);
+    }
+    fault::hit(fault::Point::Leased)?;
     let report = |size: Option<u64>, sha256: String, transfer_ms: Option<u64>| DeliveryReport {
         route: d.route.clone(),
         destination: d.destination.clone(),
@@ -708,63 +792,55 @@ async fn deliver(
         resend,
         transfer_ms,
     };
-    let last = last_export(cx.routes, applied).filter(|l| l.through(d));
-    // This version already went out through this route and destination.
-    // The path is not compared: it may hold a date that has moved on since
-    // (`outbound/{yyyy}` across New Year), and a retried callback must not
-    // deliver a second copy elsewhere.
-    if !resend
-        && let Some(l) = &last
-        && l.version == d.version.to_string()
-        && let Some(sha) = &l.sha256
-    {
-        tracing::info!(key = %d.idempotency_key, path = %l.path, "already delivered; acknowledged without a second delivery");
-        let mut r = report(None, sha.clone(), None);
-        r.remote_path = l.path.clone();
-        return Ok(ExportOutcome::Duplicate(r));
-    }
-    cx.check_deadline(|| format!("delivering node {} to {}", d.node_id, d.remote_path()))?;
     // A resend replaces what this node delivered to that very path before
     // (the partner may hold a damaged copy); on a route without overwrite
     // it never replaces anything else, such as another document's file of
     // the same name.
-    let ours_there = last.is_some_and(|l| l.path == d.remote_path());
+    let ours_there = history
+        .records
+        .iter()
+        .any(|r| r.to == to && r.path == d.remote_path());
     let mode = if d.overwrite || (resend && ours_there) {
         RenameMode::Replace
     } else {
         RenameMode::NoReplace
     };
-    let id = node_id(d.node_id)?;
-    // Reaching the destination (secret, SSH handshake, directory) and the
-    // ECM's answer to the download request are independent round trips:
-    // wait for both at once rather than one after the other.
-    let destination = async {
-        let store = cx.destinations.store(&d.sftp_secret).await?;
-        let dir = remote_path(store.as_ref(), &d.directory)?;
-        let target = dir.join(d.file_name.as_bytes())?;
-        store.mkdir_all(&dir).await?;
-        Ok::<_, ExportError>((store, dir, target))
-    };
-    let ((store, dir, target), source) =
-        tokio::try_join!(destination, open_version(cx.ecm, id, d.version))?;
-    // An identical copy already in place (found below) means an earlier or
-    // concurrent invocation delivered this version and may have stopped
-    // after its rename: finish what it would have done next (sidecar,
-    // history, event) instead of delivering a second time.
-    let identical = {
-        let (store, dir, target) = (&store, &dir, &target);
-        move |ours: String, size: Option<u64>| async move {
+    let source = open_version(cx.ecm, id, d.version).await?;
+    // What is known without reading anything: the version's SHA-256 from an
+    // earlier delivery of it, the file's from its sidecar.
+    let known = history.sha256_of(d.version).map(str::to_owned);
+    // An identical copy already in place means an earlier invocation
+    // delivered this version and stopped after its rename: finish what it
+    // would have done next (sidecar, event unless it went out, history)
+    // instead of delivering a second time.
+    let identical = |ours: String, size: Option<u64>| {
+        let (history, applied, to) = (&history, &applied, &to);
+        async move {
             if d.sha256_sidecar {
-                write_sidecar(store.as_ref(), dir, d, &ours).await?;
+                write_sidecar(store, dir, d, &ours).await?;
             }
             let at = Utc::now();
-            record_history(cx.ecm, cx.routes, applied, d, &ours, at).await?;
-            if let Some(size) = size {
+            let already_published = l
+                .lease
+                .taken_over
+                .as_ref()
+                .and_then(|t| t.published_sha256.as_deref())
+                == Some(ours.as_str());
+            if let Some(size) = size
+                && !already_published
+            {
                 let detail = exported_detail(
                     cx, d, target, size, &ours, resend, event_id, at, started, None,
                 );
                 publish(cx.events, DetailType::DocumentExported, detail).await;
             }
+            let record = DeliveryRecord {
+                to: to.clone(),
+                version: d.version,
+                sha256: ours.clone(),
+                path: d.remote_path(),
+            };
+            record_history(cx.ecm, cx.routes, applied, history, id, record, at).await?;
             Ok::<_, ExportError>(ExportOutcome::Duplicate(report(size, ours, None)))
         }
     };
@@ -772,23 +848,37 @@ async fn deliver(
     // (a resend delivers again on purpose).
     if !resend
         && d.overwrite
-        && let Some(there) = store.try_stat(&target).await?
+        && let Some(there) = store.try_stat(target).await?
         && there.size.is_some()
         && there.size == source.expected_len
     {
-        let existing = remote_sha256(store.as_ref(), &target).await?;
-        if existing == version_sha256(cx.ecm, id, d.version).await? {
-            return identical(existing, there.size).await;
+        let remote = match read_sidecar(store, dir, d).await {
+            Some(sha) => sha,
+            None => remote_sha256(store, target).await?,
+        };
+        let ours = match &known {
+            Some(sha) => sha.clone(),
+            // Compared only when the file may be ours.
+            None => version_sha256(cx.ecm, id, d.version).await?,
+        };
+        if remote == ours {
+            return identical(ours, there.size).await;
         }
     }
     let transfer_started = Instant::now();
-    let receipt = match put_version(store.as_ref(), source, &target, mode).await {
+    let receipt = match put_version(store, source, target, mode).await {
         Ok(r) => r,
         Err(ExportError::Store(FileStoreError::AlreadyExists { .. })) => {
             // Overwrite is not allowed. The same bytes there: see
             // `identical`. Anything else is someone else's file and stays.
-            let existing = remote_sha256(store.as_ref(), &target).await?;
-            let ours = version_sha256(cx.ecm, id, d.version).await?;
+            let existing = match read_sidecar(store, dir, d).await {
+                Some(sha) => sha,
+                None => remote_sha256(store, target).await?,
+            };
+            let ours = match &known {
+                Some(sha) => sha.clone(),
+                None => version_sha256(cx.ecm, id, d.version).await?,
+            };
             if existing != ours {
                 return Err(ExportError::TargetExists {
                     route: d.route.clone(),
@@ -796,21 +886,22 @@ async fn deliver(
                     path: target.to_string(),
                 });
             }
-            let size = store.stat(&target).await?.size;
+            let size = store.stat(target).await?.size;
             return identical(ours, size).await;
         }
         Err(e) => return Err(e),
     };
+    fault::hit(fault::Point::AfterRename)?;
     let transfer_ms = millis(transfer_started.elapsed());
     if d.sha256_sidecar {
-        write_sidecar(store.as_ref(), &dir, d, &receipt.sha256).await?;
+        write_sidecar(store, dir, d, &receipt.sha256).await?;
     }
+    fault::hit(fault::Point::BeforeEvent)?;
     let at = Utc::now();
-    record_history(cx.ecm, cx.routes, applied, d, &receipt.sha256, at).await?;
     let detail = exported_detail(
         cx,
         d,
-        &target,
+        target,
         receipt.size,
         &receipt.sha256,
         resend,
@@ -820,6 +911,15 @@ async fn deliver(
         Some(transfer_ms),
     );
     publish(cx.events, DetailType::DocumentExported, detail).await;
+    mark_published(store, l.lease, &receipt.sha256).await;
+    fault::hit(fault::Point::BeforeHistory)?;
+    let record = DeliveryRecord {
+        to: to.clone(),
+        version: d.version,
+        sha256: receipt.sha256.clone(),
+        path: d.remote_path(),
+    };
+    record_history(cx.ecm, cx.routes, &applied, &history, id, record, at).await?;
     tracing::info!(
         route = %d.route, destination = %d.destination, node_id = d.node_id, version = d.version,
         path = %target, size = receipt.size, resend, "document exported"
@@ -829,6 +929,161 @@ async fn deliver(
         receipt.sha256,
         Some(transfer_ms),
     )))
+}
+
+/// The SHA-256 a `<file>.sha256` sidecar beside the target names, if the
+/// route writes sidecars and one is there and well-formed. The sidecar is
+/// written after its file, so it never names bytes that are not complete;
+/// it may name an older file's bytes (a rename that stopped before its
+/// sidecar), which only makes the comparison say "different" and the
+/// delivery go ahead.
+async fn read_sidecar(store: &dyn FileStore, dir: &RemotePath, d: &Delivery) -> Option<String> {
+    if !d.sha256_sidecar {
+        return None;
+    }
+    let path = dir
+        .join(format!("{}.sha256", d.file_name).as_bytes())
+        .ok()?;
+    let text = store.read_small(&path, 4096).await.ok()?;
+    let text = std::str::from_utf8(&text).ok()?;
+    let (sha, name) = text.trim_end().split_once("  ")?;
+    (name == d.file_name && sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| sha.to_ascii_lowercase())
+}
+
+// ------------------------------------------------------------------ lease --
+
+/// A lease this invocation holds.
+struct HeldLease {
+    path: RemotePath,
+    lease: Lease,
+    /// The expired lease this one replaced (its holder stopped).
+    taken_over: Option<Lease>,
+}
+
+enum LeaseOutcome {
+    Held(HeldLease),
+    Busy(Lease),
+}
+
+/// How long a lease lasts: as long as this invocation can, plus a margin;
+/// a crashed holder blocks the node's deliveries to that destination no
+/// longer than that.
+fn lease_ttl(cx: &ExportContext<'_>) -> chrono::Duration {
+    let left = cx
+        .deadline
+        .map_or(Duration::from_secs(900), |d| {
+            d.saturating_duration_since(Instant::now())
+        })
+        .min(Duration::from_secs(900));
+    chrono::Duration::from_std(left + Duration::from_secs(5))
+        .unwrap_or_else(|_| chrono::Duration::seconds(905))
+}
+
+const LEASE_MAX_BYTES: u64 = 4096;
+
+/// Takes the lease for `d` in `dir`: created with a no-replace rename, so of
+/// two overlapping deliveries exactly one gets it. An expired lease is moved
+/// aside (one rename, which only one taker can win) and checked to be the
+/// one that was read before it is dropped.
+async fn acquire_lease(
+    cx: &ExportContext<'_>,
+    store: &dyn FileStore,
+    dir: &RemotePath,
+    d: &Delivery,
+) -> Result<LeaseOutcome, ExportError> {
+    let name = lease_name(&d.route, &d.destination, d.node_id);
+    let path = dir.join(name.as_bytes())?;
+    let lease = Lease {
+        node_id: d.node_id,
+        version: d.version,
+        holder: cx.invocation_id.to_owned(),
+        nonce: format!("{:016x}", fastrand::u64(..)),
+        expires_at: Utc::now() + lease_ttl(cx),
+        published_sha256: None,
+    };
+    let mut taken_over = None;
+    for _ in 0..3 {
+        match store
+            .write_small(&path, Bytes::from(lease.to_bytes()), RenameMode::NoReplace)
+            .await
+        {
+            Ok(_) => {
+                return Ok(LeaseOutcome::Held(HeldLease {
+                    path,
+                    lease,
+                    taken_over,
+                }));
+            }
+            Err(FileStoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let seen = match store.read_small(&path, LEASE_MAX_BYTES).await {
+            Ok(b) => b,
+            // Released meanwhile: try again.
+            Err(FileStoreError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let other = Lease::parse(&seen);
+        if let Ok(o) = &other
+            && !o.is_expired(Utc::now())
+        {
+            return Ok(LeaseOutcome::Busy(o.clone()));
+        }
+        // Expired (or not a lease at all: nothing of ours writes anything
+        // else under that name).
+        let aside = dir.join(format!("{name}.stale-{}", lease.nonce).as_bytes())?;
+        match store.rename(&path, &aside, RenameMode::NoReplace).await {
+            Ok(()) => {}
+            Err(FileStoreError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let moved = store.read_small(&aside, LEASE_MAX_BYTES).await?;
+        if moved != seen {
+            // Another taker replaced the stale lease between our read and
+            // our rename: that one is live. Put it back.
+            if let Err(e) = store.rename(&aside, &path, RenameMode::NoReplace).await {
+                tracing::warn!(path = %aside, error = %e, "cannot put a live lease back");
+            }
+            return Ok(LeaseOutcome::Busy(
+                Lease::parse(&moved).unwrap_or_else(|_| lease.clone()),
+            ));
+        }
+        if let Err(e) = store.remove(&aside).await {
+            tracing::warn!(path = %aside, error = %e, "cannot remove a stale lease");
+        }
+        tracing::warn!(lease = ?other.as_ref().ok(), "took over an expired delivery lease (its holder stopped)");
+        taken_over = other.ok();
+    }
+    Ok(LeaseOutcome::Busy(lease))
+}
+
+/// Notes on the lease that the event went out (see [`Lease::published_sha256`]).
+async fn mark_published(store: &dyn FileStore, held: &HeldLease, sha256: &str) {
+    let mut l = held.lease.clone();
+    l.published_sha256 = Some(sha256.to_owned());
+    if let Err(e) = store
+        .write_small(&held.path, Bytes::from(l.to_bytes()), RenameMode::Replace)
+        .await
+    {
+        tracing::warn!(path = %held.path, error = %e, "cannot note the published event on the lease");
+    }
+}
+
+/// Removes the lease if it is still ours (best effort: an expired lease left
+/// behind only delays the next delivery of this node until it expires).
+async fn release_lease(store: &dyn FileStore, held: &HeldLease) {
+    match store.read_small(&held.path, LEASE_MAX_BYTES).await {
+        Ok(b) if Lease::parse(&b).is_ok_and(|l| l.nonce == held.lease.nonce) => {
+            if let Err(e) = store.remove(&held.path).await {
+                tracing::warn!(path = %held.path, error = %e, "cannot release the delivery lease");
+            }
+        }
+        Ok(_) => tracing::warn!(path = %held.path, "the delivery lease was taken over meanwhile"),
+        Err(e) => {
+            tracing::warn!(path = %held.path, error = %e, "cannot read the delivery lease back")
+        }
+    }
 }
 
 /// Publishes `Export Rejected` for a callback and builds its outcome.
@@ -978,6 +1233,7 @@ pub async fn resend(
             tracing::info!(reason = reason.unwrap_or(""), "resend requested");
             match deliver(cx, &d, &applied, true, None).await? {
                 ExportOutcome::Delivered(r) | ExportOutcome::Duplicate(r) => Ok(r),
+                ExportOutcome::Superseded { delivery, .. } => Ok(delivery),
                 ExportOutcome::Rejected { reasons, .. } => Err(ExportError::NotApproved {
                     node_id: node,
                     reasons: format!("{reasons:?}"),
@@ -1025,7 +1281,11 @@ async fn collect_package(
     let mut skipped = Vec::new();
     // (container, name path from the root)
     let mut stack: Vec<(NodeId, Vec<String>)> = vec![(root, Vec::new())];
+    let mut visited = 0usize;
     while let Some((dir, prefix)) = stack.pop() {
+        cx.check_deadline(|| {
+            format!("listing package folders under node {root} (package not published)")
+        })?;
         if prefix.len() > MAX_PACKAGE_DEPTH {
             skipped.push((dir.get(), "deeper than the package depth limit".into()));
             continue;
@@ -1042,6 +1302,22 @@ async fn collect_package(
                 if child.is_container() {
                     stack.push((child.id, names));
                 } else if child.node_type == node_type::DOCUMENT {
+                    // Each document costs ECM calls: stop before the
+                    // deadline, and stop a walk that would never end.
+                    cx.check_deadline(|| {
+                        format!(
+                            "reading package documents under node {root} (package not published)"
+                        )
+                    })?;
+                    visited += 1;
+                    if visited > MAX_PACKAGE_VISITS {
+                        return Err(ExportError::InvalidNode {
+                            node_id: root.get(),
+                            reason: format!(
+                                "more than {MAX_PACKAGE_VISITS} documents to look at; split the package"
+                            ),
+                        });
+                    }
                     let (facts, _, _) = read_facts(cx.ecm, child.id, &types).await?;
                     match route.approval.check(&facts) {
                         Ok(()) => {
@@ -1221,6 +1497,9 @@ pub async fn export_package(
             )
             .await?;
             written.push(target);
+            if written.len() == 1 {
+                fault::hit(fault::Point::PackageMidBuild)?;
+            }
             entries.push(PackageEntry {
                 path: rel.clone(),
                 node_id: item.node.get(),
@@ -1253,6 +1532,7 @@ pub async fn export_package(
                     {
                         Ok(_) => {
                             written.push(mpath);
+                            fault::hit(fault::Point::PackageBeforeRename)?;
                             match store.rename(&tmp, &final_path, RenameMode::NoReplace).await {
                                 Ok(()) => Ok(sha),
                                 Err(e) => {
@@ -1446,6 +1726,9 @@ async fn write_zip(
                 tx.send(Ok(Bytes::from(descriptor)))
                     .await
                     .map_err(|_| gone())?;
+                if entries.is_empty() {
+                    fault::hit(fault::Point::PackageMidBuild)?;
+                }
                 entries.push(PackageEntry {
                     path: rel.clone(),
                     node_id: item.node.get(),
@@ -1476,6 +1759,7 @@ async fn write_zip(
             w.data(len);
             let descriptor = w.end_entry(crc.finish(), len);
             let end = w.finish();
+            fault::hit(fault::Point::PackageBeforeRename)?;
             for block in [header, manifest.into_bytes(), descriptor, end] {
                 tx.send(Ok(Bytes::from(block))).await.map_err(|_| gone())?;
             }
@@ -1503,13 +1787,17 @@ async fn write_zip(
 
 #[cfg(test)]
 mod tests {
-    use super::memory::{MemoryDestinations, MemoryStore};
+    use super::memory::{
+        CountingStore, FixedDestinations, InstrumentedEcm, MemoryDestinations, MemoryStore,
+    };
     use super::*;
     use crate::domain::export_route::ExportConfig;
     use crate::ports::ecm::memory::MemoryEcm;
     use crate::ports::ecm::{Content, UploadRequest};
     use crate::ports::events::MemoryEvents;
+    use async_trait::async_trait;
     use serde_json::json;
+    use std::sync::Arc;
 
     const YEAR_DIR: fn() -> String = || Utc::now().format("%Y").to_string();
 
@@ -1559,15 +1847,19 @@ mod tests {
     }
 
     fn routes(overwrite: bool) -> ExportRoutes {
+        routes_named(overwrite, "{stem}_v{version}.{ext}")
+    }
+
+    fn routes_named(overwrite: bool, file_name: &str) -> ExportRoutes {
         ExportConfig::from_json(
             &json!({
-                "export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 3, "destination": 4, "sha256": 5}},
+                "export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 3, "destination": 4, "sha256": 5, "deliveries": 6}},
                 "routes": [{
                     "name": "price-lists",
                     "approval": {"category_id": 9001, "attribute": "9001_2", "value": "Approved"},
                     "destinations": [{
                         "name": "dist", "sftp_secret": "sftp", "directory": "outbound/{yyyy}",
-                        "file_name": "{stem}_v{version}.{ext}", "overwrite": overwrite, "sha256_sidecar": true
+                        "file_name": file_name, "overwrite": overwrite, "sha256_sidecar": true
                     }]
                 }]
             })
@@ -1577,25 +1869,35 @@ mod tests {
     }
 
     struct World {
-        ecm: MemoryEcm,
+        ecm: InstrumentedEcm<MemoryEcm>,
         events: MemoryEvents,
-        dest: MemoryDestinations,
+        mem: Arc<MemoryStore>,
+        counting: Arc<CountingStore>,
+        dest: FixedDestinations,
         routes: ExportRoutes,
         folder: NodeId,
     }
 
     impl World {
         async fn new(overwrite: bool) -> Self {
-            let ecm = MemoryEcm::new();
+            Self::with_routes(routes(overwrite)).await
+        }
+
+        async fn with_routes(routes: ExportRoutes) -> Self {
+            let ecm = InstrumentedEcm::new(MemoryEcm::new());
             let folder = ecm
                 .create_folder(NodeId::new(2000).unwrap(), "Pricing")
                 .await
                 .unwrap();
+            let mem = MemoryDestinations::new().unwrap().store;
+            let counting = Arc::new(CountingStore::new(mem.clone()));
             World {
                 ecm,
                 events: MemoryEvents::new(),
-                dest: MemoryDestinations::new().unwrap(),
-                routes: routes(overwrite),
+                mem,
+                counting: counting.clone(),
+                dest: FixedDestinations(counting),
+                routes,
                 folder,
             }
         }
@@ -1612,7 +1914,7 @@ mod tests {
         }
 
         fn store(&self) -> &MemoryStore {
-            &self.dest.store
+            &self.mem
         }
 
         async fn doc(&self, parent: NodeId, name: &str, status: &str, body: &[u8]) -> NodeId {
@@ -1829,10 +2131,22 @@ mod tests {
             .update_category(
                 id,
                 9003,
-                &[(
-                    "9003_4".to_string(),
-                    json!(format!("price-lists/dist:{old}")),
-                )]
+                &[
+                    (
+                        "9003_4".to_string(),
+                        json!(format!("price-lists/dist:{old}")),
+                    ),
+                    (
+                        "9003_6".to_string(),
+                        json!([crate::domain::export_history::DeliveryRecord {
+                            to: "price-lists/dist".into(),
+                            version: 1,
+                            sha256: sha256_hex(b"ours"),
+                            path: old.into(),
+                        }
+                        .encode()]),
+                    ),
+                ]
                 .into(),
             )
             .await
@@ -2168,8 +2482,11 @@ mod tests {
         struct Unreachable;
         #[async_trait]
         impl Destinations for Unreachable {
-            async fn store(&self, sftp_secret: &str) -> Result<Arc<dyn FileStore>, ExportError> {
-                Err(ExportError::Store(FileStoreError::Transient {
+            async fn store(
+                &self,
+                sftp_secret: &str,
+            ) -> Result<Arc<dyn FileStore>, DestinationError> {
+                Err(DestinationError::Store(FileStoreError::Transient {
                     op: "connect",
                     path: format!("{sftp_secret}: 192.0.2.1:22"),
                     reason: "connection refused".into(),
@@ -2238,5 +2555,465 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(w.store().put_count(), puts);
+    }
+
+    // ------------------------------------------- issue 16: defects 1, 2, 4 --
+
+    #[tokio::test]
+    async fn a_v1_callback_retried_after_v2_was_delivered_is_not_delivered_again() {
+        let w = World::new(false).await;
+        let id = w.doc(w.folder, "a.pdf", "Approved", b"one").await;
+        handle_callback(&w.cx(), &callback(id, 1)).await.unwrap();
+        w.new_version(id, b"two!").await;
+        handle_callback(&w.cx(), &callback(id, 2)).await.unwrap();
+        let puts = w.store().put_count();
+        let out = handle_callback(&w.cx(), &callback(id, 1)).await.unwrap();
+        assert!(
+            !matches!(out, ExportOutcome::Delivered(_)),
+            "v1 went out twice: {out:?}"
+        );
+        assert_eq!(w.store().put_count(), puts, "{:?}", w.store().paths());
+        assert_eq!(w.exported().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_older_version_never_replaces_a_newer_one_on_an_overwrite_route() {
+        let w = World::with_routes(routes_named(true, "{stem}.{ext}")).await;
+        let id = w.doc(w.folder, "a.pdf", "Approved", b"one").await;
+        w.new_version(id, b"two!").await;
+        // v2's callback arrives first, v1's (late) after it.
+        handle_callback(&w.cx(), &callback(id, 2)).await.unwrap();
+        let out = handle_callback(&w.cx(), &callback(id, 1)).await.unwrap();
+        assert!(
+            !matches!(out, ExportOutcome::Delivered(_)),
+            "v1 replaced v2: {out:?}"
+        );
+        let path = format!("/outbound/{}/a.pdf", YEAR_DIR());
+        assert_eq!(w.store().file(&path).as_deref(), Some(&b"two!"[..]));
+        assert_eq!(w.exported().len(), 1);
+        // A manual resend still may (it delivers the latest version).
+        let r = resend(&w.cx(), id.get(), "price-lists", None)
+            .await
+            .unwrap();
+        assert_eq!(r.version, 2);
+    }
+
+    #[tokio::test]
+    async fn overlapping_identical_callbacks_transfer_once() {
+        // A caller retrying during a large transfer: the first callback's
+        // download is held open while the second arrives.
+        let w = World::new(true).await;
+        let id = w.doc(w.folder, "big.bin", "Approved", b"large body").await;
+        let gate = w.ecm.hold_downloads();
+        let cx = w.cx();
+        let cb = callback(id, 1);
+        let (a, b, ()) = tokio::join!(
+            handle_callback(&cx, &cb),
+            handle_callback(&cx, &cb),
+            async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                gate.add_permits(2);
+            }
+        );
+        let delivered = [&a, &b]
+            .iter()
+            .filter(|r| matches!(r, Ok(ExportOutcome::Delivered(_))))
+            .count();
+        assert_eq!(delivered, 1, "{a:?} / {b:?}");
+        for r in [&a, &b] {
+            match r {
+                Ok(ExportOutcome::Delivered(_) | ExportOutcome::Duplicate(_)) => {}
+                Err(e) => assert!(e.is_retryable(), "{e}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(w.exported().len(), 1, "{:?}", w.exported());
+        assert_eq!(w.ecm.calls("download"), 1, "the second one streamed too");
+        // No lease is left behind once the delivery is done.
+        assert!(
+            !w.store().paths().iter().any(|p| p.contains("lease")),
+            "{:?}",
+            w.store().paths()
+        );
+        // A later retry is a plain duplicate.
+        let out = handle_callback(&w.cx(), &cb).await.unwrap();
+        assert!(matches!(out, ExportOutcome::Duplicate(_)), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn a_same_size_file_with_a_sidecar_is_judged_without_reading_it() {
+        let w = World::new(true).await;
+        let id = w.doc(w.folder, "a.pdf", "Approved", b"new content").await;
+        // The version went to another destination before: its SHA-256 is
+        // in the history.
+        let other = crate::domain::export_history::DeliveryRecord {
+            to: "price-lists/elsewhere".into(),
+            version: 1,
+            sha256: sha256_hex(b"new content"),
+            path: "elsewhere/a_v1.pdf".into(),
+        };
+        w.ecm
+            .apply_category(
+                id,
+                9003,
+                &[("9003_6".to_string(), json!([other.encode()]))].into(),
+            )
+            .await
+            .unwrap();
+        let path = format!("/outbound/{}/a_v1.pdf", YEAR_DIR());
+        // Another file of the same size, with its sidecar, is at the target.
+        let old = b"old content";
+        w.store().insert_file(&path, old);
+        w.store().insert_file(
+            &format!("{path}.sha256"),
+            format!("{}  a_v1.pdf\n", sha256_hex(old)).as_bytes(),
+        );
+        let out = handle_callback(&w.cx(), &callback(id, 1)).await.unwrap();
+        assert!(matches!(out, ExportOutcome::Delivered(_)), "{out:?}");
+        assert_eq!(w.store().file(&path).as_deref(), Some(&b"new content"[..]));
+        assert!(
+            !w.counting.reads().contains(&path),
+            "the remote file was read: {:?}",
+            w.counting.reads()
+        );
+        assert_eq!(
+            w.ecm.calls("download"),
+            1,
+            "the version was downloaded twice"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_package_walk_stops_at_the_deadline_instead_of_reading_every_document() {
+        let w = World::new(false).await;
+        let kit = w.ecm.create_folder(w.folder, "Kit").await.unwrap();
+        for i in 0..20 {
+            w.doc(kit, &format!("draft-{i}.pdf"), "Draft", b"d").await;
+        }
+        w.doc(kit, "ok.pdf", "Approved", b"ok").await;
+        let before = w.ecm.calls("categories");
+        let mut cx = w.cx();
+        cx.deadline = Some(Instant::now() + Duration::from_secs(3));
+        let err = export_package(&cx, kit.get(), "price-lists", Some("K"), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ExportError::DeadlineNear { .. }), "{err}");
+        let read = w.ecm.calls("categories") - before;
+        assert!(read <= 2, "{read} documents read after the deadline");
+    }
+
+    #[tokio::test]
+    async fn a_transient_ecm_failure_is_retryable_and_never_a_rejection() {
+        let w = World::new(false).await;
+        let id = w.doc(w.folder, "a.pdf", "Approved", b"one").await;
+        w.ecm.fail(
+            "categories",
+            1,
+            Box::new(|| EcmError::Transient {
+                op: "get categories",
+                target: "node".into(),
+                detail: "HTTP 500".into(),
+            }),
+        );
+        let err = handle_callback(&w.cx(), &callback(id, 1))
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        assert!(
+            !w.events
+                .events()
+                .iter()
+                .any(|e| e.detail_type == DetailType::ExportRejected)
+        );
+        let out = handle_callback(&w.cx(), &callback(id, 1)).await.unwrap();
+        assert!(matches!(out, ExportOutcome::Delivered(_)), "{out:?}");
+    }
+
+    // ------------------------------------------------------------- sweep --
+
+    #[tokio::test]
+    async fn the_sweep_catches_up_a_lost_callback_and_never_delivers_twice() {
+        let w = World::new(false).await;
+        let called = w.doc(w.folder, "a.pdf", "Approved", b"a").await;
+        let lost = w.doc(w.folder, "b.pdf", "Approved", b"b").await;
+        w.doc(w.folder, "c.pdf", "Draft", b"c").await;
+        let sub = w.ecm.create_folder(w.folder, "Sub").await.unwrap();
+        let deep = w.doc(sub, "d.pdf", "Approved", b"d").await;
+        handle_callback(&w.cx(), &callback(called, 1))
+            .await
+            .unwrap();
+        let roots = [w.folder.get()];
+        let r = sweep(&w.cx(), "price-lists", Some(&roots), None, None)
+            .await
+            .unwrap();
+        let mut caught: Vec<i64> = r.caught_up.iter().map(|d| d.node_id).collect();
+        caught.sort_unstable();
+        assert_eq!(caught, vec![lost.get(), deep.get()], "{r:?}");
+        assert_eq!((r.examined, r.already_delivered, r.not_exported), (4, 1, 1));
+        assert!(r.complete && r.cursor.is_none(), "{r:?}");
+        assert_eq!(w.exported().len(), 3);
+        // The lost callback arrives after all: a duplicate.
+        let out = handle_callback(&w.cx(), &callback(lost, 1)).await.unwrap();
+        assert!(matches!(out, ExportOutcome::Duplicate(_)), "{out:?}");
+        // The next run finds nothing to do.
+        let again = sweep(&w.cx(), "price-lists", Some(&roots), None, None)
+            .await
+            .unwrap();
+        assert!(again.caught_up.is_empty(), "{again:?}");
+        assert_eq!(again.already_delivered, 3);
+        assert_eq!(w.exported().len(), 3);
+        // It reported what it caught up.
+        let reports: Vec<_> = w
+            .events
+            .events()
+            .into_iter()
+            .filter(|e| e.detail_type == DetailType::ExportSweepCompleted)
+            .collect();
+        assert_eq!(reports.len(), 2);
+        assert_eq!(
+            reports[0].detail["caught_up"].as_array().map(Vec::len),
+            Some(2)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bounded_sweep_resumes_from_its_cursor_until_everything_is_out() {
+        let w = World::new(false).await;
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(
+                w.doc(w.folder, &format!("d{i}.pdf"), "Approved", b"x")
+                    .await,
+            );
+        }
+        let roots = [w.folder.get()];
+        let mut cursor = None;
+        let mut runs = 0;
+        let mut delivered = Vec::new();
+        loop {
+            runs += 1;
+            assert!(runs < 10, "the sweep does not progress");
+            let r = sweep(&w.cx(), "price-lists", Some(&roots), Some(2), cursor.take())
+                .await
+                .unwrap();
+            assert!(r.examined <= 2, "{r:?}");
+            delivered.extend(r.caught_up.iter().map(|d| d.node_id));
+            if r.complete {
+                break;
+            }
+            // The continuation event carries the same cursor.
+            let cont = w
+                .events
+                .events()
+                .into_iter()
+                .rfind(|e| e.detail_type == DetailType::ExportSweepContinued)
+                .expect("a continuation event");
+            let ev =
+                crate::domain::export_route::ExportManualEvent::from_json(cont.detail).unwrap();
+            let crate::domain::export_route::ExportManualEvent::Sweep { cursor: c, .. } = ev else {
+                panic!("not a sweep event")
+            };
+            assert_eq!(c, r.cursor);
+            cursor = c;
+        }
+        delivered.sort_unstable();
+        let mut want: Vec<i64> = ids.iter().map(|i| i.get()).collect();
+        want.sort_unstable();
+        assert_eq!(delivered, want);
+        assert_eq!(w.exported().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_sweep_leaves_a_delivery_in_progress_to_its_holder() {
+        let w = World::new(true).await;
+        let id = w.doc(w.folder, "big.bin", "Approved", b"large").await;
+        let gate = w.ecm.hold_downloads();
+        let cx = w.cx();
+        let roots = [w.folder.get()];
+        let first = callback(id, 1);
+        let (cb, sw, ()) = tokio::join!(
+            handle_callback(&cx, &first),
+            async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                sweep(&cx, "price-lists", Some(&roots), None, None).await
+            },
+            async {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                gate.add_permits(5);
+            }
+        );
+        assert!(matches!(cb, Ok(ExportOutcome::Delivered(_))), "{cb:?}");
+        let sw = sw.unwrap();
+        assert!(sw.caught_up.is_empty(), "{sw:?}");
+        assert_eq!(sw.in_progress, vec![id.get()]);
+        assert_eq!(w.exported().len(), 1);
+    }
+
+    // ------------------------------------------------------- crash matrix --
+
+    /// Stops a delivery at `point`, then retries it (the caller's retry,
+    /// after the lease of the stopped attempt expired) and checks: one copy
+    /// at the partner, one history record, one `Document Exported`.
+    async fn crash_then_retry(point: fault::Point, overwrite: bool) -> String {
+        let w = World::new(overwrite).await;
+        let id = w
+            .doc(w.folder, "a.pdf", "Approved", b"the approved bytes")
+            .await;
+        fault::arm(Some(point));
+        let first = handle_callback(&w.cx(), &callback(id, 1)).await;
+        fault::arm(None);
+        // A stop inside the upload surfaces as the upload's failure.
+        assert!(first.is_err(), "{point:?}: {first:?}");
+        // A stopped holder's lease stays until it expires: the retry in
+        // between is told "in progress".
+        let leased = w.store().paths().iter().any(|p| p.contains("xecm-lease"));
+        if leased {
+            let r = handle_callback(&w.cx(), &callback(id, 1)).await;
+            assert!(
+                matches!(&r, Err(ExportError::InProgress { .. })),
+                "{point:?}: {r:?}"
+            );
+            expire_leases(w.store());
+        }
+        let retry = handle_callback(&w.cx(), &callback(id, 1)).await;
+        let outcome = match &retry {
+            Ok(ExportOutcome::Delivered(_)) => "delivered",
+            Ok(ExportOutcome::Duplicate(_)) => "duplicate",
+            other => panic!("{point:?}: {other:?}"),
+        };
+        let y = YEAR_DIR();
+        let files: Vec<String> = w
+            .store()
+            .paths()
+            .into_iter()
+            .filter(|p| p.starts_with(&format!("/outbound/{y}/")) && !p.ends_with(".sha256"))
+            .collect();
+        assert_eq!(files, vec![format!("/outbound/{y}/a_v1.pdf")], "{point:?}");
+        assert_eq!(
+            w.store().file(&files[0]).as_deref(),
+            Some(&b"the approved bytes"[..])
+        );
+        let hist = w.ecm.categories(id).await.unwrap();
+        let h = hist
+            .iter()
+            .find(|c| c.category_id == 9003)
+            .expect("history");
+        assert_eq!(
+            h.values["9003_6"].as_array().map(Vec::len),
+            Some(1),
+            "{point:?}"
+        );
+        assert_eq!(w.exported().len(), 1, "{point:?}: {:?}", w.exported());
+        // And a further retry is a plain duplicate.
+        let again = handle_callback(&w.cx(), &callback(id, 1)).await.unwrap();
+        assert!(matches!(again, ExportOutcome::Duplicate(_)), "{again:?}");
+        assert_eq!(w.exported().len(), 1);
+        format!(
+            "{:<16} {:<9} {:<10} {:<6} {:<7} {:<5} {:<5}",
+            point.as_str(),
+            if overwrite { "overwrite" } else { "no-replace" },
+            outcome,
+            if leased { "yes" } else { "no" },
+            files.len(),
+            1,
+            w.exported().len()
+        )
+    }
+
+    /// Rewrites every lease file as expired (the stopped holder's time ran out).
+    fn expire_leases(store: &MemoryStore) {
+        for p in store.paths() {
+            if p.contains("xecm-lease")
+                && let Some(bytes) = store.file(&p)
+                && let Ok(mut l) = Lease::parse(&bytes)
+            {
+                l.expires_at = Utc::now() - chrono::Duration::seconds(1);
+                store.insert_file(&p, &l.to_bytes());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn crash_matrix_every_stop_then_retry_delivers_exactly_once() {
+        let mut rows = vec![format!(
+            "{:<16} {:<9} {:<10} {:<6} {:<7} {:<5} {:<5}",
+            "stopped at", "route", "retry", "lease", "copies", "hist", "events"
+        )];
+        for point in [
+            fault::Point::Leased,
+            fault::Point::MidUpload,
+            fault::Point::AfterUpload,
+            fault::Point::AfterRename,
+            fault::Point::BeforeEvent,
+            fault::Point::BeforeHistory,
+        ] {
+            for overwrite in [false, true] {
+                rows.push(crash_then_retry(point, overwrite).await);
+            }
+        }
+        println!("{}", rows.join("\n"));
+    }
+
+    #[tokio::test]
+    async fn crash_matrix_packages_stopped_mid_build_or_before_the_rename_publish_once() {
+        let mut rows = vec![format!(
+            "{:<22} {:<5} {:<8} {:<9}",
+            "stopped at", "kind", "retry", "visible"
+        )];
+        for point in [
+            fault::Point::PackageMidBuild,
+            fault::Point::PackageBeforeRename,
+        ] {
+            for format in [PackageFormat::Dir, PackageFormat::Zip] {
+                let w = World::new(false).await;
+                let kit = w.ecm.create_folder(w.folder, "Kit").await.unwrap();
+                w.doc(kit, "one.pdf", "Approved", b"one").await;
+                w.doc(kit, "two.pdf", "Approved", b"two").await;
+                fault::arm(Some(point));
+                let first =
+                    export_package(&w.cx(), kit.get(), "price-lists", Some("K"), Some(format))
+                        .await;
+                fault::arm(None);
+                assert!(matches!(first, Err(ExportError::Fault { .. })), "{first:?}");
+                let visible = |w: &World| {
+                    w.store()
+                        .paths()
+                        .into_iter()
+                        .filter(|p| {
+                            let name = p.rsplit('/').next().unwrap_or("");
+                            name == "K" || name == "K.zip"
+                        })
+                        .count()
+                };
+                assert_eq!(
+                    visible(&w),
+                    0,
+                    "{point:?} {format:?}: {:?}",
+                    w.store().paths()
+                );
+                let r = export_package(&w.cx(), kit.get(), "price-lists", Some("K"), Some(format))
+                    .await
+                    .unwrap();
+                assert_eq!(r.files, 2);
+                assert_eq!(visible(&w), 1);
+                // A further attempt finds it there and publishes nothing.
+                let again =
+                    export_package(&w.cx(), kit.get(), "price-lists", Some("K"), Some(format))
+                        .await;
+                assert!(
+                    matches!(again, Err(ExportError::TargetExists { .. })),
+                    "{again:?}"
+                );
+                assert_eq!(w.exported().len(), 2);
+                rows.push(format!(
+                    "{:<22} {:<5} {:<8} {:<9}",
+                    point.as_str(),
+                    format!("{format:?}").to_lowercase(),
+                    "packaged",
+                    visible(&w)
+                ));
+            }
+        }
+        println!("{}", rows.join("\n"));
     }
 }

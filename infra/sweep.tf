@@ -32,6 +32,7 @@ resource "aws_scheduler_schedule" "export_sweep" {
   schedule_expression          = each.value.schedule_expression
   schedule_expression_timezone = var.schedule_timezone
   state                        = each.value.enabled ? "ENABLED" : "DISABLED"
+  kms_key_arn                  = var.kms_key_arn
 
   flexible_time_window {
     mode = "OFF"

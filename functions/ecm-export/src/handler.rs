@@ -142,12 +142,9 @@ pub async fn handle_http(state: &State, event: Value, invocation: &Invocation, n
                 json!({"error": "in progress", "kind": "InProgress", "event_id": cb.event_id}),
             );
         }
-        Admission::Conflict => {
-            tracing::warn!(event_id = %cb.event_id, "event_id reused with another body");
-            return http(
-                409,
-                json!({"error": "event_id already used with another body"}),
-            );
+        Admission::OtherBody => {
+            tracing::warn!(event_id = %cb.event_id, "event_id seen before with another body; handled in full");
+            return answer_callback(state, invocation, &cb).await;
         }
     }
     let answer = answer_callback(state, invocation, &cb).await;

@@ -314,8 +314,9 @@ pub enum Admission {
     },
     /// Being handled right now by another request of this process.
     InFlight,
-    /// The same `event_id` came with another body.
-    Conflict,
+    /// The same `event_id` came with another body: not a replay, so it is
+    /// handled in full (the export history answers it) and not remembered.
+    OtherBody,
 }
 
 #[derive(Debug, Clone)]
@@ -357,7 +358,7 @@ impl ReplayGuard {
         let digest = body_digest(body);
         if let Some(e) = self.seen.get(event_id) {
             if e.body_sha256 != digest {
-                return Admission::Conflict;
+                return Admission::OtherBody;
             }
             return match &e.state {
                 Seen::InFlight => Admission::InFlight,
@@ -441,7 +442,7 @@ mod replay_tests {
                 answer: json!({"status": "delivered"})
             }
         );
-        assert_eq!(g.admit("e1", b"other body", 300), Admission::Conflict);
+        assert_eq!(g.admit("e1", b"other body", 300), Admission::OtherBody);
         // Past the memory it is new again (the timestamp check refuses it
         // by then anyway).
         assert_eq!(

@@ -3,6 +3,7 @@
 //! upload/download with SHA-256, mkdir -p, exact-name lookup over pages,
 //! categories, workspaces, RM, holds, search and audit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,6 +14,7 @@ use sha2::{Digest, Sha256};
 use xecm_core::adapters::backoff::Backoff;
 use xecm_core::adapters::otcs::{EcmSettings, OtcsClient, OtcsOptions};
 use xecm_core::ports::ecm::*;
+use xecm_core::ports::secrets::MemorySecrets;
 
 const ENTERPRISE: i64 = 2000;
 
@@ -197,12 +199,82 @@ async fn ticket_expired_before_an_upload_is_renewed_by_the_preflight() {
 }
 
 #[tokio::test]
-async fn wrong_password_is_an_auth_error() {
+async fn wrong_password_is_an_auth_error_that_a_later_run_may_retry() {
     let s = emulator().await;
     let c = s.client_at("/cs/cs", "wrong", fast_options());
     let err = c.node(id(ENTERPRISE)).await.unwrap_err();
     assert!(matches!(err, EcmError::Auth { .. }), "{err:?}");
-    assert!(!err.is_retryable());
+    // Our credentials say nothing about the document at hand: the work must
+    // wait for the next run (or the caller's retry), not fail for good.
+    assert!(err.is_retryable());
+}
+
+fn ecm_secret(s: &Stack, password: &str) -> String {
+    json!({"base_url": s.emu.base_url(), "username": "admin", "password": password}).to_string()
+}
+
+#[tokio::test]
+async fn a_rotated_password_is_picked_up_by_re_reading_the_secret_once() {
+    let s = emulator().await;
+    let secrets = Arc::new(MemorySecrets::new());
+    secrets.insert("xecm/ecm", &ecm_secret(&s, "admin"));
+    let c = s
+        .client()
+        .with_credential_refresh(secrets.clone(), "xecm/ecm");
+    c.node(id(ENTERPRISE)).await.unwrap();
+
+    // The password rotates (every ticket ends) and the secret is updated.
+    s.control(
+        "set-password",
+        json!({"username": "admin", "password": "rotated-1"}),
+    )
+    .await;
+    secrets.insert("xecm/ecm", &ecm_secret(&s, "rotated-1"));
+    assert_eq!(c.node(id(ENTERPRISE)).await.unwrap().id.get(), ENTERPRISE);
+
+    // Rotated again, but the secret still holds the old password: one
+    // re-read, then a retryable Auth error that says so.
+    s.control(
+        "set-password",
+        json!({"username": "admin", "password": "rotated-2"}),
+    )
+    .await;
+    let err = c.node(id(ENTERPRISE)).await.unwrap_err();
+    assert!(matches!(err, EcmError::Auth { .. }), "{err:?}");
+    assert!(err.is_retryable());
+    assert!(err.to_string().contains("still holds"), "{err}");
+    assert!(
+        !err.to_string().contains("rotated"),
+        "no password in errors: {err}"
+    );
+}
+
+#[tokio::test]
+async fn server_errors_are_retryable_not_refusals() {
+    let s = emulator().await;
+    let c = s.client();
+    c.node(id(ENTERPRISE)).await.unwrap();
+    for status in [500, 501, 507] {
+        s.fail_next(status, 1, "/cs/cs/api/v2/nodes").await;
+        let err = c.node(id(ENTERPRISE)).await.unwrap_err();
+        assert!(
+            matches!(err, EcmError::Transient { .. }),
+            "HTTP {status}: {err:?}"
+        );
+        assert!(err.is_retryable());
+        assert!(err.to_string().contains(&status.to_string()), "{err}");
+    }
+    // An upload refused with 500 is retryable as well (nothing was created).
+    s.fail_next(500, 1, "/cs/cs/api/v2/nodes").await;
+    let err = c
+        .upload(upload_req(
+            id(ENTERPRISE),
+            "five-hundred.pdf",
+            Bytes::from_static(b"x"),
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
 }
 
 #[tokio::test]

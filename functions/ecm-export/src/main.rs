@@ -43,7 +43,8 @@ async fn init() -> Result<handler::State, FunctionError> {
     let settings = EcmSettings::from_secret_json(&config.ecm_secret_id, ecm_secret.expose_secret())
         .map_err(|e| FunctionError::permanent("Secret", e.to_string()))?;
     let ecm = OtcsClient::new(settings, OtcsOptions::default())
-        .map_err(|e| FunctionError::permanent("EcmClient", e.to_string()))?;
+        .map_err(|e| FunctionError::permanent("EcmClient", e.to_string()))?
+        .with_credential_refresh(Arc::clone(&secrets), &config.ecm_secret_id);
     let mut policy = WebhookPolicy::default();
     if let Ok(path) = std::env::var("XECM_WEBHOOK_PATH") {
         policy.path = path;

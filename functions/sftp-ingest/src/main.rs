@@ -31,7 +31,8 @@ async fn init() -> Result<handler::State, FunctionError> {
     let settings = EcmSettings::from_secret_json(&config.ecm_secret_id, ecm_json.expose_secret())
         .map_err(|e| FunctionError::permanent("SecretInvalid", e.to_string()))?;
     let ecm = OtcsClient::new(settings, OtcsOptions::default())
-        .map_err(|e| FunctionError::permanent("EcmClient", e.to_string()))?;
+        .map_err(|e| FunctionError::permanent("EcmClient", e.to_string()))?
+        .with_credential_refresh(secrets.clone(), &config.ecm_secret_id);
     let events = EventBridgeSink::new(&sdk, config.event_bus.clone());
     Ok(handler::State {
         config,

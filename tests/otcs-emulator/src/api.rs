@@ -101,6 +101,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         app = app
             .route("/__emulator/faults", post(add_fault))
             .route("/__emulator/expire-tickets", post(expire_tickets))
+            .route("/__emulator/set-password", post(set_password))
             .route(
                 "/__emulator/health",
                 get(|| async { Json(json!({"status": "ok"})) }),
@@ -174,6 +175,24 @@ async fn add_fault(State(state): St, Json(fault): Json<Fault>) -> Response {
 async fn expire_tickets(State(state): St) -> Response {
     state.expire_tickets();
     Json(json!({"ok": true})).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct SetPassword {
+    username: String,
+    password: String,
+}
+
+/// A password rotation: the user's password changes and every ticket ends,
+/// as when an administrator rotates a service account's credentials.
+async fn set_password(State(state): St, Json(body): Json<SetPassword>) -> Response {
+    match state.set_password(&body.username, &body.password) {
+        Ok(()) => {
+            state.expire_tickets();
+            Json(json!({"ok": true})).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 // ---------- request decoding ----------

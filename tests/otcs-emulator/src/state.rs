@@ -164,6 +164,20 @@ impl AppState {
         Some(t.user_id)
     }
 
+    /// Changes a user's password (test control: a credential rotation).
+    pub fn set_password(&self, username: &str, password: &str) -> Result<(), ApiError> {
+        self.mutate(|m| {
+            let user = m
+                .seed
+                .users
+                .iter_mut()
+                .find(|u| u.name == username)
+                .ok_or_else(|| ApiError::not_found(format!("No user '{username}'.")))?;
+            user.password = password.to_string();
+            Ok(())
+        })
+    }
+
     pub fn expire_tickets(&self) {
         lock(&self.tickets).clear();
     }

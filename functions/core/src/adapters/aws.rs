@@ -158,6 +158,12 @@ impl Secrets for SecretsManagerSecrets {
             .insert(secret_id.to_string(), (Instant::now(), v.clone()));
         Ok(v)
     }
+
+    #[tracing::instrument(skip(self))]
+    async fn refresh(&self, secret_id: &str) -> Result<SecretString, SecretsError> {
+        self.invalidate(secret_id).await;
+        self.get(secret_id).await
+    }
 }
 
 // ------------------------------------------------------------- EventBridge --

@@ -294,8 +294,12 @@ pub enum EcmError {
 }
 
 impl EcmError {
+    /// Transient failures and refused credentials: neither is about the
+    /// request's own content, so the same request can succeed later (after
+    /// the outage, or once the rotated secret is in place). A run that meets
+    /// one should stop and leave its work for the next run, not fail it.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, EcmError::Transient { .. })
+        matches!(self, EcmError::Transient { .. } | EcmError::Auth { .. })
     }
 
     pub fn is_not_found(&self) -> bool {

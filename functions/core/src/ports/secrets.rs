@@ -47,6 +47,12 @@ impl SecretsError {
 pub trait Secrets: Send + Sync {
     /// The secret's string value (for our secrets: a JSON document).
     async fn get(&self, secret_id: &str) -> Result<SecretString, SecretsError>;
+
+    /// The secret's value read from its source again, bypassing any cache:
+    /// for credentials the far side has just refused (a rotation).
+    async fn refresh(&self, secret_id: &str) -> Result<SecretString, SecretsError> {
+        self.get(secret_id).await
+    }
 }
 
 /// Parses a secret with a typed parser, e.g.

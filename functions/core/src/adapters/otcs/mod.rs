@@ -2,6 +2,11 @@
 //! REST API of otcs-api.md: ticket auth with one re-auth on 401, bounded
 //! retries with backoff on 429/502/503/504 and connection failures, explicit
 //! timeouts, streamed uploads hashed on the way and streamed downloads.
+//!
+//! Failure kinds: any 5xx (a server in trouble) and refused credentials are
+//! retryable ([`EcmError::is_retryable`]), because neither says anything
+//! about the document at hand; when the server refuses our credentials, the
+//! client re-reads the ECM secret once (a rotation) before giving up.
 
 pub mod wire;
 
@@ -20,7 +25,7 @@ use url::Url;
 
 use super::backoff::Backoff;
 use crate::ports::ecm::*;
-use crate::ports::secrets::{SecretFields, SecretsError};
+use crate::ports::secrets::{SecretFields, Secrets, SecretsError};
 
 /// Where the Content Server is and who we are there (the ECM secret).
 #[derive(Debug, Clone)]
@@ -98,10 +103,26 @@ struct TicketState {
     generation: u64,
 }
 
+/// Where the ECM secret can be read again when its credentials are refused.
+struct CredentialRefresh {
+    secrets: Arc<dyn Secrets>,
+    secret_id: String,
+}
+
+/// The user and password currently logged in with (replaced by a rotation).
+struct Credentials {
+    username: String,
+    password: SecretString,
+}
+
 /// The reqwest client of Content Server.
 pub struct OtcsClient {
     http: reqwest::Client,
+    /// Base URL and path; the credentials in it are those of construction,
+    /// `credentials` holds the ones in use.
     settings: EcmSettings,
+    credentials: StdMutex<Credentials>,
+    refresh: Option<CredentialRefresh>,
     opts: OtcsOptions,
     ticket: Mutex<TicketState>,
 }
@@ -175,6 +196,11 @@ fn status_error(call: &Call, status: StatusCode, message: String) -> EcmError {
         _ if is_transient_status(status) => {
             call.transient(format!("HTTP {code} after retries: {message}"))
         }
+        // A server error says the server is in trouble, not that this request
+        // is wrong (a name collision, which Content Server also answers with
+        // 500, was recognised above): retryable, but not repeated here, since a
+        // create may have acted before the error.
+        500..=599 => call.transient(format!("HTTP {code}: {message}")),
         _ => EcmError::Refused {
             op: call.op,
             target: call.target.clone(),
@@ -226,12 +252,38 @@ impl OtcsClient {
                 target: settings.base_url.clone(),
                 detail: describe(&e),
             })?;
+        let credentials = StdMutex::new(Credentials {
+            username: settings.username.clone(),
+            password: settings.password.clone(),
+        });
         Ok(Self {
             http,
             settings,
+            credentials,
+            refresh: None,
             opts,
             ticket: Mutex::new(TicketState::default()),
         })
+    }
+
+    /// Lets the client re-read the ECM secret `secret_id` once when Content
+    /// Server refuses its credentials, so a password rotated while the
+    /// function stays warm is picked up instead of failing every call for
+    /// the container's life.
+    pub fn with_credential_refresh(mut self, secrets: Arc<dyn Secrets>, secret_id: &str) -> Self {
+        self.refresh = Some(CredentialRefresh {
+            secrets,
+            secret_id: secret_id.to_string(),
+        });
+        self
+    }
+
+    fn credentials(&self) -> (String, SecretString) {
+        let c = self
+            .credentials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (c.username.clone(), c.password.clone())
     }
 
     fn url(&self, api_path: &str) -> String {
@@ -278,18 +330,68 @@ impl OtcsClient {
             .timeout(self.opts.request_timeout)
     }
 
-    /// Logs in (`POST /api/v1/auth`), retrying transient failures.
+    /// Logs in; when the credentials are refused and the client may re-read
+    /// its secret, reads it once and tries again with what it holds now.
     async fn login(&self) -> Result<SecretString, EcmError> {
+        let refused = match self.login_once().await {
+            Err(e @ EcmError::Auth { .. }) => e,
+            other => return other,
+        };
+        let Some(refresh) = &self.refresh else {
+            return Err(refused);
+        };
+        let fresh = refresh
+            .secrets
+            .refresh(&refresh.secret_id)
+            .await
+            .and_then(|raw| EcmSettings::from_secret_json(&refresh.secret_id, raw.expose_secret()));
+        let fresh = match fresh {
+            Ok(f) => f,
+            Err(e) => {
+                return Err(EcmError::Auth {
+                    op: "authenticate",
+                    detail: format!("{refused}; re-reading the ECM secret failed: {e}"),
+                });
+            }
+        };
+        let (user, password) = self.credentials();
+        if fresh.username == user && fresh.password.expose_secret() == password.expose_secret() {
+            return Err(EcmError::Auth {
+                op: "authenticate",
+                detail: format!(
+                    "{refused}; secret {} still holds the refused credentials",
+                    refresh.secret_id
+                ),
+            });
+        }
+        tracing::info!(
+            secret_id = %refresh.secret_id,
+            "credentials refused; logging in with the re-read ECM secret"
+        );
+        {
+            let mut c = self
+                .credentials
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            c.username = fresh.username;
+            c.password = fresh.password;
+        }
+        self.login_once().await
+    }
+
+    /// Logs in (`POST /api/v1/auth`), retrying transient failures.
+    async fn login_once(&self) -> Result<SecretString, EcmError> {
         let op = "authenticate";
-        let call = Call::new(op, self.settings.username.clone(), true);
+        let (username, password) = self.credentials();
+        let call = Call::new(op, username.clone(), true);
         let mut attempt = 0;
         loop {
             attempt += 1;
             let sent = self
                 .post("/v1/auth")
                 .form(&[
-                    ("username", self.settings.username.as_str()),
-                    ("password", self.settings.password.expose_secret()),
+                    ("username", username.as_str()),
+                    ("password", password.expose_secret()),
                 ])
                 .send()
                 .await;
@@ -311,11 +413,7 @@ impl OtcsClient {
                     if !is_transient_status(status) {
                         return Err(EcmError::Auth {
                             op,
-                            detail: format!(
-                                "user {}: HTTP {}: {message}",
-                                self.settings.username,
-                                status.as_u16()
-                            ),
+                            detail: format!("user {username}: HTTP {}: {message}", status.as_u16()),
                         });
                     }
                     (true, format!("HTTP {}: {message}", status.as_u16()))

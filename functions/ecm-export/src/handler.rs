@@ -460,7 +460,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_transient_ecm_failure_answers_503_and_the_retry_delivers() {
+    async fn a_transient_or_auth_ecm_failure_answers_503_and_the_retry_delivers() {
         let (state, ecm, dest) = state().await;
         let id = doc(ecm.as_ref(), "Approved").await;
         ecm.fail(
@@ -473,6 +473,18 @@ mod tests {
             }),
         );
         let r = handle_http(&state, request(id, "new-key", NOW), &inv(), NOW).await;
+        assert_eq!(r["statusCode"], 503, "{r}");
+        assert_eq!(dest.store.put_count(), 0);
+        // Refused credentials (a password rotated under the client) too.
+        ecm.fail(
+            "categories",
+            1,
+            Box::new(|| EcmError::Auth {
+                op: "get categories",
+                detail: "HTTP 401".into(),
+            }),
+        );
+        let r = handle_http(&state, request(id, "new-key", NOW + 1), &inv(), NOW + 1).await;
         assert_eq!(r["statusCode"], 503, "{r}");
         assert_eq!(dest.store.put_count(), 0);
         // Not remembered as answered: the caller's retry goes through.

@@ -312,7 +312,7 @@ async fn orchestrate(args: &[String]) -> Result<()> {
     }
 
     let routes = json!({
-        "export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 3, "destination": 4, "sha256": 5}},
+        "export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 3, "destination": 4, "sha256": 5, "deliveries": 6}},
         "routes": [{"name": "bench", "approval": {"category_id": 9001, "attribute": "9001_2", "value": "Approved"},
             "destinations": [{"name": "sftp", "sftp_secret": SFTP_SECRET_ID, "directory": "bench",
                               "file_name": "{name}", "overwrite": true}]}]

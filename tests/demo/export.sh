@@ -57,7 +57,7 @@ trap cleanup EXIT INT TERM
 # Globex onboarding kits as packages (only the kit folder, tagged as a
 # package root, matches the package destination).
 cat >"$WORK/routes.json" <<JSON
-{"export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 3, "destination": 4, "sha256": 5}},
+{"export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 3, "destination": 4, "sha256": 5, "deliveries": 6}},
  "routes": [
   {"name": "price-lists",
    "approval": {"category_id": 9001, "attribute": "9001_2", "value": "Approved", "ancestor_id": 3101},

@@ -13,10 +13,11 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use xecm_core::adapters::aws::{EventBridgeSink, SecretsManagerSecrets};
 use xecm_core::adapters::otcs::{EcmSettings, OtcsClient, OtcsOptions};
+use xecm_core::adapters::sftp_destinations::SftpDestinations;
 use xecm_core::domain::export_route::{ExportConfig, ExportRoutes};
 use xecm_core::domain::manifest::PackageManifest;
 use xecm_core::domain::webhook::ApprovalCallback;
-use xecm_core::flows::export::{self, ExportContext, ExportError, ExportOutcome, SftpDestinations};
+use xecm_core::flows::export::{self, ExportContext, ExportError, ExportOutcome};
 use xecm_core::ports::ecm::{AppliedCategory, Content, Ecm, NodeId, UploadRequest};
 use xecm_core::ports::secrets::Secrets;
 use xecm_stack::moto::{EventCapture, Moto};
@@ -31,7 +32,7 @@ const GLOBEX_ONBOARDING: i64 = 510101;
 
 fn routes_json() -> Value {
     json!({
-        "export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 3, "destination": 4, "sha256": 5}},
+        "export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 3, "destination": 4, "sha256": 5, "deliveries": 6}},
         "routes": [
             {"name": "price-lists",
              "approval": {"category_id": 9001, "attribute": "9001_2", "value": "Approved", "ancestor_id": PRICING},

@@ -15,7 +15,7 @@ use xecm_stack::stack::{LocalStack, SFTP_SECRET_ID, StackOptions, WEBHOOK_HMAC_K
 
 fn routes() -> Value {
     json!({
-        "export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 3, "destination": 4, "sha256": 5}},
+        "export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 3, "destination": 4, "sha256": 5, "deliveries": 6}},
         "routes": [{
             "name": "price-lists",
             "approval": {"category_id": 9001, "attribute": "9001_2", "value": "Approved", "ancestor_id": 3101},

@@ -128,7 +128,8 @@ fn schedules_and_webhook_target_the_right_functions() {
                 schedules += 1;
                 let text = hcl::to_string(res.body()).expect("render");
                 let target_ok = (label(res, 1) == "ingest" && text.contains("fn[\"sftp-ingest\"]"))
-                    || (label(res, 1) == "backup" && text.contains("fn[\"backup-snapshot\"]"));
+                    || (label(res, 1) == "backup" && text.contains("fn[\"backup-snapshot\"]"))
+                    || (label(res, 1) == "export_sweep" && text.contains("fn[\"ecm-export\"]"));
                 assert!(
                     target_ok,
                     "schedule {} targets the wrong function",
@@ -143,8 +144,8 @@ fn schedules_and_webhook_target_the_right_functions() {
         }
     }
     assert_eq!(
-        schedules, 2,
-        "one schedule resource each for ingest routes and backups"
+        schedules, 3,
+        "one schedule resource each for ingest routes, backups and export sweeps"
     );
     assert!(
         all.contains("resource \"aws_lambda_function_url\" \"export_webhook\""),

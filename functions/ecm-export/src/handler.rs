@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use xecm_core::domain::export_route::{ExportManualEvent, ExportRoutes};
-use xecm_core::domain::webhook::{self, FunctionUrlEvent, WebhookPolicy, WebhookRequest};
+use xecm_core::domain::webhook::{
+    self, Admission, FunctionUrlEvent, ReplayGuard, WebhookPolicy, WebhookRequest,
+};
 use xecm_core::flows::export::{self, Destinations, ExportContext, ExportError, ExportOutcome};
 use xecm_core::ports::ecm::Ecm;
 use xecm_core::ports::events::EventSink;
@@ -30,6 +32,9 @@ pub struct State {
     /// Secret holding `{"hmac_keys":[…]}`; without it every webhook is 500.
     pub webhook_secret_id: Option<String>,
     pub policy: WebhookPolicy,
+    /// Verified callbacks of this process by `event_id` (replays within the
+    /// window are answered from here, without the ECM).
+    pub replays: std::sync::Mutex<ReplayGuard>,
 }
 
 impl State {
@@ -115,10 +120,67 @@ pub async fn handle_http(state: &State, event: Value, invocation: &Invocation, n
         Ok(cb) => cb,
         Err(rej) => return refusal(&rej),
     };
+    let admission = match state.replays.lock() {
+        Ok(mut g) => g.admit(&cb.event_id, &req.body, now),
+        // A poisoned lock only loses the shortcut; the history still holds.
+        Err(_) => Admission::New,
+    };
+    match admission {
+        Admission::New => {}
+        Admission::Replay { status, answer } => {
+            tracing::info!(event_id = %cb.event_id, status, "replayed callback answered from memory");
+            let answer = if status == 200 {
+                json!({"status": "duplicate", "replay": true, "event_id": cb.event_id, "first": answer})
+            } else {
+                json!({"error": answer.get("error").cloned().unwrap_or(Value::Null), "replay": true, "event_id": cb.event_id})
+            };
+            return http(status, answer);
+        }
+        Admission::InFlight => {
+            return http(
+                503,
+                json!({"error": "in progress", "kind": "InProgress", "event_id": cb.event_id}),
+            );
+        }
+        Admission::OtherBody => {
+            tracing::warn!(event_id = %cb.event_id, "event_id seen before with another body; handled in full");
+            return answer_callback(state, invocation, &cb).await;
+        }
+    }
+    let answer = answer_callback(state, invocation, &cb).await;
+    let status = answer["statusCode"].as_u64().unwrap_or(500) as u16;
+    // Only final answers are remembered: a failure may succeed on retry.
+    let keep = (status == 200 || status == 422).then(|| {
+        let body = answer["body"]
+            .as_str()
+            .and_then(|b| serde_json::from_str(b).ok())
+            .unwrap_or(Value::Null);
+        (status, body)
+    });
+    if let Ok(mut g) = state.replays.lock() {
+        g.finish(&cb.event_id, keep);
+    }
+    answer
+}
+
+async fn answer_callback(
+    state: &State,
+    invocation: &Invocation,
+    cb: &webhook::ApprovalCallback,
+) -> Value {
     let cx = state.context(invocation);
-    match export::handle_callback(&cx, &cb).await {
+    match export::handle_callback(&cx, cb).await {
         Ok(ExportOutcome::Delivered(r)) => http(200, json!({"status": "delivered", "delivery": r})),
         Ok(ExportOutcome::Duplicate(r)) => http(200, json!({"status": "duplicate", "delivery": r})),
+        Ok(ExportOutcome::Superseded {
+            delivery,
+            newest_version,
+            newest_path,
+        }) => http(
+            200,
+            json!({"status": "superseded", "delivery": delivery,
+                   "newest_version": newest_version, "newest_path": newest_path}),
+        ),
         Ok(ExportOutcome::Packaged(r)) => http(200, json!({"status": "packaged", "package": r})),
         Ok(ExportOutcome::PackageDuplicate { node_id, package }) => http(
             200,
@@ -192,6 +254,17 @@ pub async fn handle_manual(
                 .map_err(function_error)?;
             Ok(json!({"status": "packaged", "package": r}))
         }
+        ExportManualEvent::Sweep {
+            route,
+            roots,
+            max_documents,
+            cursor,
+        } => {
+            let r = export::sweep(&cx, &route, roots.as_deref(), max_documents, cursor)
+                .await
+                .map_err(function_error)?;
+            Ok(json!({"status": "swept", "sweep": r}))
+        }
     }
 }
 
@@ -201,7 +274,8 @@ mod tests {
 
     use bytes::Bytes;
     use xecm_core::domain::export_route::ExportConfig;
-    use xecm_core::flows::export::memory::MemoryDestinations;
+    use xecm_core::flows::export::memory::{InstrumentedEcm, MemoryDestinations};
+    use xecm_core::ports::ecm::EcmError;
     use xecm_core::ports::ecm::memory::MemoryEcm;
     use xecm_core::ports::ecm::{AppliedCategory, Content, NodeId, UploadRequest};
     use xecm_core::ports::events::MemoryEvents;
@@ -211,14 +285,14 @@ mod tests {
 
     const NOW: i64 = 1_795_000_000;
 
-    async fn state() -> (State, Arc<MemoryEcm>, MemoryDestinations) {
-        let ecm = Arc::new(MemoryEcm::new());
+    async fn state() -> (State, Arc<InstrumentedEcm<MemoryEcm>>, MemoryDestinations) {
+        let ecm = Arc::new(InstrumentedEcm::new(MemoryEcm::new()));
         let secrets = MemorySecrets::new();
         secrets.insert("hook", r#"{"hmac_keys":["new-key","old-key"]}"#);
         let dest = MemoryDestinations::new().unwrap();
         let routes = ExportConfig::from_json(
             &json!({
-                "export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 3, "destination": 4, "sha256": 5}},
+                "export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 3, "destination": 4, "sha256": 5, "deliveries": 6}},
                 "routes": [{"name": "r", "approval": {"category_id": 9001, "attribute": "9001_2", "value": "Approved"},
                     "destinations": [{"name": "d", "sftp_secret": "s", "directory": "out"}]}]
             })
@@ -233,11 +307,12 @@ mod tests {
             routes,
             webhook_secret_id: Some("hook".into()),
             policy: WebhookPolicy::default(),
+            replays: Default::default(),
         };
         (state, ecm, dest)
     }
 
-    async fn doc(ecm: &MemoryEcm, status: &str) -> NodeId {
+    async fn doc(ecm: &dyn Ecm, status: &str) -> NodeId {
         let b = Bytes::from_static(b"content");
         ecm.upload(UploadRequest {
             parent: NodeId::new(2000).unwrap(),
@@ -284,7 +359,7 @@ mod tests {
     #[tokio::test]
     async fn signed_callback_with_the_previous_key_delivers_and_answers_200() {
         let (state, ecm, dest) = state().await;
-        let id = doc(&ecm, "Approved").await;
+        let id = doc(ecm.as_ref(), "Approved").await;
         let r = handle_http(&state, request(id, "old-key", NOW), &inv(), NOW + 10).await;
         assert_eq!(r["statusCode"], 200, "{r}");
         assert!(dest.store.file("/out/Approved.txt").is_some());
@@ -296,7 +371,7 @@ mod tests {
     #[tokio::test]
     async fn refusals_are_4xx_with_a_short_reason_and_deliver_nothing() {
         let (state, ecm, dest) = state().await;
-        let id = doc(&ecm, "Approved").await;
+        let id = doc(ecm.as_ref(), "Approved").await;
         let r = handle_http(&state, request(id, "forged", NOW), &inv(), NOW).await;
         assert_eq!(r["statusCode"], 401);
         assert_eq!(r["body"], json!({"error": "bad signature"}).to_string());
@@ -308,7 +383,7 @@ mod tests {
             handle_http(&state, ev, &inv(), NOW).await["statusCode"],
             405
         );
-        let draft = doc(&ecm, "Draft").await;
+        let draft = doc(ecm.as_ref(), "Draft").await;
         let r = handle_http(&state, request(draft, "new-key", NOW), &inv(), NOW).await;
         assert_eq!(r["statusCode"], 422);
         assert_eq!(dest.store.put_count(), 0);
@@ -317,7 +392,7 @@ mod tests {
     #[tokio::test]
     async fn manual_events_are_routed_and_bad_ones_are_permanent_errors() {
         let (state, ecm, dest) = state().await;
-        let id = doc(&ecm, "Approved").await;
+        let id = doc(ecm.as_ref(), "Approved").await;
         let out = handle(
             &state,
             json!({"action": "resend", "node_id": id.get(), "route": "r"}),
@@ -326,7 +401,14 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(out["status"], "resent");
-        assert_eq!(dest.store.put_count(), 1);
+        // The file, and no lease left behind (the lease's own writes count
+        // as puts too).
+        assert!(dest.store.file("/out/Approved.txt").is_some());
+        assert!(
+            dest.store.paths().iter().all(|p| !p.contains("lease")),
+            "{:?}",
+            dest.store.paths()
+        );
         // The same as the detail of an EventBridge event.
         let out = handle(
             &state,
@@ -353,5 +435,61 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(err.error_type(), "Permanent.UnknownRoute");
+    }
+
+    fn body_of(r: &Value) -> Value {
+        serde_json::from_str(r["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null)
+    }
+
+    #[tokio::test]
+    async fn a_replay_inside_the_window_is_a_duplicate_without_touching_the_ecm() {
+        let (state, ecm, dest) = state().await;
+        let id = doc(ecm.as_ref(), "Approved").await;
+        let r = handle_http(&state, request(id, "new-key", NOW), &inv(), NOW).await;
+        assert_eq!(r["statusCode"], 200, "{r}");
+        let calls = ecm.total_calls();
+        let puts = dest.store.put_count();
+        // The same request again, and re-signed with a later timestamp.
+        for ts in [NOW, NOW + 200] {
+            let again = handle_http(&state, request(id, "new-key", ts), &inv(), NOW + 250).await;
+            assert_eq!(again["statusCode"], 200, "{again}");
+            assert_eq!(body_of(&again)["status"], "duplicate", "{again}");
+        }
+        assert_eq!(ecm.total_calls(), calls, "the replay reached the ECM");
+        assert_eq!(dest.store.put_count(), puts);
+    }
+
+    #[tokio::test]
+    async fn a_transient_or_auth_ecm_failure_answers_503_and_the_retry_delivers() {
+        let (state, ecm, dest) = state().await;
+        let id = doc(ecm.as_ref(), "Approved").await;
+        ecm.fail(
+            "node",
+            1,
+            Box::new(|| EcmError::Transient {
+                op: "get node",
+                target: "node".into(),
+                detail: "HTTP 500".into(),
+            }),
+        );
+        let r = handle_http(&state, request(id, "new-key", NOW), &inv(), NOW).await;
+        assert_eq!(r["statusCode"], 503, "{r}");
+        assert_eq!(dest.store.put_count(), 0);
+        // Refused credentials (a password rotated under the client) too.
+        ecm.fail(
+            "categories",
+            1,
+            Box::new(|| EcmError::Auth {
+                op: "get categories",
+                detail: "HTTP 401".into(),
+            }),
+        );
+        let r = handle_http(&state, request(id, "new-key", NOW + 1), &inv(), NOW + 1).await;
+        assert_eq!(r["statusCode"], 503, "{r}");
+        assert_eq!(dest.store.put_count(), 0);
+        // Not remembered as answered: the caller's retry goes through.
+        let r = handle_http(&state, request(id, "new-key", NOW + 5), &inv(), NOW + 5).await;
+        assert_eq!(r["statusCode"], 200, "{r}");
+        assert_eq!(body_of(&r)["status"], "delivered", "{r}");
     }
 }

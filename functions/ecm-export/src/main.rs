@@ -8,10 +8,10 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use xecm_core::adapters::aws::{EventBridgeSink, SecretsManagerSecrets, load_sdk_config};
 use xecm_core::adapters::otcs::{EcmSettings, OtcsClient, OtcsOptions};
+use xecm_core::adapters::sftp_destinations::SftpDestinations;
 use xecm_core::config::Config;
 use xecm_core::domain::export_route::ExportConfig;
 use xecm_core::domain::webhook::WebhookPolicy;
-use xecm_core::flows::export::SftpDestinations;
 use xecm_core::ports::secrets::Secrets;
 use xecm_core::runtime::{self, FunctionError};
 
@@ -60,6 +60,7 @@ async fn init() -> Result<handler::State, FunctionError> {
         routes,
         webhook_secret_id: config.webhook_secret_id.clone(),
         policy,
+        replays: Default::default(),
     })
 }
 

@@ -4,3 +4,4 @@ pub mod aws;
 pub mod backoff;
 pub mod otcs;
 pub mod sftp;
+pub mod sftp_destinations;

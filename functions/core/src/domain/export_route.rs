@@ -40,6 +40,11 @@ pub struct ExportConfig {
 pub struct ExportHistoryConfig {
     pub category_id: i64,
     pub attributes: ExportHistoryAttributes,
+    /// Delivery records kept in `attributes.deliveries` (at most the
+    /// attribute's maximum number of values; default
+    /// [`super::export_history::DEFAULT_MAX_DELIVERIES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_deliveries: Option<u32>,
 }
 
 /// Attribute ids within the export-history category.
@@ -52,6 +57,9 @@ pub struct ExportHistoryAttributes {
     /// `<route>/<destination>:<path>` of the last delivery.
     pub destination: u32,
     pub sha256: u32,
+    /// A multi-value text attribute: one record per (route, destination,
+    /// version) delivered (`domain::export_history`).
+    pub deliveries: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,6 +205,7 @@ impl ExportConfig {
             ("exported_at", a.exported_at),
             ("destination", a.destination),
             ("sha256", a.sha256),
+            ("deliveries", a.deliveries),
         ] {
             if id == 0 || !ids.insert(id) {
                 return Err(err(
@@ -205,6 +214,13 @@ impl ExportConfig {
                     "must be a positive attribute id, used once",
                 ));
             }
+        }
+        if h.max_deliveries == Some(0) {
+            return Err(err(
+                "export_history.max_deliveries".into(),
+                0,
+                "must keep at least one record",
+            ));
         }
         let mut names = BTreeSet::new();
         let mut routes = Vec::new();
@@ -575,6 +591,46 @@ pub enum ExportManualEvent {
         #[serde(default)]
         format: Option<PackageFormat>,
     },
+    /// The scheduled sweep of a route: approved documents under its scope
+    /// whose version has no delivery recorded go out as if their callback
+    /// had arrived (a callback lost, or refused while the function was
+    /// down). Bounded per run; an unfinished run continues from `cursor`.
+    Sweep {
+        route: String,
+        /// Folders to walk; defaults to the route's `approval.ancestor_id`.
+        #[serde(default)]
+        roots: Option<Vec<i64>>,
+        /// Documents to look at in this run (default
+        /// [`SWEEP_DEFAULT_MAX_DOCUMENTS`], at most [`SWEEP_MAX_DOCUMENTS`]).
+        #[serde(default)]
+        max_documents: Option<u32>,
+        /// Where an earlier run of this sweep stopped.
+        #[serde(default)]
+        cursor: Option<SweepCursor>,
+    },
+}
+
+pub const SWEEP_DEFAULT_MAX_DOCUMENTS: u32 = 500;
+pub const SWEEP_MAX_DOCUMENTS: u32 = 10_000;
+
+/// Where a sweep stopped: the folders still to list, each with the page to
+/// list next and how many of its entries are done (the last one is listed
+/// first). A document whose delivery was cut short is looked at again; the
+/// export history answers it as a duplicate if it went out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepCursor {
+    pub pending: Vec<SweepFolder>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepFolder {
+    pub node_id: i64,
+    pub page: u32,
+    /// Entries of that page already handled (a run that stopped inside it).
+    #[serde(default)]
+    pub skip: u32,
 }
 
 impl ExportManualEvent {
@@ -583,10 +639,47 @@ impl ExportManualEvent {
             .map_err(|e| super::route::serde_error(e, ""))?;
         let (node_id, route) = match &ev {
             ExportManualEvent::Resend { node_id, route, .. }
-            | ExportManualEvent::ExportPackage { node_id, route, .. } => (*node_id, route),
+            | ExportManualEvent::ExportPackage { node_id, route, .. } => (Some(*node_id), route),
+            ExportManualEvent::Sweep { route, .. } => (None, route),
         };
-        if node_id <= 0 {
+        if let Some(node_id) = node_id
+            && node_id <= 0
+        {
             return Err(err("node_id".into(), node_id, "must be a positive node id"));
+        }
+        if let ExportManualEvent::Sweep {
+            roots,
+            max_documents,
+            cursor,
+            ..
+        } = &ev
+        {
+            if let Some(r) = roots {
+                if r.is_empty() {
+                    return Err(err("roots".into(), "[]", "must name at least one folder"));
+                }
+                if let Some(bad) = r.iter().find(|id| **id <= 0) {
+                    return Err(err("roots".into(), bad, "must be positive node ids"));
+                }
+            }
+            if let Some(m) = max_documents
+                && (*m == 0 || *m > SWEEP_MAX_DOCUMENTS)
+            {
+                return Err(err(
+                    "max_documents".into(),
+                    m,
+                    "must be between 1 and 10000",
+                ));
+            }
+            if let Some(c) = cursor
+                && let Some(bad) = c.pending.iter().find(|f| f.node_id <= 0 || f.page == 0)
+            {
+                return Err(err(
+                    "cursor.pending".into(),
+                    format!("{bad:?}"),
+                    "needs positive node ids and pages counted from 1",
+                ));
+            }
         }
         if route.trim().is_empty() {
             return Err(err("route".into(), route, "must name an export route"));
@@ -614,7 +707,7 @@ pub(crate) mod tests {
     use serde_json::json;
 
     pub(crate) fn sample_config() -> serde_json::Value {
-        json!({"export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 3, "destination": 4, "sha256": 5}},
+        json!({"export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 3, "destination": 4, "sha256": 5, "deliveries": 6}},
             "routes": [
             {"name": "price-lists", "approval": {"category_id": 9001, "attribute": "9001_2", "value": "Approved", "min_version": 2},
              "destinations": [
@@ -767,7 +860,7 @@ pub(crate) mod tests {
         let cases: Vec<(serde_json::Value, &str)> = vec![
             (json!({"export_history": hist(), "routes": []}), "routes"),
             (
-                json!({"export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 2, "destination": 4, "sha256": 5}}, "routes": sample_config()["routes"]}),
+                json!({"export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 2, "destination": 4, "sha256": 5, "deliveries": 6}}, "routes": sample_config()["routes"]}),
                 "export_history.attributes.exported_at",
             ),
             (

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod batch;
 pub mod claim;
 pub mod classify;
+pub mod export_history;
 pub mod export_route;
 pub mod manifest;
 pub mod names;

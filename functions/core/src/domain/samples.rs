@@ -43,6 +43,7 @@ fn given_events_dir_when_listed_then_every_sample_is_covered_by_a_test() {
         "export-manual-package.json",
         "export-manual-resend.json",
         "export-routes.json",
+        "export-sweep.json",
         "export-webhook-approved.json",
         "ingest-demo.json",
         "ingest-manual-retry.json",
@@ -208,11 +209,16 @@ fn given_webhook_sample_when_verified_with_demo_key_then_callback_leads_to_deliv
 fn given_manual_export_samples_when_parsed_then_they_name_configured_routes() {
     let routes = ExportConfig::from_json(&read("export-routes.json")).unwrap();
     let names: Vec<&str> = routes.routes.iter().map(|r| r.name.as_str()).collect();
-    for file in ["export-manual-resend.json", "export-manual-package.json"] {
+    for file in [
+        "export-manual-resend.json",
+        "export-manual-package.json",
+        "export-sweep.json",
+    ] {
         let ev = ExportManualEvent::from_json(json(file)).unwrap();
         let route = match &ev {
             ExportManualEvent::Resend { route, .. }
-            | ExportManualEvent::ExportPackage { route, .. } => route,
+            | ExportManualEvent::ExportPackage { route, .. }
+            | ExportManualEvent::Sweep { route, .. } => route,
         };
         assert!(names.contains(&route.as_str()), "{file}: {route}");
     }

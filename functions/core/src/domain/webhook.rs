@@ -291,6 +291,180 @@ pub fn verify(
     Ok(cb)
 }
 
+// ----------------------------------------------------------------- replays --
+
+/// How long a seen `event_id` is remembered: a signed request is accepted
+/// while its timestamp is within [`REPLAY_WINDOW_SECS`] of now, so a replay
+/// of a request first seen at `t` can arrive until `t + 2 × window`.
+pub const REPLAY_MEMORY_SECS: i64 = 2 * REPLAY_WINDOW_SECS + 5;
+/// Longest a Lambda invocation can run (15 minutes), with a margin.
+const MAX_INVOCATION_SECS: i64 = 905;
+/// Event ids remembered at most (bounded memory whatever the traffic).
+pub const REPLAY_CAPACITY: usize = 10_000;
+
+/// What to do with a verified callback, by its `event_id`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admission {
+    /// Not seen (or its last attempt failed): handle it.
+    New,
+    /// Answered before: answer the same again, without touching the ECM.
+    Replay {
+        status: u16,
+        answer: serde_json::Value,
+    },
+    /// Being handled right now by another request of this process.
+    InFlight,
+    /// The same `event_id` came with another body: not a replay, so it is
+    /// handled in full (the export history answers it) and not remembered.
+    OtherBody,
+}
+
+#[derive(Debug, Clone)]
+enum Seen {
+    InFlight,
+    Answered {
+        status: u16,
+        answer: serde_json::Value,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct SeenEntry {
+    body_sha256: [u8; 32],
+    at: i64,
+    state: Seen,
+}
+
+/// The replay memory of one process: verified callbacks by `event_id`,
+/// with the answer they got. It only saves work (a replay goes no further
+/// than here); what keeps a delivery single across processes is the export
+/// history and the delivery lease.
+#[derive(Debug, Default)]
+pub struct ReplayGuard {
+    seen: std::collections::HashMap<String, SeenEntry>,
+}
+
+fn body_digest(body: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    Sha256::digest(body).into()
+}
+
+impl ReplayGuard {
+    /// Decides about a verified callback `event_id` with raw `body` at
+    /// `now` (Unix seconds); a `New` one is remembered as in flight until
+    /// [`ReplayGuard::finish`].
+    pub fn admit(&mut self, event_id: &str, body: &[u8], now: i64) -> Admission {
+        self.prune(now);
+        let digest = body_digest(body);
+        if let Some(e) = self.seen.get(event_id) {
+            if e.body_sha256 != digest {
+                return Admission::OtherBody;
+            }
+            return match &e.state {
+                Seen::InFlight => Admission::InFlight,
+                Seen::Answered { status, answer } => Admission::Replay {
+                    status: *status,
+                    answer: answer.clone(),
+                },
+            };
+        }
+        if self.seen.len() >= REPLAY_CAPACITY {
+            // Forget the oldest answered one; in-flight ones stay.
+            if let Some(oldest) = self
+                .seen
+                .iter()
+                .filter(|(_, e)| matches!(e.state, Seen::Answered { .. }))
+                .min_by_key(|(_, e)| e.at)
+                .map(|(k, _)| k.clone())
+            {
+                self.seen.remove(&oldest);
+            }
+        }
+        self.seen.insert(
+            event_id.to_owned(),
+            SeenEntry {
+                body_sha256: digest,
+                at: now,
+                state: Seen::InFlight,
+            },
+        );
+        Admission::New
+    }
+
+    /// Records the final answer of `event_id` (`None`: it failed and may be
+    /// tried again, so it is forgotten).
+    pub fn finish(&mut self, event_id: &str, answer: Option<(u16, serde_json::Value)>) {
+        match answer {
+            Some((status, answer)) => {
+                if let Some(e) = self.seen.get_mut(event_id) {
+                    e.state = Seen::Answered { status, answer };
+                }
+            }
+            None => {
+                self.seen.remove(event_id);
+            }
+        }
+    }
+
+    fn prune(&mut self, now: i64) {
+        // An in-flight entry whose request never finished (a panic, a
+        // cancelled invocation) goes once no invocation can still run.
+        self.seen.retain(|_, e| match e.state {
+            Seen::InFlight => now - e.at <= MAX_INVOCATION_SECS,
+            Seen::Answered { .. } => now - e.at <= REPLAY_MEMORY_SECS,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_replay_gets_the_first_answer_and_a_failure_is_forgotten() {
+        let mut g = ReplayGuard::default();
+        assert_eq!(g.admit("e1", b"body", 100), Admission::New);
+        assert_eq!(g.admit("e1", b"body", 101), Admission::InFlight);
+        g.finish("e1", Some((200, json!({"status": "delivered"}))));
+        assert_eq!(
+            g.admit("e1", b"body", 300),
+            Admission::Replay {
+                status: 200,
+                answer: json!({"status": "delivered"})
+            }
+        );
+        assert_eq!(g.admit("e1", b"other body", 300), Admission::OtherBody);
+        // Past the memory it is new again (the timestamp check refuses it
+        // by then anyway).
+        assert_eq!(
+            g.admit("e1", b"body", 100 + REPLAY_MEMORY_SECS + 1),
+            Admission::New
+        );
+        g.finish("e1", None);
+        assert_eq!(g.admit("e1", b"body", 1000), Admission::New);
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let mut g = ReplayGuard::default();
+        for i in 0..REPLAY_CAPACITY + 10 {
+            let id = format!("e{i}");
+            assert_eq!(g.admit(&id, b"b", 5), Admission::New);
+            g.finish(&id, Some((200, json!({}))));
+        }
+        assert!(g.len() <= REPLAY_CAPACITY);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,12 @@ pub enum DetailType {
     /// `infra/continuation.tf` invokes `backup-snapshot` with the detail.
     #[serde(rename = "Snapshot Continuation")]
     SnapshotContinuation,
+    /// A sweep run of an export route finished (what it caught up).
+    #[serde(rename = "Export Sweep Completed")]
+    ExportSweepCompleted,
+    /// A sweep run stopped early; the detail is the sweep event to run next.
+    #[serde(rename = "Export Sweep Continued")]
+    ExportSweepContinued,
 }
 
 impl DetailType {
@@ -51,6 +57,8 @@ impl DetailType {
             DetailType::SnapshotVerifyFailed => "Snapshot Verify Failed",
             DetailType::SnapshotRestored => "Snapshot Restored",
             DetailType::SnapshotContinuation => "Snapshot Continuation",
+            DetailType::ExportSweepCompleted => "Export Sweep Completed",
+            DetailType::ExportSweepContinued => "Export Sweep Continued",
         }
     }
 }

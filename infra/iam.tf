@@ -1,5 +1,7 @@
-# Least privilege: each function reads only the secrets it needs, writes only
-# to its own log group, puts events only on the project's bus.
+# Least privilege: each function reads only the secrets its own routes name
+# (main.tf, local.secret_arns), writes only to its own log group, puts events
+# only on the project's bus, sends only to the failure queue; ecm-export reads
+# only its routes' parameter path.
 
 data "aws_iam_policy_document" "lambda_assume" {
   statement {
@@ -29,12 +31,21 @@ data "aws_iam_policy_document" "fn" {
   }
 
   statement {
-    sid     = "Secrets"
-    actions = ["secretsmanager:GetSecretValue"]
-    resources = each.key == "ecm-export" ? local.secret_arns : distinct(concat(
-      [var.ecm_secret_arn],
-      values(var.sftp_secret_arns),
-    ))
+    sid       = "Secrets"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = distinct(local.secret_arns[each.key])
+  }
+
+  dynamic "statement" {
+    for_each = each.key == "ecm-export" ? [1] : []
+    content {
+      sid     = "ExportRoutes"
+      actions = ["ssm:GetParametersByPath"]
+      resources = [
+        "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter${trimsuffix(local.export_routes_path, "/")}",
+        "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter${local.export_routes_path}*",
+      ]
+    }
   }
 
   statement {
@@ -55,13 +66,10 @@ data "aws_iam_policy_document" "fn" {
     resources = ["*"]
   }
 
-  dynamic "statement" {
-    for_each = var.kms_key_arn == null ? [] : [1]
-    content {
-      sid       = "Kms"
-      actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
-      resources = [var.kms_key_arn]
-    }
+  statement {
+    sid       = "Kms"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [local.kms_key_arn]
   }
 
   dynamic "statement" {
@@ -99,12 +107,10 @@ data "aws_iam_policy_document" "scheduler_assume" {
     condition {
       test     = "StringEquals"
       variable = "aws:SourceAccount"
-      values   = [data.aws_caller_identity.current.account_id]
+      values   = [local.account_id]
     }
   }
 }
-
-data "aws_caller_identity" "current" {}
 
 resource "aws_iam_role" "scheduler" {
   name               = "${var.name_prefix}-scheduler"
@@ -128,13 +134,10 @@ data "aws_iam_policy_document" "scheduler" {
     resources = [aws_sqs_queue.failed.arn]
   }
 
-  dynamic "statement" {
-    for_each = var.kms_key_arn == null ? [] : [1]
-    content {
-      sid       = "Kms"
-      actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
-      resources = [var.kms_key_arn]
-    }
+  statement {
+    sid       = "Kms"
+    actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
+    resources = [local.kms_key_arn]
   }
 }
 

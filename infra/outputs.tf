@@ -14,6 +14,21 @@ output "event_bus_name" {
 }
 
 output "failed_invocations_queue_url" {
-  description = "SQS queue holding async invocations that failed after all retries."
+  description = "SQS queue holding failure records: permanent failures sent by the functions, transient ones after Lambda's retries, undeliverable schedules."
   value       = aws_sqs_queue.failed.id
+}
+
+output "audit_log_group" {
+  description = "Log group keeping every xecm-sftp event (the audit trail)."
+  value       = aws_cloudwatch_log_group.audit.name
+}
+
+output "export_routes_ssm_path" {
+  description = "SSM Parameter Store path ecm-export loads its routes from."
+  value       = local.export_routes_path
+}
+
+output "kms_key_arn" {
+  description = "The KMS key that encrypts the functions' environment, logs, queue, bus and schedules."
+  value       = local.kms_key_arn
 }

@@ -1,4 +1,6 @@
-# EventBridge Scheduler: one schedule per inbound route and per backup.
+# EventBridge Scheduler: one schedule per inbound route and per backup, in
+# this deployment's schedule group (so the names need no prefix and stay
+# within Scheduler's 64 characters; variables.tf checks the keys).
 
 resource "aws_scheduler_schedule_group" "this" {
   name = var.name_prefix
@@ -8,11 +10,12 @@ resource "aws_scheduler_schedule_group" "this" {
 resource "aws_scheduler_schedule" "ingest" {
   for_each = var.ingest_routes
 
-  name                         = "${var.name_prefix}-ingest-${each.key}"
+  name                         = "ingest-${each.key}"
   group_name                   = aws_scheduler_schedule_group.this.name
   schedule_expression          = each.value.schedule_expression
   schedule_expression_timezone = var.schedule_timezone
   state                        = each.value.enabled ? "ENABLED" : "DISABLED"
+  kms_key_arn                  = local.kms_key_arn
 
   flexible_time_window {
     mode = "OFF"
@@ -21,7 +24,7 @@ resource "aws_scheduler_schedule" "ingest" {
   target {
     arn      = aws_lambda_function.fn["sftp-ingest"].arn
     role_arn = aws_iam_role.scheduler.arn
-    input    = jsonencode({ route = each.value.route })
+    input    = jsonencode({ route = jsondecode(each.value.route_json) })
 
     retry_policy {
       maximum_event_age_in_seconds = 3600
@@ -37,11 +40,12 @@ resource "aws_scheduler_schedule" "ingest" {
 resource "aws_scheduler_schedule" "backup" {
   for_each = var.backup_schedules
 
-  name                         = "${var.name_prefix}-backup-${each.key}"
+  name                         = "backup-${each.key}"
   group_name                   = aws_scheduler_schedule_group.this.name
   schedule_expression          = each.value.schedule_expression
   schedule_expression_timezone = var.schedule_timezone
   state                        = each.value.enabled ? "ENABLED" : "DISABLED"
+  kms_key_arn                  = local.kms_key_arn
 
   flexible_time_window {
     mode = "OFF"
@@ -50,7 +54,7 @@ resource "aws_scheduler_schedule" "backup" {
   target {
     arn      = aws_lambda_function.fn["backup-snapshot"].arn
     role_arn = aws_iam_role.scheduler.arn
-    input    = jsonencode({ backup = each.value.config })
+    input    = jsonencode({ backup = jsondecode(each.value.config_json) })
 
     retry_policy {
       maximum_event_age_in_seconds = 3600

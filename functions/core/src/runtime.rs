@@ -6,6 +6,14 @@
 //!   once, its JSON response is printed on stdout and the process exits 0; an
 //!   error is printed on stderr and the exit code says whether a retry can help
 //!   (1 permanent, 75 transient, 2 bad command line).
+//!
+//! Under Lambda a handler error is answered by its retry class (see
+//! [`answer`]): a transient error is returned as an error, so Lambda's async
+//! retry runs the event again; a permanent one is answered as a *handled
+//! failure*: its failure record (the event and the error, in the shape of
+//! Lambda's own destination records) goes to the failure queue named by
+//! `XECM_FAILURE_QUEUE_URL` and the invocation succeeds with a response that
+//! says it failed, so Lambda never re-runs an event that cannot succeed.
 
 use std::future::Future;
 use std::io::Read;
@@ -109,6 +117,168 @@ impl From<FunctionError> for lambda_runtime::Diagnostic {
             error_message: e.message,
         }
     }
+}
+
+/// Where a permanent failure's record goes (the failure queue on Lambda).
+#[async_trait::async_trait]
+pub trait FailureSink: Send + Sync {
+    /// Stores `record`; returns an id of the stored copy (the queue's
+    /// message id) or why it could not be stored.
+    async fn send(&self, record: &Value) -> Result<String, String>;
+    /// Where records go, for the response (e.g. the queue URL).
+    fn name(&self) -> String;
+}
+
+/// [`FailureSink`] over an SQS queue (`XECM_FAILURE_QUEUE_URL`).
+pub struct SqsFailureQueue {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+}
+
+impl SqsFailureQueue {
+    /// From `XECM_FAILURE_QUEUE_URL`; `None` when it is not set (local
+    /// setups), in which case the record is only logged.
+    pub async fn from_env() -> Option<Self> {
+        let queue_url = std::env::var("XECM_FAILURE_QUEUE_URL")
+            .ok()
+            .filter(|v| !v.trim().is_empty())?;
+        let sdk = crate::adapters::aws::load_sdk_config().await;
+        Some(Self {
+            client: aws_sdk_sqs::Client::new(&sdk),
+            queue_url: queue_url.trim().to_string(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl FailureSink for SqsFailureQueue {
+    async fn send(&self, record: &Value) -> Result<String, String> {
+        let body = record.to_string();
+        let out = tokio::time::timeout(
+            Duration::from_secs(20),
+            self.client
+                .send_message()
+                .queue_url(&self.queue_url)
+                .message_body(body)
+                .send(),
+        )
+        .await
+        .map_err(|_| format!("SendMessage to {} timed out", self.queue_url))?
+        .map_err(|e| {
+            format!(
+                "SendMessage to {}: {}",
+                self.queue_url,
+                aws_sdk_sqs::error::DisplayErrorContext(&e)
+            )
+        })?;
+        Ok(out.message_id().unwrap_or_default().to_string())
+    }
+
+    fn name(&self) -> String {
+        self.queue_url.clone()
+    }
+}
+
+/// The record of a permanent failure: the fields of Lambda's own
+/// asynchronous-invocation destination record, so one consumer reads both
+/// kinds from the failure queue. `condition` is `PermanentFailure` here
+/// (Lambda writes `RetriesExhausted` or `EventAgeExceeded`).
+pub fn failure_record(error: &FunctionError, event: &Value, invocation: &Invocation) -> Value {
+    serde_json::json!({
+        "version": "1.0",
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "requestContext": {
+            "requestId": invocation.request_id,
+            "functionArn": invocation.function_arn,
+            "condition": "PermanentFailure",
+            "approximateInvokeCount": 1,
+        },
+        "requestPayload": event,
+        "responseContext": {"functionError": "Handled"},
+        "responsePayload": {
+            "errorType": error.error_type(),
+            "errorMessage": error.message,
+        },
+    })
+}
+
+/// True for a Lambda Function URL (HTTP) request: always synchronous, so
+/// there is no Lambda retry to avoid and its caller needs an HTTP error.
+fn is_http_request(event: &Value) -> bool {
+    event
+        .get("requestContext")
+        .and_then(|c| c.get("http"))
+        .is_some()
+}
+
+/// How a handler's result is answered to the Lambda Runtime API:
+/// - `Ok` stays `Ok`;
+/// - a transient error stays an error (Lambda retries an async event);
+/// - a permanent error is answered as a handled failure: its record goes to
+///   `sink` and the answer is `Ok` with `{"status":"failed", "errorType",
+///   "errorMessage", "failureRecord": {...}}`, so Lambda does not retry it.
+///   If the record cannot be stored the error is returned as it is (Lambda
+///   then retries and finally stores its own record: nothing is lost). With
+///   no sink (no queue configured) the record is only logged;
+/// - a Function URL request's error stays an error (synchronous, no retry).
+pub async fn answer(
+    result: Result<Value, FunctionError>,
+    event: &Value,
+    invocation: &Invocation,
+    sink: Option<&dyn FailureSink>,
+) -> Result<Value, FunctionError> {
+    let error = match result {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    if error.retry == Retry::Transient || is_http_request(event) {
+        tracing::warn!(error_type = %error.error_type(), request_id = %invocation.request_id, "invocation failed: {}", error.message);
+        return Err(error);
+    }
+    let record = failure_record(&error, event, invocation);
+    let stored = match sink {
+        Some(sink) => match sink.send(&record).await {
+            Ok(id) => serde_json::json!({"queue": sink.name(), "messageId": id}),
+            Err(why) => {
+                tracing::error!(
+                    error_type = %error.error_type(),
+                    request_id = %invocation.request_id,
+                    "permanent failure not recorded ({why}); answering it as an error so that Lambda keeps the event: {}",
+                    error.message
+                );
+                return Err(error);
+            }
+        },
+        None => {
+            // The log is the only record: keep the event in it.
+            tracing::error!(
+                handled_failure = true,
+                error_type = %error.error_type(),
+                request_id = %invocation.request_id,
+                failure_record = %record,
+                "permanent failure (no XECM_FAILURE_QUEUE_URL; this log line is its record): {}",
+                error.message
+            );
+            serde_json::Value::Null
+        }
+    };
+    if !stored.is_null() {
+        tracing::error!(
+            handled_failure = true,
+            error_type = %error.error_type(),
+            request_id = %invocation.request_id,
+            "permanent failure, recorded in the failure queue and not retried: {}",
+            error.message
+        );
+    }
+    Ok(serde_json::json!({
+        "status": "failed",
+        "errorType": error.error_type(),
+        "errorMessage": error.message,
+        "retry": "never: permanent failure, answered as handled",
+        "failureRecord": stored,
+        "event": event,
+    }))
 }
 
 /// Initialise logging once: JSON lines on Lambda (CloudWatch parses them),
@@ -353,6 +523,9 @@ where
     tune_allocator();
     let Some(event) = local else {
         let handler = &handler;
+        // The failure queue's client, built on the first permanent failure.
+        let failures: tokio::sync::OnceCell<Option<SqsFailureQueue>> = tokio::sync::OnceCell::new();
+        let failures = &failures;
         let service =
             lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| {
                 let ctx = event.context;
@@ -361,7 +534,16 @@ where
                     deadline: deadline_from_header(ctx.deadline, SystemTime::now()),
                     function_arn: ctx.invoked_function_arn.clone(),
                 };
-                async move { handler(event.payload, invocation).await }
+                let payload = event.payload;
+                async move {
+                    let result = handler(payload.clone(), invocation.clone()).await;
+                    if !matches!(&result, Err(e) if e.retry == Retry::Permanent) {
+                        return result;
+                    }
+                    let sink = failures.get_or_init(SqsFailureQueue::from_env).await;
+                    let sink = sink.as_ref().map(|s| s as &dyn FailureSink);
+                    answer(result, &payload, &invocation, sink).await
+                }
             });
         return match lambda_runtime::run(service).await {
             Ok(()) => ExitCode::SUCCESS,
@@ -453,6 +635,138 @@ mod tests {
         let err = read_event(&EventSource::File(path.clone())).unwrap_err();
         assert!(err.contains("bad.json"), "{err}");
         assert!(err.contains("not valid JSON"), "{err}");
+    }
+
+    struct Recorder {
+        fail: bool,
+        records: std::sync::Mutex<Vec<Value>>,
+    }
+
+    #[async_trait::async_trait]
+    impl FailureSink for Recorder {
+        async fn send(&self, record: &Value) -> Result<String, String> {
+            if self.fail {
+                return Err("queue unreachable".into());
+            }
+            self.records.lock().unwrap().push(record.clone());
+            Ok("m-1".into())
+        }
+        fn name(&self) -> String {
+            "test-queue".into()
+        }
+    }
+
+    fn recorder(fail: bool) -> Recorder {
+        Recorder {
+            fail,
+            records: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn invocation() -> Invocation {
+        Invocation {
+            request_id: "req-1".into(),
+            deadline: SystemTime::now() + Duration::from_secs(60),
+            function_arn: "arn:aws:lambda:eu-central-1:123456789012:function:f".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_is_recorded_and_answered_as_handled() {
+        let sink = recorder(false);
+        let event = serde_json::json!({"route": {"name": "r"}});
+        let answered = answer(
+            Err(FunctionError::permanent("InvalidRoute", "route.name: bad")),
+            &event,
+            &invocation(),
+            Some(&sink),
+        )
+        .await
+        .expect("a permanent failure must not be returned as an error (Lambda would retry it)");
+        assert_eq!(answered["status"], "failed");
+        assert_eq!(answered["errorType"], "Permanent.InvalidRoute");
+        assert_eq!(answered["event"], event);
+        assert_eq!(answered["failureRecord"]["messageId"], "m-1");
+        let records = sink.records.lock().unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0]["requestPayload"], event);
+        assert_eq!(
+            records[0]["requestContext"]["condition"],
+            "PermanentFailure"
+        );
+        assert_eq!(records[0]["requestContext"]["requestId"], "req-1");
+        assert_eq!(
+            records[0]["responsePayload"]["errorType"],
+            "Permanent.InvalidRoute"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_stays_an_error_so_lambda_retries_it() {
+        let sink = recorder(false);
+        let err = answer(
+            Err(FunctionError::transient("EcmUnavailable", "503")),
+            &serde_json::json!({}),
+            &invocation(),
+            Some(&sink),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.error_type(), "Transient.EcmUnavailable");
+        assert!(sink.records.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unrecorded_permanent_failure_stays_an_error_so_nothing_is_lost() {
+        let err = answer(
+            Err(FunctionError::permanent("InvalidEvent", "x")),
+            &serde_json::json!({"a": 1}),
+            &invocation(),
+            Some(&recorder(true)),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.error_type(), "Permanent.InvalidEvent");
+    }
+
+    #[tokio::test]
+    async fn function_url_errors_and_successes_pass_through() {
+        let http = serde_json::json!({"requestContext": {"http": {"method": "POST"}}});
+        let sink = recorder(false);
+        assert!(
+            answer(
+                Err(FunctionError::permanent("Config", "x")),
+                &http,
+                &invocation(),
+                Some(&sink)
+            )
+            .await
+            .is_err()
+        );
+        assert!(sink.records.lock().unwrap().is_empty());
+        let ok = answer(
+            Ok(serde_json::json!({"n": 1})),
+            &http,
+            &invocation(),
+            Some(&sink),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ok["n"], 1);
+    }
+
+    #[tokio::test]
+    async fn without_a_queue_a_permanent_failure_is_handled_and_logged() {
+        let answered = answer(
+            Err(FunctionError::permanent("InvalidEvent", "x")),
+            &serde_json::json!({}),
+            &invocation(),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(answered["status"], "failed");
+        assert!(answered["failureRecord"].is_null());
     }
 
     #[test]

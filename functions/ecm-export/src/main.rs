@@ -23,15 +23,11 @@ const SECRET_TTL: Duration = Duration::from_secs(300);
 async fn init() -> Result<handler::State, FunctionError> {
     let config =
         Config::from_env().map_err(|e| FunctionError::permanent("Config", e.to_string()))?;
-    let routes_json = std::env::var("XECM_EXPORT_ROUTES").map_err(|_| {
-        FunctionError::permanent(
-            "Config",
-            "environment variable XECM_EXPORT_ROUTES is not set (the export routes as JSON, see events/export-routes.json)",
-        )
-    })?;
-    let routes = ExportConfig::from_json(&routes_json)
-        .map_err(|e| FunctionError::permanent("Config", format!("XECM_EXPORT_ROUTES: {e}")))?;
     let sdk = load_sdk_config().await;
+    // SSM Parameter Store (deployed) or XECM_EXPORT_ROUTES (local), once per cold start.
+    let (source, routes_json) = xecm_core::config::load_export_routes(&sdk).await?;
+    let routes = ExportConfig::from_json(&routes_json)
+        .map_err(|e| FunctionError::permanent("Config", format!("{source}: {e}")))?;
     let secrets: Arc<dyn Secrets> = Arc::new(SecretsManagerSecrets::new(&sdk).with_ttl(SECRET_TTL));
     let ecm_secret = secrets.get(&config.ecm_secret_id).await.map_err(|e| {
         if e.is_retryable() {

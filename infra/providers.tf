@@ -1,5 +1,0 @@
-provider "aws" {
-  default_tags {
-    tags = merge({ Project = "xecm-sftp" }, var.tags)
-  }
-}

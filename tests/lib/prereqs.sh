@@ -86,5 +86,27 @@ ensure_all() {
     ensure_system_packages
     ensure_rust
     ensure_python_tools
+    ensure_interop_servers
     mkdir -p /run/sshd 2>/dev/null || true
+}
+
+# The other SFTP servers of the interop suite (tests/tests/interop.rs):
+# ProFTPD with mod_sftp, Dropbear and tinysshd (both serving OpenSSH's
+# sftp-server), and a venv with asyncssh and paramiko for the two Python
+# servers. Packages only: the tests start each server on 127.0.0.1 and stop
+# it; a service the package manager may have started is stopped again.
+SFTP_SERVERS_VENV="$XECM_CACHE/venv-sftp-servers"
+ASYNCSSH_VERSION=2.24.1
+PARAMIKO_VERSION=5.1.0
+
+ensure_interop_servers() {
+    local had_proftpd=0
+    dpkg-query -W -f='${Status}' proftpd-core 2>/dev/null | grep -q "install ok installed" && had_proftpd=1
+    apt_install proftpd-core proftpd-mod-crypto dropbear-bin tinysshd openssh-sftp-server
+    if [ "$had_proftpd" -eq 0 ] && [ -x /etc/init.d/proftpd ] && pgrep -x proftpd >/dev/null 2>&1; then
+        log "stopping the proftpd service the package started"
+        /etc/init.d/proftpd stop >/dev/null 2>&1 || true
+    fi
+    make_venv "$SFTP_SERVERS_VENV" "asyncssh==$ASYNCSSH_VERSION" "paramiko==$PARAMIKO_VERSION"
+    export XECM_SFTP_SERVERS_PYTHON="$SFTP_SERVERS_VENV/bin/python"
 }

@@ -6,5 +6,6 @@ pub mod lambda;
 pub mod latency_proxy;
 pub mod moto;
 pub mod process;
+pub mod sftp_servers;
 pub mod sshd;
 pub mod stack;

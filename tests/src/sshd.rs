@@ -471,6 +471,15 @@ impl Sshd {
     }
 }
 
+impl Sshd {
+    /// Creates the shared test accounts (`xecm-sftp`, `xecm-sftp-pw`) if
+    /// missing, for other servers that log in the same account (the
+    /// interop suite's ProFTPD); returns the password account's password.
+    pub fn ensure_accounts_for_others() -> Result<String> {
+        ensure_accounts()
+    }
+}
+
 impl Drop for Sshd {
     fn drop(&mut self) {
         self.stop();

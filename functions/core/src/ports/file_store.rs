@@ -141,6 +141,15 @@ pub enum FileStoreError {
     /// published under the final name.
     #[error("{path}: the source of the upload failed: {reason}")]
     Source { path: String, reason: String },
+    /// The server cannot do this operation safely, e.g. a no-replace
+    /// rename on a server whose rename replaces existing targets (found by
+    /// a probe); permanent: the route needs another server or setting.
+    #[error("{op} {path}: refused: {reason}")]
+    Unsupported {
+        op: &'static str,
+        path: String,
+        reason: String,
+    },
     /// Any other refusal by the server; permanent.
     #[error("{op} {path}: {reason}")]
     Failed {
@@ -239,6 +248,18 @@ pub trait FileStore: Send + Sync {
     /// Removes an empty directory; a directory that is not empty is refused
     /// (`Failed`), never emptied.
     async fn remove_dir(&self, dir: &RemotePath) -> Result<(), FileStoreError>;
+
+    /// Checks that no-replace renames into `dir` are safe on this server:
+    /// some servers' SFTP rename replaces an existing target, which would
+    /// break "two claims, one wins" and overwrite first deliveries. The SFTP
+    /// adapters find out with a probe (two dot-files in `dir`, once per
+    /// store) and refuse with `Unsupported` where no safe way exists; they
+    /// also check before every no-replace rename and put, so calling this
+    /// only moves the refusal up front (e.g. before a run claims anything).
+    async fn verify_no_replace(&self, dir: &RemotePath) -> Result<(), FileStoreError> {
+        let _ = dir;
+        Ok(())
+    }
 
     /// Writes a small file (marker, sidecar, error report) atomically.
     async fn write_small(

@@ -263,7 +263,10 @@ async fn run(
             return completed(cx, backup, &dir, path, summary).await;
         }
         checkpoint::Target::Resume(cp) => *cp,
-        checkpoint::Target::Start { base } => start(cx, backup, &dir, &state, base).await?,
+        checkpoint::Target::Start { base } => match start(cx, backup, &dir, &state, base).await {
+            Ok(cp) => cp,
+            Err(e) => return Err(failed(cx, backup, &dir, e).await),
+        },
     };
     let snapshot_id = cp.snapshot_id.clone();
     match snapshot(cx, backup, &dir, cp).await {
@@ -272,21 +275,31 @@ async fn run(
             release_lease(cx, &dir, &snapshot_id).await;
             Err(e)
         }
-        Err(e) => {
-            cx.publish(Event {
-                detail_type: DetailType::SnapshotFailed,
-                detail: serde_json::json!({
-                    "backup": backup.name,
-                    "directory": dir.to_string(),
-                    "error": e.to_string(),
-                    "retryable": false,
-                    "invocation_id": cx.invocation_id,
-                }),
-            })
-            .await;
-            Err(e)
-        }
+        Err(e) => Err(failed(cx, backup, &dir, e).await),
     }
+}
+
+/// `Snapshot Failed` for a permanent failure (a transient one is retried).
+async fn failed(
+    cx: &BackupContext<'_>,
+    backup: &BackupConfig,
+    dir: &RemotePath,
+    e: BackupError,
+) -> BackupError {
+    if !e.is_retryable() {
+        cx.publish(Event {
+            detail_type: DetailType::SnapshotFailed,
+            detail: serde_json::json!({
+                "backup": backup.name,
+                "directory": dir.to_string(),
+                "error": e.to_string(),
+                "retryable": false,
+                "invocation_id": cx.invocation_id,
+            }),
+        })
+        .await;
+    }
+    e
 }
 
 /// After a transient failure: the retry (a new invocation) may start at once

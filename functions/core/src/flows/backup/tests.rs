@@ -577,3 +577,22 @@ async fn given_crash_after_files_written_but_before_their_page_was_recorded_when
         );
     }
 }
+
+#[tokio::test]
+async fn given_a_root_that_is_a_document_when_scheduled_then_permanent_error_and_snapshot_failed_event()
+ {
+    let w = world().await;
+    let mut b = w.backup(3);
+    b.roots = vec![w.docs[0].0.get()];
+    let e = w.run_with(&b, None, None).await.unwrap_err();
+    assert!(!e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("not a folder"), "{e}");
+    let ev = w.events.events();
+    assert_eq!(
+        ev.last().map(|e| e.detail_type),
+        Some(DetailType::SnapshotFailed)
+    );
+    assert_eq!(ev.last().unwrap().detail["retryable"], false);
+    // Nothing was started.
+    assert!(!w.store.paths().iter().any(|p| p.contains(".partial")));
+}

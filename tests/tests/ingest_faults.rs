@@ -526,3 +526,100 @@ async fn connections_cut_mid_transfer_then_reruns_finish_without_loss_or_duplica
     assert!(env.files_in(&format!("{src}/.inflight")).is_empty());
     assert!(env.files_in(&format!("{src}/failed")).is_empty());
 }
+
+/// The hostile-name corpus (tests/corpus/ingest/hostile.json): every case
+/// ends as the corpus says, with a clear reason or a safe name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_name_corpus_outcomes() {
+    let corpus: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/ingest/hostile.json"),
+        )
+        .expect("corpus"),
+    )
+    .expect("corpus json");
+    let env = Env::start().await;
+    let src = "inbound/hostile";
+    let r = simple_route("hostile", src, 540101, json!({"min_age_secs": 1}), "rename");
+    let repeat = |v: &Value| -> String {
+        let a = v.as_array().expect("repeat");
+        format!(
+            "{}{}{}",
+            a[0].as_str().unwrap_or(""),
+            a[1].as_str().unwrap_or("").repeat(0)
+                + &a[0]
+                    .as_str()
+                    .unwrap_or("")
+                    .repeat(a[1].as_u64().unwrap_or(0) as usize),
+            a[2].as_str().unwrap_or("")
+        )
+    };
+    let cases = corpus["cases"].as_array().expect("cases").clone();
+    let mut names: Vec<(Value, Vec<u8>)> = Vec::new();
+    for c in &cases {
+        let raw: Vec<u8> = if let Some(h) = c["name_hex"].as_str() {
+            hex::decode(h).expect("hex")
+        } else if c.get("name_repeat").is_some() {
+            repeat(&c["name_repeat"]).into_bytes()
+        } else {
+            c["name"].as_str().expect("name").as_bytes().to_vec()
+        };
+        let body = if c["body"] == "exe" {
+            b"MZ\x90\x00 not a document".to_vec()
+        } else {
+            pdf(c["id"].as_str().unwrap_or(""))
+        };
+        let mut path = format!("{src}/").into_bytes();
+        path.extend_from_slice(&raw);
+        env.drop_file(&path, &body, Duration::from_secs(60));
+        let sidecar = if c.get("sidecar_repeat").is_some() {
+            Some(repeat(&c["sidecar_repeat"]))
+        } else {
+            c["sidecar"].as_str().map(str::to_owned)
+        };
+        if let Some(s) = sidecar {
+            let mut sp = path.clone();
+            sp.extend_from_slice(b".json");
+            env.drop_file(&sp, s.as_bytes(), Duration::from_secs(60));
+        }
+        names.push((c.clone(), raw));
+    }
+    let rep = env.run(&r, "it-hostile").await;
+    let mut bad = Vec::new();
+    let mut table = String::from("| case | expected | outcome |\n|---|---|---|\n");
+    for (c, raw) in &names {
+        let rel = xecm_core::domain::names::escape_non_utf8(raw);
+        let id = c["id"].as_str().unwrap_or("?");
+        let expect = c["expect"].as_str().unwrap_or("?");
+        let f = rep.files.iter().find(|f| f.source_path == rel);
+        let outcome = match f {
+            None => "ignored".to_owned(),
+            Some(f) => format!("{:?}", f.outcome),
+        };
+        let ok = match (expect, f) {
+            ("ignored", None) => true,
+            ("created", Some(f)) if f.outcome == FileOutcome::Created => {
+                let node = NodeId::new(f.node_id.unwrap_or(0)).expect("node");
+                let n = env.ecm.node(node).await.expect("node");
+                let h = env.history(node.get()).await;
+                xecm_core::ports::ecm::check_name(&n.name).is_ok()
+                    // (the server may trim the recorded value)
+                    && h.get("9002_4").and_then(Value::as_str).map(str::trim) == Some(rel.trim())
+            }
+            ("failed", Some(f)) if f.outcome == FileOutcome::Failed => {
+                let reason = f.reason.clone().unwrap_or_default();
+                let moved = f.moved_to.clone().unwrap_or_default();
+                reason.contains(c["reason_contains"].as_str().unwrap_or(""))
+                    && !moved.contains('\u{202e}')
+                    && reason.len() < 4000
+            }
+            _ => false,
+        };
+        table.push_str(&format!("| {id} | {expect} | {outcome} |\n"));
+        if !ok {
+            bad.push(format!("{id}: expected {expect}, got {f:?}"));
+        }
+    }
+    println!("\n{table}");
+    assert!(bad.is_empty(), "{bad:#?}");
+}

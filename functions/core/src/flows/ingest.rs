@@ -1821,7 +1821,7 @@ impl Run<'_> {
                 add_version_to = Some((node.id, v.max(latest + 1)));
             } else {
                 let same_origin = hist.route.as_deref() == Some(self.route.name())
-                    && hist.source_path.as_deref() == Some(c.rel.as_str())
+                    && same_source_path(hist.source_path.as_deref(), &c.rel)
                     && hist.size == Some(size)
                     && hist.sha256.is_some();
                 // Under add-version, any version of our size may hold our
@@ -2236,7 +2236,7 @@ impl Run<'_> {
             return Ok(true);
         }
         let same_origin = hist.route.as_deref() == Some(self.route.name())
-            && hist.source_path.as_deref() == Some(c.rel.as_str())
+            && same_source_path(hist.source_path.as_deref(), &c.rel)
             && hist.size == Some(size);
         if known_sha.is_none() {
             if !same_origin {
@@ -2658,6 +2658,14 @@ impl Run<'_> {
             warn!(detail_type = ?u.detail_type, code = %u.error_code, message = %u.message, "event not delivered");
         }
     }
+}
+
+/// Whether a recorded source path is this file's. Servers may trim
+/// attribute values (a partner's `name.pdf ` comes back as `name.pdf`), so
+/// surrounding whitespace is ignored here; the idempotency key, over the
+/// exact path, decides afterwards.
+fn same_source_path(recorded: Option<&str>, rel: &str) -> bool {
+    recorded.is_some_and(|r| r.trim() == rel.trim())
 }
 
 fn sidecar_suffix(name: &str) -> &'static str {

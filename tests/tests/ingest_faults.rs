@@ -23,6 +23,7 @@ use xecm_core::flows::ingest::{
 use xecm_core::ports::ecm::{ChildFilter, Ecm, NodeId};
 use xecm_core::ports::file_store::FileStore;
 use xecm_core::ports::secrets::Secrets;
+use xecm_stack::fault_proxy::FaultProxy;
 use xecm_stack::stack::{EVENT_BUS, LocalStack, SFTP_SECRET_ID};
 
 struct Env {
@@ -427,4 +428,198 @@ async fn sftp_ingest_aborted_at_crash_points_then_rerun_loses_and_duplicates_not
     }
     println!("\n{table}");
     assert!(bad.is_empty(), "{bad:#?}\n{table}");
+}
+
+/// The local stack with sshd and the emulator reached through fault proxies.
+async fn env_behind_proxies() -> (Env, FaultProxy, FaultProxy) {
+    let stack = LocalStack::start().await.expect("local stack");
+    let sshd_addr: std::net::SocketAddr = format!("127.0.0.1:{}", stack.sshd.port())
+        .parse()
+        .expect("addr");
+    let sftp_proxy = FaultProxy::start(sshd_addr).await.expect("sftp proxy");
+    let ecm_proxy = FaultProxy::start(stack.emulator.addr())
+        .await
+        .expect("ecm proxy");
+    let sdk = stack.sdk_config().await;
+    let secrets = SecretsManagerSecrets::new(&sdk);
+    let json = secrets.get(SFTP_SECRET_ID).await.expect("sftp secret");
+    let mut settings = SftpSettings::from_secret_json(SFTP_SECRET_ID, json.expose_secret())
+        .expect("settings")
+        .with_root(stack.sshd.remote_root())
+        .expect("root");
+    settings.max_sessions = 4;
+    settings.port = sftp_proxy.port();
+    let store = open_store(settings).expect("store");
+    let ecm = OtcsClient::new(
+        EcmSettings::from_secret_json(
+            "ecm",
+            &json!({"base_url": format!("http://{}", ecm_proxy.addr()), "username": "admin", "password": "admin"})
+                .to_string(),
+        )
+        .expect("ecm settings"),
+        OtcsOptions::default(),
+    )
+    .expect("ecm client");
+    let events = EventBridgeSink::new(&sdk, EVENT_BUS);
+    (
+        Env {
+            stack,
+            store,
+            ecm,
+            events,
+        },
+        sftp_proxy,
+        ecm_proxy,
+    )
+}
+
+/// Connections to sshd, then to the emulator, are cut in the middle of
+/// transfers; the reruns finish with every file in exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_cut_mid_transfer_then_reruns_finish_without_loss_or_duplicates() {
+    let (env, sftp_proxy, ecm_proxy) = env_behind_proxies().await;
+    let src = "inbound/netcut";
+    let r = simple_route("netcut", src, 540101, json!({"min_age_secs": 1}), "fail");
+    let mut files = Vec::new();
+    for i in 0..4 {
+        let name = format!("netcut-{i}.pdf");
+        let mut body = pdf(&name);
+        body.extend(std::iter::repeat_n(b'%', 2 * 1024 * 1024));
+        env.drop_file(
+            format!("{src}/{name}").as_bytes(),
+            &body,
+            Duration::from_secs(60),
+        );
+        files.push((name, body));
+    }
+    // The SFTP link drops while the first files stream.
+    sftp_proxy.cut_after(3 * 1024 * 1024);
+    let first = env.run(&r, "it-netcut-1").await;
+    assert!(sftp_proxy.cuts() >= 1, "no SFTP cut happened: {first:#?}");
+    assert_eq!(first.counts.failed, 0, "{first:#?}");
+    // The ECM link drops while the next files upload.
+    ecm_proxy.cut_after(3 * 1024 * 1024);
+    let ctx = RunContext::new("it-netcut-2", Duration::from_secs(300));
+    let second = env
+        .run_with(&r, &Ahead(chrono::Duration::seconds(1900)), &ctx)
+        .await;
+    assert_eq!(second.counts.failed, 0, "{second:#?}");
+    // Links healthy again: reruns (after any lease) finish the rest.
+    for (i, ahead) in [3800, 5700].into_iter().enumerate() {
+        let ctx = RunContext::new(format!("it-netcut-{}", i + 3), Duration::from_secs(300));
+        env.run_with(&r, &Ahead(chrono::Duration::seconds(ahead)), &ctx)
+            .await;
+    }
+    println!(
+        "network cuts: sftp {}, ecm {}",
+        sftp_proxy.cuts(),
+        ecm_proxy.cuts()
+    );
+    for (name, body) in &files {
+        let docs = docs_named(&env, 540101, name).await;
+        assert_eq!(docs.len(), 1, "{name}: {docs:?}");
+        assert_eq!(docs[0].1, 1, "{name}: one version");
+        let h = env.history(docs[0].0.get()).await;
+        assert_eq!(h["9002_6"], json!(sha_hex(body)), "{name}");
+    }
+    assert_eq!(env.files_in(&format!("{src}/archive")).len(), files.len());
+    assert!(env.files_in(&format!("{src}/.inflight")).is_empty());
+    assert!(env.files_in(&format!("{src}/failed")).is_empty());
+}
+
+/// The hostile-name corpus (tests/corpus/ingest/hostile.json): every case
+/// ends as the corpus says, with a clear reason or a safe name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_name_corpus_outcomes() {
+    let corpus: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/ingest/hostile.json"),
+        )
+        .expect("corpus"),
+    )
+    .expect("corpus json");
+    let env = Env::start().await;
+    let src = "inbound/hostile";
+    let r = simple_route("hostile", src, 540101, json!({"min_age_secs": 1}), "rename");
+    let repeat = |v: &Value| -> String {
+        let a = v.as_array().expect("repeat");
+        format!(
+            "{}{}{}",
+            a[0].as_str().unwrap_or(""),
+            a[1].as_str().unwrap_or("").repeat(0)
+                + &a[0]
+                    .as_str()
+                    .unwrap_or("")
+                    .repeat(a[1].as_u64().unwrap_or(0) as usize),
+            a[2].as_str().unwrap_or("")
+        )
+    };
+    let cases = corpus["cases"].as_array().expect("cases").clone();
+    let mut names: Vec<(Value, Vec<u8>)> = Vec::new();
+    for c in &cases {
+        let raw: Vec<u8> = if let Some(h) = c["name_hex"].as_str() {
+            hex::decode(h).expect("hex")
+        } else if c.get("name_repeat").is_some() {
+            repeat(&c["name_repeat"]).into_bytes()
+        } else {
+            c["name"].as_str().expect("name").as_bytes().to_vec()
+        };
+        let body = if c["body"] == "exe" {
+            b"MZ\x90\x00 not a document".to_vec()
+        } else {
+            pdf(c["id"].as_str().unwrap_or(""))
+        };
+        let mut path = format!("{src}/").into_bytes();
+        path.extend_from_slice(&raw);
+        env.drop_file(&path, &body, Duration::from_secs(60));
+        let sidecar = if c.get("sidecar_repeat").is_some() {
+            Some(repeat(&c["sidecar_repeat"]))
+        } else {
+            c["sidecar"].as_str().map(str::to_owned)
+        };
+        if let Some(s) = sidecar {
+            let mut sp = path.clone();
+            sp.extend_from_slice(b".json");
+            env.drop_file(&sp, s.as_bytes(), Duration::from_secs(60));
+        }
+        names.push((c.clone(), raw));
+    }
+    let rep = env.run(&r, "it-hostile").await;
+    let mut bad = Vec::new();
+    let mut table = String::from("| case | expected | outcome |\n|---|---|---|\n");
+    for (c, raw) in &names {
+        let rel = xecm_core::domain::names::escape_non_utf8(raw);
+        let id = c["id"].as_str().unwrap_or("?");
+        let expect = c["expect"].as_str().unwrap_or("?");
+        let f = rep.files.iter().find(|f| f.source_path == rel);
+        let outcome = match f {
+            None => "ignored".to_owned(),
+            Some(f) => format!("{:?}", f.outcome),
+        };
+        let ok = match (expect, f) {
+            ("ignored", None) => true,
+            ("created", Some(f)) if f.outcome == FileOutcome::Created => {
+                let node = NodeId::new(f.node_id.unwrap_or(0)).expect("node");
+                let n = env.ecm.node(node).await.expect("node");
+                let h = env.history(node.get()).await;
+                xecm_core::ports::ecm::check_name(&n.name).is_ok()
+                    // (the server may trim the recorded value)
+                    && h.get("9002_4").and_then(Value::as_str).map(str::trim) == Some(rel.trim())
+            }
+            ("failed", Some(f)) if f.outcome == FileOutcome::Failed => {
+                let reason = f.reason.clone().unwrap_or_default();
+                let moved = f.moved_to.clone().unwrap_or_default();
+                reason.contains(c["reason_contains"].as_str().unwrap_or(""))
+                    && !moved.contains('\u{202e}')
+                    && reason.len() < 4000
+            }
+            _ => false,
+        };
+        table.push_str(&format!("| {id} | {expect} | {outcome} |\n"));
+        if !ok {
+            bad.push(format!("{id}: expected {expect}, got {f:?}"));
+        }
+    }
+    println!("\n{table}");
+    assert!(bad.is_empty(), "{bad:#?}");
 }

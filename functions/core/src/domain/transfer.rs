@@ -69,6 +69,29 @@ pub fn idempotency_key(route: &str, source_path: &str, size: u64, sha256_hex: &s
     format!("ik1-{}", hex::encode(h.finalize()))
 }
 
+/// The key a document carries while its bytes are still streaming (the
+/// SHA-256 not yet known): `pending-<claim identity>-v<version>`, where the
+/// claim identity hashes route, source path, size and the file's mtime (all
+/// survive the claim rename and a takeover, so a rerun computes the same).
+/// See `flows/ingest.rs`.
+pub fn pending_key(route: &str, rel: &str, size: u64, mtime: i64, version: u32) -> String {
+    let mut h = Sha256::new();
+    for f in [route.as_bytes(), rel.as_bytes()] {
+        h.update((f.len() as u64).to_be_bytes());
+        h.update(f);
+    }
+    h.update(size.to_be_bytes());
+    h.update(mtime.to_be_bytes());
+    format!("pending-{}-v{version}", &hex::encode(h.finalize())[..32])
+}
+
+/// The claim-identity part of a pending key (without the version).
+pub fn pending_identity(key: &str) -> Option<(&str, u32)> {
+    let rest = key.strip_prefix("pending-")?;
+    let (id, v) = rest.rsplit_once("-v")?;
+    Some((id, v.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +143,28 @@ mod tests {
         assert_eq!(f.field("size").as_deref(), Some("4"));
         assert_eq!(f.field("idempotency_key"), Some(f.idempotency_key()));
         assert_eq!(f.field("nope"), None);
+    }
+
+    #[test]
+    fn given_pending_key_when_parsed_then_identity_and_version_survive_and_differ_per_file() {
+        let k = pending_key("r", "a.pdf", 10, 1000, 3);
+        let (id, v) = pending_identity(&k).unwrap();
+        assert_eq!(v, 3);
+        assert_eq!(
+            pending_identity(&pending_key("r", "a.pdf", 10, 1000, 1))
+                .unwrap()
+                .0,
+            id
+        );
+        for other in [
+            pending_key("r2", "a.pdf", 10, 1000, 3),
+            pending_key("r", "b.pdf", 10, 1000, 3),
+            pending_key("r", "a.pdf", 11, 1000, 3),
+            pending_key("r", "a.pdf", 10, 1001, 3),
+        ] {
+            assert_ne!(pending_identity(&other).unwrap().0, id);
+        }
+        assert_eq!(pending_identity("ik1-abc"), None);
+        assert_eq!(pending_identity("pending-x-vq"), None);
     }
 }

@@ -83,7 +83,7 @@ use crate::domain::readiness::{self, Evidence, Observation, Readiness};
 use crate::domain::route::{
     EntryRole, FAILED_DIR, INFLIGHT_DIR, PostActionConfig, Route, SidecarFormat,
 };
-use crate::domain::transfer::{TransferFacts, idempotency_key};
+use crate::domain::transfer::{TransferFacts, idempotency_key, pending_identity, pending_key};
 use crate::ports::ecm::{
     self as ecm_port, AppliedCategory, BusinessObject, CategoryValues, Content, CreateWorkspace,
     Ecm, EcmError, NodeId, UploadRequest,
@@ -827,25 +827,6 @@ fn text(v: &serde_json::Value) -> Option<String> {
         serde_json::Value::Array(a) => a.first().and_then(text),
         _ => None,
     }
-}
-
-/// `pending-<claim identity>-v<version>`; see the module docs.
-fn pending_key(route: &str, rel: &str, size: u64, mtime: i64, version: u32) -> String {
-    let mut h = Sha256::new();
-    for f in [route.as_bytes(), rel.as_bytes()] {
-        h.update((f.len() as u64).to_be_bytes());
-        h.update(f);
-    }
-    h.update(size.to_be_bytes());
-    h.update(mtime.to_be_bytes());
-    format!("pending-{}-v{version}", &hex::encode(h.finalize())[..32])
-}
-
-/// The claim-identity part of a pending key (without the version).
-fn pending_identity(key: &str) -> Option<(&str, u32)> {
-    let rest = key.strip_prefix("pending-")?;
-    let (id, v) = rest.rsplit_once("-v")?;
-    Some((id, v.parse().ok()?))
 }
 
 fn to_applied(map: &placement::CategoryMap) -> Vec<AppliedCategory> {
@@ -1821,7 +1802,7 @@ impl Run<'_> {
                 add_version_to = Some((node.id, v.max(latest + 1)));
             } else {
                 let same_origin = hist.route.as_deref() == Some(self.route.name())
-                    && hist.source_path.as_deref() == Some(c.rel.as_str())
+                    && same_source_path(hist.source_path.as_deref(), &c.rel)
                     && hist.size == Some(size)
                     && hist.sha256.is_some();
                 // Under add-version, any version of our size may hold our
@@ -2236,7 +2217,7 @@ impl Run<'_> {
             return Ok(true);
         }
         let same_origin = hist.route.as_deref() == Some(self.route.name())
-            && hist.source_path.as_deref() == Some(c.rel.as_str())
+            && same_source_path(hist.source_path.as_deref(), &c.rel)
             && hist.size == Some(size);
         if known_sha.is_none() {
             if !same_origin {
@@ -2658,6 +2639,14 @@ impl Run<'_> {
             warn!(detail_type = ?u.detail_type, code = %u.error_code, message = %u.message, "event not delivered");
         }
     }
+}
+
+/// Whether a recorded source path is this file's. Servers may trim
+/// attribute values (a partner's `name.pdf ` comes back as `name.pdf`), so
+/// surrounding whitespace is ignored here; the idempotency key, over the
+/// exact path, decides afterwards.
+fn same_source_path(recorded: Option<&str>, rel: &str) -> bool {
+    recorded.is_some_and(|r| r.trim() == rel.trim())
 }
 
 fn sidecar_suffix(name: &str) -> &'static str {

@@ -1021,16 +1021,30 @@ async fn write_body(
 }
 
 /// A put's temporary file, removed in the background if the put's future
-/// is dropped before it finished (disarmed by taking the option).
-struct RemoveOnDrop(Option<(Arc<Conn>, RemotePath)>);
+/// is dropped before it finished (disarmed by taking the option). A put
+/// dropped in the middle of sending a request leaves its SFTP channel
+/// unusable (half a packet on it); the removal then goes over a fresh SFTP
+/// channel of the same SSH connection.
+struct RemoveOnDrop(Option<(Arc<Conn>, Arc<SftpSettings>, RemotePath)>);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        if let Some((c, tmp)) = self.0.take()
+        if let Some((c, settings, tmp)) = self.0.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             rt.spawn(async move {
-                let _ = c.sftp.remove(tmp.as_bytes()).await;
+                if !c.sftp.is_closed() {
+                    let _ = c.sftp.remove(tmp.as_bytes()).await;
+                    return;
+                }
+                match open_session(&c.handle, &settings).await {
+                    Ok(s) => {
+                        let _ = s.sftp.remove(tmp.as_bytes()).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %tmp, error = %e, "could not remove the temporary file of an abandoned put");
+                    }
+                }
             });
         }
     }
@@ -1195,7 +1209,8 @@ impl FileStore for RusshStore {
                 };
                 // Removes the temporary file if this future is dropped
                 // midway (its caller gave up), where no await can clean up.
-                let mut guard = RemoveOnDrop(Some((c.clone(), tmp.clone())));
+                let mut guard =
+                    RemoveOnDrop(Some((c.clone(), Arc::clone(&self.settings), tmp.clone())));
                 let r =
                     match write_tmp(&c, &self.settings, tmp, path, &mut body, expected_len).await {
                         Ok(receipt) => self.rename_on(&c, tmp, path, mode).await.map(|()| receipt),
@@ -1203,7 +1218,7 @@ impl FileStore for RusshStore {
                     };
                 let armed = guard.0.take();
                 if r.is_err()
-                    && let Some((_, t)) = armed
+                    && let Some((_, _, t)) = armed
                 {
                     let _ = c.sftp.remove(t.as_bytes()).await;
                 }

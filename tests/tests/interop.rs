@@ -309,6 +309,18 @@ async fn run_sequence(server: &SftpServer, client: SftpClient) -> Result<()> {
     })
     .await?;
 
+    step("verify_no_replace tells the route up front", async {
+        match s.verify_no_replace(&work).await {
+            Ok(()) if !replaces_on_rename(kind) => Ok(()),
+            Err(e) if replaces_on_rename(kind) && is_refused_as_unsafe(&e) => {
+                ensure!(e.to_string().contains("replaces an existing target"), "{e}");
+                Ok(())
+            }
+            other => bail!("unexpected: {other:?}"),
+        }
+    })
+    .await?;
+
     step("replace rename", async {
         s.rename(&a, &b, RenameMode::Replace).await?;
         ensure!(&s.read_small(&b, 100).await?[..] == b"new");

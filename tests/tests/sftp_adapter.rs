@@ -718,9 +718,7 @@ async fn sshd_and_its_session_processes_die_when_a_test_panics() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn names_that_are_not_utf8_are_listed_and_addressable_with_ssh2() -> Result<()> {
-    let client = SftpClient::Ssh2;
+async fn names_that_are_not_utf8_are_listed_and_addressable(client: SftpClient) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let sshd = Sshd::start()?;
     let raw: &[u8] = b"r\xe9sum\xe9\t1.pdf";
@@ -736,40 +734,13 @@ async fn names_that_are_not_utf8_are_listed_and_addressable_with_ssh2() -> Resul
     assert!(e.display_name.contains('\u{fffd}'), "{}", e.display_name);
     assert_eq!(s.stat(&e.path).await?.size, Some(5));
     assert_eq!(&s.read_small(&e.path, 100).await?[..], b"12345");
+    // Claimable like any other name (russh used to refuse these).
+    let to = s.root().path().join(b"claimed \xff.pdf")?;
+    s.rename(&e.path, &to, RenameMode::NoReplace).await?;
+    assert_eq!(s.stat(&to).await?.size, Some(5));
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn russh_lists_names_that_are_not_utf8_and_refuses_to_address_them_clearly() -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let sshd = Sshd::start()?;
-    let raw: &[u8] = b"r\xe9sum\xe9.pdf";
-    std::fs::write(
-        sshd.data_root().join(std::ffi::OsStr::from_bytes(raw)),
-        b"12345",
-    )?;
-    std::fs::write(sshd.data_root().join("plain.pdf"), b"x")?;
-    let s = store(&sshd, SftpClient::Russh);
-    // The listing as a whole still works.
-    let mut names: Vec<_> = s
-        .list(&s.root().path())
-        .await?
-        .into_iter()
-        .map(|e| e.display_name)
-        .collect();
-    names.sort();
-    assert_eq!(names.len(), 2, "{names:?}");
-    assert_eq!(names[0], "plain.pdf");
-    assert!(names[1].contains('\u{fffd}'), "{names:?}");
-    // The real (non-UTF-8) path is refused with an error that says why.
-    let real = s.root().path().join(raw)?;
-    let err = s.stat(&real).await.unwrap_err();
-    assert!(err.to_string().contains("UTF-8"), "{err}");
-    assert!(!err.is_retryable());
-    Ok(())
-}
-
-/// Puts 1 MiB at `rel` and checks its digest.
 async fn put_small(s: &Arc<dyn FileStore>, rel: &str) -> Result<()> {
     let (b, sha) = body(1024 * 1024, 64 * 1024, 9);
     let r = s
@@ -1015,4 +986,5 @@ both_clients!(
     parallel_reads_use_parallel_sessions,
     sequential_calls_reuse_one_connection,
     an_abandoned_put_never_appears_under_its_name,
+    names_that_are_not_utf8_are_listed_and_addressable,
 );

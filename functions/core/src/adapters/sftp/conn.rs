@@ -55,6 +55,10 @@ const STRIPE: usize = 2 * 1024 * 1024;
 /// Stripes cut and waiting for a free connection.
 const STRIPES_QUEUED: usize = 1;
 
+/// How long the handle close of a failed put may take on its (suspect)
+/// session before the session is dropped.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Smallest read buffer, for files that are smaller still (or grew).
 const MIN_BLOCK: usize = 32 * 1024;
 
@@ -384,8 +388,25 @@ impl Conn {
                 self.rename(&tmp, path, mode)?;
                 Ok(receipt)
             });
-        if result.is_err() {
-            let _ = self.sftp.unlink(std_path(&tmp));
+        match &result {
+            Ok(_) => {}
+            // This session may hold half a request (libssh2 keeps unsent
+            // parts of a write): a request sent after it would be read as
+            // its rest and wait out the I/O timeout. Clean up on a fresh
+            // connection instead.
+            Err(e) if breaks_connection(e) => match connect(settings) {
+                Ok(fresh) => {
+                    if let Err(e) = fresh.sftp.unlink(std_path(&tmp)) {
+                        tracing::warn!(path = %tmp, error = %e, "could not remove the temporary file of a failed put");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(path = %tmp, error = %e, "could not reconnect to remove the temporary file of a failed put");
+                }
+            },
+            Err(_) => {
+                let _ = self.sftp.unlink(std_path(&tmp));
+            }
         }
         result
     }
@@ -411,11 +432,21 @@ impl Conn {
             .map_err(|e| map_err("create", tmp, &e))?;
         let rtt = t0.elapsed();
         let mut tally = super::Tally::new(expected_len);
-        if rtt >= STRIPED_PUT_MIN_RTT && expected_len.is_some_and(|n| n >= STRIPED_PUT_MIN_BYTES) {
-            write_striped(settings, &mut f, tmp, target, rx, &mut tally)?;
+        let written = if rtt >= STRIPED_PUT_MIN_RTT
+            && expected_len.is_some_and(|n| n >= STRIPED_PUT_MIN_BYTES)
+        {
+            write_striped(settings, &mut f, tmp, target, rx, &mut tally)
         } else {
-            write_windowed(&mut f, tmp, target, rx, expected_len, &mut tally)?;
+            write_windowed(settings, &mut f, tmp, target, rx, expected_len, &mut tally)
+        };
+        if let Err(e) = &written
+            && breaks_connection(e)
+        {
+            // Closing the handle on a broken session would wait for a
+            // reply that never comes; the session is dropped after this.
+            self.sess.set_timeout(ms(CLEANUP_TIMEOUT));
         }
+        written?;
         self.finish_tmp(f, tmp, target, tally)
     }
 
@@ -558,6 +589,42 @@ impl Conn {
         Ok(())
     }
 
+    /// Whether this server's plain rename replaces an existing target: two
+    /// probe dot-files in `dir`, one renamed onto the other.
+    pub(crate) fn probe_rename(
+        &self,
+        dir: &RemotePath,
+    ) -> Result<super::RenameProbe, FileStoreError> {
+        let (a, b) = super::probe_paths(dir)?;
+        for (p, byte) in [(&a, b"a"), (&b, b"b")] {
+            let mut f = self
+                .sftp
+                .open_mode(
+                    std_path(p),
+                    OpenFlags::WRITE | OpenFlags::TRUNCATE,
+                    0o600,
+                    OpenType::File,
+                )
+                .map_err(|e| map_err("probe", p, &e))?;
+            f.write_all(byte).map_err(|e| map_io("probe", p, &e))?;
+        }
+        let r = match self
+            .sftp
+            .rename(std_path(&a), std_path(&b), Some(ssh2::RenameFlags::empty()))
+        {
+            Ok(()) => super::RenameProbe::Replaces,
+            Err(_) => super::RenameProbe::Refuses,
+        };
+        for p in [&a, &b] {
+            if let Err(e) = self.sftp.unlink(std_path(p))
+                && e.code() != ErrorCode::SFTP(FX_NO_SUCH_FILE)
+            {
+                tracing::warn!(path = %p, error = %e, "could not remove a rename probe file");
+            }
+        }
+        Ok(r)
+    }
+
     pub(crate) fn remove(&self, path: &RemotePath) -> Result<(), FileStoreError> {
         self.sftp
             .unlink(std_path(path))
@@ -673,9 +740,46 @@ fn next_chunk(
     }
 }
 
+/// One libssh2 `write` of (a prefix of) `buf`, repeated while it accepts
+/// nothing. libssh2 returns 0, not "try again", when the channel window
+/// ran out in the middle of a packet (Dropbear and tinysshd grant small
+/// windows: 24 KiB): the unsent rest stays queued inside libssh2 and goes
+/// out on the next call once the server adjusts the window. Only when
+/// nothing at all is accepted for the I/O timeout is it a failure.
+fn write_some(
+    f: &mut ssh2::File,
+    tmp: &RemotePath,
+    buf: &[u8],
+    io_timeout: Duration,
+) -> Result<usize, FileStoreError> {
+    let mut since: Option<std::time::Instant> = None;
+    let mut zeros = 0u32;
+    loop {
+        let n = f.write(buf).map_err(|e| map_io("write", tmp, &e))?;
+        if n > 0 || buf.is_empty() {
+            return Ok(n);
+        }
+        let t0 = *since.get_or_insert_with(std::time::Instant::now);
+        if t0.elapsed() >= io_timeout {
+            return Err(FileStoreError::Transient {
+                op: "write",
+                path: tmp.to_string(),
+                reason: format!("server accepted no data for {io_timeout:?}"),
+            });
+        }
+        // libssh2 usually blocks for the window itself; should it keep
+        // answering 0 at once, do not spin.
+        zeros += 1;
+        if zeros > 16 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
 /// Writes the body to `f` through one pipelined window: libssh2 keeps
 /// requests in flight only within one `write` call.
 fn write_windowed(
+    settings: &SftpSettings,
     f: &mut ssh2::File,
     tmp: &RemotePath,
     target: &RemotePath,
@@ -712,17 +816,7 @@ fn write_windowed(
         if start == buf.len() {
             break;
         }
-        let n = f
-            .write(&buf[start..])
-            .map_err(|e| map_io("write", tmp, &e))?;
-        if n == 0 {
-            return Err(FileStoreError::Transient {
-                op: "write",
-                path: tmp.to_string(),
-                reason: "server accepted no data".into(),
-            });
-        }
-        start += n;
+        start += write_some(f, tmp, &buf[start..], settings.io_timeout)?;
         // Compact now and then, not per call: moving the tail costs a
         // copy, and doing it once per two blocks keeps that small.
         if start >= 2 * IO_BLOCK || start == buf.len() {
@@ -770,7 +864,7 @@ fn write_striped(
             let Ok((off, stripe)) = next else {
                 return Ok(());
             };
-            if let Err(e) = write_at(f, tmp, off, &stripe) {
+            if let Err(e) = write_at(f, tmp, off, &stripe, settings.io_timeout) {
                 failed.store(true, Ordering::Relaxed);
                 return Err(e);
             }
@@ -885,14 +979,20 @@ fn write_striped(
     })
 }
 
-/// One stripe at `off` through one pipelined `write_all`.
+/// One stripe at `off`, pipelined (`write_all` would take libssh2's 0,
+/// see [`write_some`], for a failure).
 fn write_at(
     f: &mut ssh2::File,
     tmp: &RemotePath,
     off: u64,
     data: &[u8],
+    io_timeout: Duration,
 ) -> Result<(), FileStoreError> {
     f.seek(SeekFrom::Start(off))
         .map_err(|e| map_io("seek", tmp, &e))?;
-    f.write_all(data).map_err(|e| map_io("write", tmp, &e))
+    let mut done = 0;
+    while done < data.len() {
+        done += write_some(f, tmp, &data[done..], io_timeout)?;
+    }
+    Ok(())
 }

@@ -14,6 +14,7 @@
 //! copy flows must keep concurrent transfers below `max_sessions`.
 
 mod conn;
+mod proto;
 mod russh_store;
 pub mod settings;
 
@@ -182,6 +183,7 @@ impl Worker {
 pub struct SftpStore {
     settings: Arc<SftpSettings>,
     pool: Arc<Pool>,
+    rename_probe: ProbeCache,
 }
 
 impl Drop for SftpStore {
@@ -340,7 +342,11 @@ impl SftpStore {
                 )));
             }
         }
-        Ok(Self { settings, pool })
+        Ok(Self {
+            settings,
+            pool,
+            rename_probe: ProbeCache::default(),
+        })
     }
 
     fn gone(op: &'static str, path: &RemotePath) -> FileStoreError {
@@ -367,6 +373,35 @@ impl SftpStore {
         });
         self.pool.submit(job).map_err(|_| Self::gone(op, path))?;
         rx.await.map_err(|_| Self::gone(op, path))?
+    }
+
+    /// Refuses a no-replace `op` onto `to` when this server's rename
+    /// replaces existing targets (probed once, in `to`'s directory): libssh2
+    /// cannot send `hardlink@openssh.com`, so there is no safe way.
+    async fn refuse_if_rename_replaces(
+        &self,
+        op: &'static str,
+        to: &RemotePath,
+    ) -> Result<(), FileStoreError> {
+        let dir = to.parent().ok_or_else(|| FileStoreError::WrongKind {
+            path: to.to_string(),
+            kind: EntryKind::Dir,
+        })?;
+        let probe = self
+            .rename_probe
+            .get_or_probe(|| {
+                let d = dir.clone();
+                self.call("probe", &dir, move |w| w.run(false, |c| c.probe_rename(&d)))
+            })
+            .await?;
+        match probe {
+            RenameProbe::Refuses => Ok(()),
+            RenameProbe::Replaces => Err(rename_replaces(
+                op,
+                to,
+                "the ssh2 client cannot send hardlink@openssh.com to do it safely; use \"client\": \"russh\" if the server offers it, or a server whose rename refuses existing targets",
+            )),
+        }
     }
 
     fn check_within(&self, p: &RemotePath) -> Result<(), FileStoreError> {
@@ -461,6 +496,10 @@ impl FileStore for SftpStore {
         mode: RenameMode,
     ) -> Result<PutReceipt, FileStoreError> {
         self.check_within(path)?;
+        if mode == RenameMode::NoReplace {
+            // Before a byte of the body is read.
+            self.refuse_if_rename_replaces("put", path).await?;
+        }
         let (tx, mut rx) = mpsc::channel::<Result<Bytes, FileStoreError>>(BODY_CHANNEL);
         let p = path.clone();
         let (res_tx, res_rx) = oneshot::channel();
@@ -530,6 +569,9 @@ impl FileStore for SftpStore {
     ) -> Result<(), FileStoreError> {
         self.check_within(from)?;
         self.check_within(to)?;
+        if mode == RenameMode::NoReplace {
+            self.refuse_if_rename_replaces("rename", to).await?;
+        }
         let (f, t) = (from.clone(), to.clone());
         // Not retried: after a lost reply the rename may have happened, and
         // a retry would then report NotFound for a rename that won.
@@ -551,6 +593,22 @@ impl FileStore for SftpStore {
         let d = dir.clone();
         self.call("rmdir", dir, move |w| w.run(false, |c| c.remove_dir(&d)))
             .await
+    }
+
+    async fn verify_no_replace(&self, dir: &RemotePath) -> Result<(), FileStoreError> {
+        self.check_within(dir)?;
+        // The probe lies in `dir`: any name in it stands for the target.
+        let probe_target = dir.join(b"x")?;
+        self.refuse_if_rename_replaces("verify", &probe_target)
+            .await
+            .map_err(|e| match e {
+                FileStoreError::Unsupported { op, reason, .. } => FileStoreError::Unsupported {
+                    op,
+                    path: dir.to_string(),
+                    reason,
+                },
+                e => e,
+            })
     }
 }
 
@@ -586,5 +644,66 @@ impl MkdirStep {
             None if top => Err(refusal()),
             None => Ok(Self::ParentMissing),
         }
+    }
+}
+
+/// What a probe showed a server's plain SFTP rename does to an existing
+/// target. OpenSSH's sftp-server refuses (it links, then unlinks); some
+/// servers call rename(2), which replaces silently, and then "two claims,
+/// one wins" and "never overwrite a first delivery" would not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RenameProbe {
+    Refuses,
+    Replaces,
+}
+
+/// The probe's result, found once per store (one server) by the first
+/// no-replace rename or [`FileStore::verify_no_replace`], in that
+/// operation's own directory (a work folder the route writes anyway).
+#[derive(Debug, Default)]
+pub(crate) struct ProbeCache(tokio::sync::Mutex<Option<RenameProbe>>);
+
+impl ProbeCache {
+    /// The cached result, or `probe`'s (concurrent first callers wait for
+    /// one probe). A failed probe is not cached.
+    pub(crate) async fn get_or_probe<F, Fut>(&self, probe: F) -> Result<RenameProbe, FileStoreError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<RenameProbe, FileStoreError>>,
+    {
+        let mut g = self.0.lock().await;
+        if let Some(r) = *g {
+            return Ok(r);
+        }
+        let r = probe().await?;
+        if r == RenameProbe::Replaces {
+            tracing::warn!(
+                "this SFTP server's rename replaces an existing target; no-replace renames are refused or made with hardlink@openssh.com"
+            );
+        }
+        *g = Some(r);
+        Ok(r)
+    }
+}
+
+/// The two dot-files of a rename probe in `dir`.
+pub(crate) fn probe_paths(dir: &RemotePath) -> Result<(RemotePath, RemotePath), FileStoreError> {
+    let tag = format!("{:08x}", fastrand::u32(..));
+    Ok((
+        dir.join(format!(".xecm-rename-probe.{tag}.a").as_bytes())?,
+        dir.join(format!(".xecm-rename-probe.{tag}.b").as_bytes())?,
+    ))
+}
+
+/// The refusal of a no-replace rename onto `path` on a replacing server.
+pub(crate) fn rename_replaces(op: &'static str, path: &RemotePath, hint: &str) -> FileStoreError {
+    FileStoreError::Unsupported {
+        op,
+        path: path.to_string(),
+        reason: format!(
+            "this SFTP server's rename replaces an existing target (a probe in the same \
+             directory showed it), so a no-replace rename (a claim, a first delivery) could \
+             overwrite a file silently; {hint}"
+        ),
     }
 }

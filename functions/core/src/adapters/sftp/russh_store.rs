@@ -1,5 +1,6 @@
-//! The `russh` + `russh-sftp` adapter of the `FileStore` port (secret field
-//! `"client": "russh"`).
+//! The `russh` adapter of the `FileStore` port (secret field
+//! `"client": "russh"`): russh for SSH, our own SFTP v3 client
+//! (`proto.rs`) on its channels.
 //!
 //! russh is async and pure Rust (aws-lc-rs crypto), so there are no session
 //! threads: a small pool of SSH connections, each with one SFTP channel that
@@ -7,12 +8,13 @@
 //! in flight (up to the server's `limits@openssh.com` sizes), which is what
 //! OpenSSH's own client does and what libssh2 only does within one call.
 //!
-//! Differences from the ssh2 adapter, both from russh-sftp's API:
-//! - names are `String`s: a path that is not UTF-8 is refused with a clear
-//!   error, and a listed name that is not UTF-8 arrives with U+FFFD in it
-//!   (logged; use the ssh2 client for such servers);
+//! Differences from the ssh2 adapter:
 //! - an overwriting rename uses `posix-rename@openssh.com` when the server
-//!   offers it (atomic, no window where the target is missing).
+//!   offers it (atomic, no window where the target is missing);
+//! - on a server whose plain rename replaces existing targets (see
+//!   `super::RenameProbe`), a no-replace rename is made with
+//!   `hardlink@openssh.com` + remove where offered (link(2) refuses an
+//!   existing target); ssh2 can only refuse there.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -23,19 +25,16 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures_util::stream::{FuturesOrdered, FuturesUnordered};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{cipher, client, kex, mac};
-use russh_sftp::client::RawSftpSession;
-use russh_sftp::client::error::Error as SftpError;
-use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, Status, StatusCode};
 use secrecy::ExposeSecret;
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::MkdirStep;
+use super::proto::{self, Attrs, SftpChannel, SftpError};
 use super::settings::{SftpAuth, SftpSettings};
+use super::{MkdirStep, RenameProbe};
 use crate::domain::paths::{RemotePath, RemoteRoot};
 use crate::ports::file_store::{
     DirEntry, EntryKind, FileMeta, FileStore, FileStoreError, PageStream, PutReceipt, ReadHandle,
@@ -178,7 +177,7 @@ impl client::Handler for PinCheck {
 
 /// One authenticated SSH connection with its SFTP channel.
 struct Conn {
-    sftp: RawSftpSession,
+    sftp: SftpChannel,
     handle: client::Handle<PinCheck>,
     read_len: u32,
     /// The round trip measured at connect (sizes read pipelines and
@@ -187,6 +186,7 @@ struct Conn {
     write_len: usize,
     posix_rename: bool,
     fsync: bool,
+    hardlink: bool,
     last_used: std::sync::Mutex<Instant>,
 }
 
@@ -205,51 +205,38 @@ impl Conn {
     }
 }
 
-fn utf8<'a>(op: &'static str, p: &'a RemotePath) -> Result<&'a str, FileStoreError> {
-    std::str::from_utf8(p.as_bytes()).map_err(|_| FileStoreError::Failed {
-        op,
-        path: p.to_string(),
-        reason: "the russh client can only address UTF-8 names; use \"client\": \"ssh2\" for this server".into(),
-    })
-}
-
 fn map_err(op: &'static str, path: &RemotePath, e: &SftpError) -> FileStoreError {
     let p = path.to_string();
+    let reason = e.to_string();
     match e {
-        SftpError::Status(s) => match s.status_code {
-            StatusCode::NoSuchFile => FileStoreError::NotFound { path: p },
-            StatusCode::PermissionDenied => FileStoreError::PermissionDenied { path: p },
-            StatusCode::NoConnection | StatusCode::ConnectionLost => FileStoreError::Transient {
+        SftpError::Status { code, .. } => match *code {
+            proto::FX_NO_SUCH_FILE | proto::FX_NO_SUCH_PATH => FileStoreError::NotFound { path: p },
+            proto::FX_PERMISSION_DENIED => FileStoreError::PermissionDenied { path: p },
+            proto::FX_FILE_ALREADY_EXISTS => FileStoreError::AlreadyExists { path: p },
+            proto::FX_NO_CONNECTION | proto::FX_CONNECTION_LOST => FileStoreError::Transient {
                 op,
                 path: p,
-                reason: e.to_string(),
+                reason,
             },
+            // Failure, unsupported and codes of later drafts (or none we
+            // know): a refusal of this request; the session goes on.
             _ => FileStoreError::Failed {
                 op,
                 path: p,
-                reason: e.to_string(),
+                reason,
             },
         },
-        SftpError::IO(_) | SftpError::Timeout | SftpError::UnexpectedBehavior(_) => {
+        SftpError::Timeout | SftpError::Closed(_) | SftpError::Protocol(_) => {
             FileStoreError::Transient {
                 op,
                 path: p,
-                reason: e.to_string(),
+                reason,
             }
         }
-        SftpError::Limited(_) | SftpError::UnexpectedPacket => FileStoreError::Failed {
-            op,
-            path: p,
-            reason: e.to_string(),
-        },
     }
 }
 
-fn is_eof(e: &SftpError) -> bool {
-    matches!(e, SftpError::Status(s) if s.status_code == StatusCode::Eof)
-}
-
-fn meta_of(a: &FileAttributes) -> FileMeta {
+fn meta_of(a: &Attrs) -> FileMeta {
     let kind = match a.permissions.map(|p| p & 0o170000) {
         Some(0o100000) => EntryKind::File,
         Some(0o040000) => EntryKind::Dir,
@@ -263,12 +250,6 @@ fn meta_of(a: &FileAttributes) -> FileMeta {
             .mtime
             .and_then(|t| DateTime::<Utc>::from_timestamp(i64::from(t), 0)),
     }
-}
-
-/// An SSH wire string (u32 length, bytes).
-fn put_string(buf: &mut Vec<u8>, s: &str) {
-    buf.extend_from_slice(&(s.len() as u32).to_be_bytes());
-    buf.extend_from_slice(s.as_bytes());
 }
 
 async fn connect(s: &SftpSettings) -> Result<Conn, FileStoreError> {
@@ -396,6 +377,7 @@ async fn connect(s: &SftpSettings) -> Result<Conn, FileStoreError> {
         write_len: session.write_len,
         posix_rename: session.posix_rename,
         fsync: session.fsync,
+        hardlink: session.hardlink,
         sftp: session.sftp,
         handle,
         last_used: std::sync::Mutex::new(Instant::now()),
@@ -404,13 +386,14 @@ async fn connect(s: &SftpSettings) -> Result<Conn, FileStoreError> {
 
 /// An SFTP session on its own channel of an SSH connection.
 struct Session {
-    sftp: RawSftpSession,
+    sftp: SftpChannel,
     /// The version exchange's round trip.
     rtt: Duration,
     read_len: u32,
     write_len: usize,
     posix_rename: bool,
     fsync: bool,
+    hardlink: bool,
 }
 
 /// Opens a channel on `handle`, starts the `sftp` subsystem on it and
@@ -433,44 +416,33 @@ async fn open_session(
         .await
         .map_err(|_| transient("opening the sftp subsystem timed out".into()))?
         .map_err(|e| transient(format!("opening the sftp subsystem: {e}")))?;
-    let cfg = russh_sftp::client::Config {
-        request_timeout_secs: s.io_timeout.as_secs().max(1),
-        ..russh_sftp::client::Config::default()
-    };
-    let mut sftp = RawSftpSession::new_with_config(ch.into_stream(), cfg);
-    let root = RemoteRoot::parse("/").map_err(|e| transient(e.to_string()))?;
-    let here = root.path();
+    let here = RemoteRoot::parse("/")
+        .map_err(|e| transient(e.to_string()))?
+        .path();
     // The version exchange is one round trip: it sizes the read pipeline.
     let t0 = Instant::now();
-    let version = sftp.init().await.map_err(|e| map_err("init", &here, &e))?;
+    let sftp = SftpChannel::start(ch.into_stream(), s.io_timeout.max(Duration::from_secs(1)))
+        .await
+        .map_err(|e| map_err("init", &here, &e))?;
     let rtt = t0.elapsed();
-    let has = |name: &str, v: &str| version.extensions.get(name).is_some_and(|x| x == v);
     let (mut read_len, mut write_len) = (SAFE_IO, SAFE_IO);
-    if has("limits@openssh.com", "1") {
+    if sftp.has_extension("limits@openssh.com", "1") {
         let l = sftp
             .limits()
             .await
             .map_err(|e| map_err("limits", &here, &e))?;
-        let limits = russh_sftp::client::rawsession::Limits::from(l);
-        read_len = limits
-            .read_len
-            .filter(|n| *n > 0)
-            .unwrap_or(MAX_IO)
-            .min(MAX_IO);
-        write_len = limits
-            .write_len
-            .filter(|n| *n > 0)
-            .unwrap_or(MAX_IO)
-            .min(MAX_IO);
-        sftp.set_limits(limits);
+        let capped = |n: u64| if n == 0 { MAX_IO } else { n.min(MAX_IO) };
+        read_len = capped(l.max_read);
+        write_len = capped(l.max_write);
     }
     Ok(Session {
-        sftp,
         rtt,
         read_len: read_len as u32,
         write_len: write_len as usize,
-        posix_rename: has("posix-rename@openssh.com", "1"),
-        fsync: has("fsync@openssh.com", "1"),
+        posix_rename: sftp.has_extension("posix-rename@openssh.com", "1"),
+        fsync: sftp.has_extension("fsync@openssh.com", "1"),
+        hardlink: sftp.has_extension("hardlink@openssh.com", "1"),
+        sftp,
     })
 }
 
@@ -480,6 +452,7 @@ pub struct RusshStore {
     settings: Arc<SftpSettings>,
     slots: Vec<Mutex<Option<Arc<Conn>>>>,
     next: AtomicUsize,
+    rename_probe: super::ProbeCache,
 }
 
 impl std::fmt::Debug for RusshStore {
@@ -503,6 +476,7 @@ impl RusshStore {
             settings: Arc::new(settings),
             slots: (0..n).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
+            rename_probe: super::ProbeCache::default(),
         }
     }
 
@@ -521,7 +495,7 @@ impl RusshStore {
             // A slot being connected right now is skipped, not waited for.
             let Ok(guard) = slot.try_lock() else { continue };
             match guard.as_ref() {
-                Some(c) if !c.handle.is_closed() => {
+                Some(c) if !c.handle.is_closed() && !c.sftp.is_closed() => {
                     let users = Arc::strong_count(c) - 1;
                     if users == 0 {
                         return Ok((i, Arc::clone(c), false));
@@ -545,6 +519,7 @@ impl RusshStore {
         let mut slot = self.slots[i].lock().await;
         if let Some(c) = slot.as_ref()
             && !c.handle.is_closed()
+            && !c.sftp.is_closed()
         {
             return Ok((i, Arc::clone(c), false));
         }
@@ -574,7 +549,7 @@ impl RusshStore {
         let (i, mut c, mut fresh) = self.conn().await?;
         if !fresh && !idempotent && c.idle_for() >= self.settings.idle_probe_after {
             let root = self.settings.root.path();
-            if c.sftp.realpath(".").await.is_err() {
+            if c.sftp.realpath(b".").await.is_err() {
                 tracing::debug!(dir = %root, "replacing an SFTP connection that died while idle");
                 self.discard(i, &c).await;
                 let (_, c2, _) = self.conn().await?;
@@ -607,11 +582,10 @@ impl RusshStore {
 }
 
 async fn stat_on(c: &Conn, path: &RemotePath) -> Result<FileMeta, FileStoreError> {
-    let s = utf8("stat", path)?;
     c.sftp
-        .stat(s)
+        .stat(path.as_bytes())
         .await
-        .map(|a| meta_of(&a.attrs))
+        .map(|a| meta_of(&a))
         .map_err(|e| map_err("stat", path, &e))
 }
 
@@ -623,23 +597,72 @@ async fn try_stat_on(c: &Conn, path: &RemotePath) -> Result<Option<FileMeta>, Fi
     }
 }
 
+/// Tells whether the server's plain rename replaces an existing target:
+/// two probe dot-files in `dir`, one renamed onto the other.
+async fn probe_rename_on(c: &Conn, dir: &RemotePath) -> Result<RenameProbe, FileStoreError> {
+    let (a, b) = super::probe_paths(dir)?;
+    for (p, byte) in [(&a, b"a"), (&b, b"b")] {
+        let h = c
+            .sftp
+            .open(
+                p.as_bytes(),
+                proto::OPEN_WRITE | proto::OPEN_CREATE | proto::OPEN_TRUNCATE,
+                &Attrs {
+                    permissions: Some(0o600),
+                    ..Attrs::default()
+                },
+            )
+            .await
+            .map_err(|e| map_err("probe", p, &e))?;
+        let w = async { c.sftp.send_write(&h, 0, byte).await?.ok().await };
+        let written = w.await;
+        let closed = c.sftp.close(&h).await;
+        written.and(closed).map_err(|e| map_err("probe", p, &e))?;
+    }
+    let r = match c.sftp.rename(a.as_bytes(), b.as_bytes()).await {
+        Ok(()) => RenameProbe::Replaces,
+        Err(_) => RenameProbe::Refuses,
+    };
+    for p in [&a, &b] {
+        if let Err(e) = c.sftp.remove(p.as_bytes()).await
+            && e.status() != Some(proto::FX_NO_SUCH_FILE)
+        {
+            tracing::warn!(path = %p, error = %e, "could not remove a rename probe file");
+        }
+    }
+    Ok(r)
+}
+
 /// Plain SFTP rename: OpenSSH implements it as link()+unlink(), so it
-/// fails when the target exists (the claim primitive).
+/// fails when the target exists (the claim primitive). Only called once
+/// the probe found that the server refuses.
 async fn rename_no_replace(
     c: &Conn,
     from: &RemotePath,
     to: &RemotePath,
 ) -> Result<(), FileStoreError> {
-    let (f, t) = (utf8("rename", from)?, utf8("rename", to)?);
-    match c.sftp.rename(f, t).await {
-        Ok(_) => Ok(()),
-        Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => {
-            Err(FileStoreError::NotFound {
-                path: from.to_string(),
-            })
-        }
-        Err(e @ SftpError::Status(_)) => {
-            // SFTP v3 has no "exists" status; OpenSSH answers FAILURE.
+    match c.sftp.rename(from.as_bytes(), to.as_bytes()).await {
+        Ok(()) => Ok(()),
+        Err(e) => refused_rename(c, from, to, &e).await,
+    }
+}
+
+/// What a refused rename (or link) from `from` to `to` means.
+async fn refused_rename(
+    c: &Conn,
+    from: &RemotePath,
+    to: &RemotePath,
+    e: &SftpError,
+) -> Result<(), FileStoreError> {
+    match e.status() {
+        Some(proto::FX_NO_SUCH_FILE | proto::FX_NO_SUCH_PATH) => Err(FileStoreError::NotFound {
+            path: from.to_string(),
+        }),
+        Some(proto::FX_FILE_ALREADY_EXISTS) => Err(FileStoreError::AlreadyExists {
+            path: to.to_string(),
+        }),
+        // SFTP v3 has no "exists" status; OpenSSH answers FAILURE.
+        Some(_) => {
             if try_stat_on(c, to).await?.is_some() {
                 Err(FileStoreError::AlreadyExists {
                     path: to.to_string(),
@@ -649,11 +672,35 @@ async fn rename_no_replace(
                     path: from.to_string(),
                 })
             } else {
-                Err(map_err("rename", from, &e))
+                Err(map_err("rename", from, e))
             }
         }
-        Err(e) => Err(map_err("rename", from, &e)),
+        None => Err(map_err("rename", from, e)),
     }
+}
+
+/// A no-replace rename on a server whose rename replaces: link(2) through
+/// `hardlink@openssh.com` refuses an existing target, then the old name
+/// goes. Between the two a second name exists; if the remove fails, the
+/// link is undone so the rename did not happen.
+async fn rename_by_link(
+    c: &Conn,
+    from: &RemotePath,
+    to: &RemotePath,
+) -> Result<(), FileStoreError> {
+    if let Err(e) = c.sftp.hardlink(from.as_bytes(), to.as_bytes()).await {
+        return refused_rename(c, from, to, &e).await;
+    }
+    if let Err(e) = c.sftp.remove(from.as_bytes()).await {
+        if e.status() == Some(proto::FX_NO_SUCH_FILE) {
+            // Someone else removed (or renamed) the source meanwhile: our
+            // link holds the content, which is what a rename would leave.
+            return Ok(());
+        }
+        let _ = c.sftp.remove(to.as_bytes()).await;
+        return Err(map_err("rename", from, &e));
+    }
+    Ok(())
 }
 
 /// Overwriting rename: `posix-rename@openssh.com` (atomic) where offered;
@@ -664,24 +711,20 @@ async fn rename_replace(
     to: &RemotePath,
 ) -> Result<(), FileStoreError> {
     if c.posix_rename {
-        let mut data = Vec::new();
-        put_string(&mut data, utf8("rename", from)?);
-        put_string(&mut data, utf8("rename", to)?);
-        return match c.sftp.extended("posix-rename@openssh.com", data).await {
-            Ok(Packet::Status(s)) if s.status_code == StatusCode::Ok => Ok(()),
-            Ok(Packet::Status(s)) if s.status_code == StatusCode::NoSuchFile => {
-                Err(FileStoreError::NotFound {
-                    path: from.to_string(),
-                })
-            }
-            Ok(Packet::Status(s)) => Err(map_err("rename", from, &SftpError::Status(s))),
-            Ok(_) => Err(map_err("rename", from, &SftpError::UnexpectedPacket)),
+        return match c.sftp.posix_rename(from.as_bytes(), to.as_bytes()).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.status() == Some(proto::FX_NO_SUCH_FILE) => Err(FileStoreError::NotFound {
+                path: from.to_string(),
+            }),
             Err(e) => Err(map_err("rename", from, &e)),
         };
     }
-    match rename_no_replace(c, from, to).await {
-        Err(FileStoreError::AlreadyExists { .. }) => {}
-        other => return other,
+    match c.sftp.rename(from.as_bytes(), to.as_bytes()).await {
+        Ok(()) => return Ok(()),
+        Err(e) => match refused_rename(c, from, to, &e).await {
+            Err(FileStoreError::AlreadyExists { .. }) => {}
+            other => return other,
+        },
     }
     let aside = super::temp_sibling(to, "old")?;
     rename_no_replace(c, to, &aside).await?;
@@ -689,21 +732,61 @@ async fn rename_replace(
         let _ = rename_no_replace(c, &aside, to).await;
         return Err(e);
     }
-    if let Err(e) = c.sftp.remove(utf8("remove", &aside)?).await {
+    if let Err(e) = c.sftp.remove(aside.as_bytes()).await {
         tracing::warn!(path = %aside, error = %e, "could not remove replaced file");
     }
     Ok(())
 }
 
-async fn rename_on(
-    c: &Conn,
-    from: &RemotePath,
-    to: &RemotePath,
-    mode: RenameMode,
-) -> Result<(), FileStoreError> {
-    match mode {
-        RenameMode::NoReplace => rename_no_replace(c, from, to).await,
-        RenameMode::Replace => rename_replace(c, from, to).await,
+impl RusshStore {
+    /// What this server's rename does to an existing target, probed once
+    /// in `dir` on `c`.
+    async fn rename_probe(
+        &self,
+        c: &Conn,
+        dir: &RemotePath,
+    ) -> Result<RenameProbe, FileStoreError> {
+        self.rename_probe
+            .get_or_probe(|| probe_rename_on(c, dir))
+            .await
+    }
+
+    /// A no-replace rename: plain where the server refuses existing
+    /// targets, by hard link where it replaces them and offers links,
+    /// refused otherwise.
+    async fn rename_no_replace_safe(
+        &self,
+        c: &Conn,
+        from: &RemotePath,
+        to: &RemotePath,
+    ) -> Result<(), FileStoreError> {
+        let dir = to.parent().ok_or_else(|| FileStoreError::WrongKind {
+            path: to.to_string(),
+            kind: EntryKind::Dir,
+        })?;
+        match self.rename_probe(c, &dir).await? {
+            RenameProbe::Refuses => rename_no_replace(c, from, to).await,
+            RenameProbe::Replaces if c.hardlink => rename_by_link(c, from, to).await,
+            RenameProbe::Replaces => Err(super::rename_replaces(
+                "rename",
+                to,
+                "the server offers no hardlink@openssh.com to do it safely; use a server whose \
+                 rename refuses existing targets",
+            )),
+        }
+    }
+
+    async fn rename_on(
+        &self,
+        c: &Conn,
+        from: &RemotePath,
+        to: &RemotePath,
+        mode: RenameMode,
+    ) -> Result<(), FileStoreError> {
+        match mode {
+            RenameMode::NoReplace => self.rename_no_replace_safe(c, from, to).await,
+            RenameMode::Replace => rename_replace(c, from, to).await,
+        }
     }
 }
 
@@ -712,29 +795,28 @@ async fn rename_on(
 async fn pump_read(
     c: &Conn,
     path: &RemotePath,
-    handle: &str,
+    handle: &[u8],
     tx: &mpsc::Sender<Result<Bytes, FileStoreError>>,
 ) -> Result<(), FileStoreError> {
     let len = c.read_len;
-    let read = |off: u64, n: u32| {
-        let h = handle.to_owned();
-        async move { (off, n, c.sftp.read(h, off, n).await) }
-    };
+    let err = |e: SftpError| map_err("read", path, &e);
     let mut next = 0u64;
-    let mut inflight = FuturesOrdered::new();
+    let mut inflight = VecDeque::new();
     for _ in 0..reads_in_flight(c.rtt, len) {
-        inflight.push_back(read(next, len));
+        inflight.push_back((
+            next,
+            len,
+            c.sftp.send_read(handle, next, len).await.map_err(err)?,
+        ));
         next += u64::from(len);
     }
-    while let Some((off, asked, r)) = inflight.next().await {
-        let data = match r {
-            Ok(d) => d.data,
+    while let Some((off, asked, pending)) = inflight.pop_front() {
+        let Some(data) = pending.data().await.map_err(err)? else {
             // Later requests lie past the end too.
-            Err(e) if is_eof(&e) => return Ok(()),
-            Err(e) => return Err(map_err("read", path, &e)),
+            return Ok(());
         };
         let got = data.len() as u64;
-        if tx.send(Ok(Bytes::from(data))).await.is_err() {
+        if tx.send(Ok(data)).await.is_err() {
             return Ok(());
         }
         // A short read need not mean the end (servers may return less);
@@ -742,23 +824,26 @@ async fn pump_read(
         let mut pos = off + got;
         let end = off + u64::from(asked);
         while pos < end {
-            match c
+            let p = c
                 .sftp
-                .read(handle.to_owned(), pos, (end - pos) as u32)
+                .send_read(handle, pos, (end - pos) as u32)
                 .await
-            {
-                Ok(d) if !d.data.is_empty() => {
-                    pos += d.data.len() as u64;
-                    if tx.send(Ok(Bytes::from(d.data))).await.is_err() {
+                .map_err(err)?;
+            match p.data().await.map_err(err)? {
+                Some(d) if !d.is_empty() => {
+                    pos += d.len() as u64;
+                    if tx.send(Ok(d)).await.is_err() {
                         return Ok(());
                     }
                 }
-                Ok(_) => return Ok(()),
-                Err(e) if is_eof(&e) => return Ok(()),
-                Err(e) => return Err(map_err("read", path, &e)),
+                _ => return Ok(()),
             }
         }
-        inflight.push_back(read(next, len));
+        inflight.push_back((
+            next,
+            len,
+            c.sftp.send_read(handle, next, len).await.map_err(err)?,
+        ));
         next += u64::from(len);
     }
     Ok(())
@@ -774,34 +859,33 @@ async fn write_tmp(
     body: &mut crate::ports::file_store::ByteStream,
     expected_len: Option<u64>,
 ) -> Result<PutReceipt, FileStoreError> {
-    let tmp_s = utf8("create", tmp)?;
-    let attrs = FileAttributes {
+    let attrs = Attrs {
         permissions: Some(0o644),
-        ..FileAttributes::empty()
+        ..Attrs::default()
     };
     let handle = c
         .sftp
         .open(
-            tmp_s,
-            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
-            attrs,
+            tmp.as_bytes(),
+            proto::OPEN_WRITE | proto::OPEN_CREATE | proto::OPEN_TRUNCATE,
+            &attrs,
         )
         .await
-        .map_err(|e| map_err("create", tmp, &e))?
-        .handle;
+        .map_err(|e| map_err("create", tmp, &e))?;
     let extra = if parallel_write(c.rtt, expected_len) {
-        extra_writers(c, settings, tmp_s).await
+        extra_writers(c, settings, tmp).await
     } else {
         Vec::new()
     };
-    let mut writers: Vec<(&RawSftpSession, &str)> = vec![(&c.sftp, handle.as_str())];
-    writers.extend(extra.iter().map(|(s, h)| (&s.sftp, h.as_str())));
+    let mut writers: Vec<(&SftpChannel, &[u8])> = vec![(&c.sftp, &handle[..])];
+    writers.extend(extra.iter().map(|(s, h)| (&s.sftp, &h[..])));
     let r = write_body(c, tmp, target, &writers, body, expected_len).await;
-    for (s, h) in extra {
+    for (s, h) in &extra {
         let _ = s.sftp.close(h).await;
-        let _ = s.sftp.close_session();
     }
-    let closed = c.sftp.close(handle).await;
+    drop(writers);
+    drop(extra);
+    let closed = c.sftp.close(&handle).await;
     let receipt = r?;
     closed.map_err(|e| map_err("close", tmp, &e))?;
     Ok(receipt)
@@ -818,15 +902,18 @@ fn parallel_write(rtt: Duration, expected_len: Option<u64>) -> bool {
 /// More SFTP sessions on channels of `c`'s connection, each with `tmp`
 /// open for writing (created already). Best effort: a server that refuses
 /// more channels (sshd's `MaxSessions`) leaves the put on one channel.
-async fn extra_writers(c: &Conn, settings: &SftpSettings, tmp: &str) -> Vec<(Session, String)> {
+async fn extra_writers(
+    c: &Conn,
+    settings: &SftpSettings,
+    tmp: &RemotePath,
+) -> Vec<(Session, Bytes)> {
     let open_one = || async {
         let s = open_session(&c.handle, settings).await.ok()?;
         let h = s
             .sftp
-            .open(tmp, OpenFlags::WRITE, FileAttributes::empty())
+            .open(tmp.as_bytes(), proto::OPEN_WRITE, &Attrs::default())
             .await
-            .ok()?
-            .handle;
+            .ok()?;
         Some((s, h))
     };
     let opened = futures_util::future::join_all((1..PARALLEL_WRITERS).map(|_| open_one())).await;
@@ -846,78 +933,68 @@ async fn write_body(
     c: &Conn,
     tmp: &RemotePath,
     target: &RemotePath,
-    writers: &[(&RawSftpSession, &str)],
+    writers: &[(&SftpChannel, &[u8])],
     body: &mut crate::ports::file_store::ByteStream,
     expected_len: Option<u64>,
 ) -> Result<PutReceipt, FileStoreError> {
     let handle = writers[0].1;
-    let mut turn = 0usize;
-    let mut write = |off: u64, data: Vec<u8>| {
-        let (sftp, h) = writers[turn % writers.len()];
-        turn += 1;
-        let h = h.to_owned();
-        async move {
-            let r: Result<Status, SftpError> = sftp.write(h, off, data).await;
-            r
-        }
-    };
+    let err = |e: SftpError| map_err("write", tmp, &e);
     let in_flight = IO_IN_FLIGHT * writers.len();
     let mut tally = super::Tally::new(expected_len);
     let mut sent = 0u64;
-    // Filled up to one write and then moved into the request whole: one
-    // copy per byte on our side (russh-sftp wants an owned `Vec`).
+    let mut turn = 0usize;
+    // Sent as soon as a block is full; the replies are awaited oldest
+    // first once `in_flight` are outstanding.
+    let mut inflight: VecDeque<proto::Pending> = VecDeque::new();
     let mut pending: Vec<u8> = Vec::with_capacity(c.write_len);
-    let mut inflight: FuturesUnordered<_> = FuturesUnordered::new();
-    let mut done = false;
-    while !done {
-        match body.next().await {
-            Some(chunk) => {
-                let chunk = chunk.map_err(|e| FileStoreError::source(target, e))?;
-                tally.add(&chunk, target)?;
-                let mut rest: &[u8] = &chunk;
-                while !rest.is_empty() {
-                    let take = rest.len().min(c.write_len - pending.len());
-                    pending.extend_from_slice(&rest[..take]);
-                    rest = &rest[take..];
-                    if pending.len() == c.write_len {
-                        let block =
-                            std::mem::replace(&mut pending, Vec::with_capacity(c.write_len));
-                        while inflight.len() >= in_flight {
-                            if let Some(r) = inflight.next().await {
-                                let r: Result<Status, SftpError> = r;
-                                r.map_err(|e| map_err("write", tmp, &e))?;
-                            }
-                        }
-                        let n = block.len() as u64;
-                        inflight.push(write(sent, block));
-                        sent += n;
-                        // A request future sends nothing until polled: poll
-                        // the set once now, so the write goes out while we
-                        // wait for the next body chunk (and reap what is done).
-                        while let Some(Some(r)) = inflight.next().now_or_never() {
-                            let r: Result<Status, SftpError> = r;
-                            r.map_err(|e| map_err("write", tmp, &e))?;
-                        }
-                    }
+    loop {
+        let chunk = match body.next().await {
+            Some(chunk) => chunk.map_err(|e| FileStoreError::source(target, e))?,
+            None => break,
+        };
+        tally.add(&chunk, target)?;
+        let mut rest: &[u8] = &chunk;
+        while !rest.is_empty() {
+            // Whole blocks straight from the chunk, without a copy.
+            let block: &[u8] = if pending.is_empty() && rest.len() >= c.write_len {
+                let (b, r) = rest.split_at(c.write_len);
+                rest = r;
+                b
+            } else {
+                let take = rest.len().min(c.write_len - pending.len());
+                pending.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if pending.len() < c.write_len {
+                    continue;
+                }
+                &pending
+            };
+            while inflight.len() >= in_flight {
+                if let Some(p) = inflight.pop_front() {
+                    p.ok().await.map_err(err)?;
                 }
             }
-            None => done = true,
+            let (sftp, h) = writers[turn % writers.len()];
+            turn += 1;
+            inflight.push_back(sftp.send_write(h, sent, block).await.map_err(err)?);
+            sent += block.len() as u64;
+            pending.clear();
         }
     }
     // The tail.
     if !pending.is_empty() {
-        let n = pending.len() as u64;
-        inflight.push(write(sent, pending));
-        sent += n;
+        let (sftp, h) = writers[turn % writers.len()];
+        inflight.push_back(sftp.send_write(h, sent, &pending).await.map_err(err)?);
+        sent += pending.len() as u64;
     }
     debug_assert_eq!(sent, tally.size());
-    while let Some(r) = inflight.next().await {
-        r.map_err(|e| map_err("write", tmp, &e))?;
+    while let Some(p) = inflight.pop_front() {
+        p.ok().await.map_err(err)?;
     }
     let (size, sha256) = tally.finish(target)?;
     let synced = if c.fsync {
         c.sftp
-            .fsync(handle.to_owned())
+            .fsync(handle)
             .await
             .map_err(|e| map_err("fsync", tmp, &e))?;
         true
@@ -926,14 +1003,14 @@ async fn write_body(
     };
     let remote = c
         .sftp
-        .fstat(handle.to_owned())
+        .fstat(handle)
         .await
         .map_err(|e| map_err("stat", tmp, &e))?;
-    if remote.attrs.size != Some(size) {
+    if remote.size != Some(size) {
         return Err(FileStoreError::SizeMismatch {
             path: tmp.to_string(),
             expected: size,
-            actual: remote.attrs.size.unwrap_or(0),
+            actual: remote.size.unwrap_or(0),
         });
     }
     Ok(PutReceipt {
@@ -944,16 +1021,30 @@ async fn write_body(
 }
 
 /// A put's temporary file, removed in the background if the put's future
-/// is dropped before it finished (disarmed by taking the option).
-struct RemoveOnDrop(Option<(Arc<Conn>, String)>);
+/// is dropped before it finished (disarmed by taking the option). A put
+/// dropped in the middle of sending a request leaves its SFTP channel
+/// unusable (half a packet on it); the removal then goes over a fresh SFTP
+/// channel of the same SSH connection.
+struct RemoveOnDrop(Option<(Arc<Conn>, Arc<SftpSettings>, RemotePath)>);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        if let Some((c, tmp)) = self.0.take()
+        if let Some((c, settings, tmp)) = self.0.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             rt.spawn(async move {
-                let _ = c.sftp.remove(tmp).await;
+                if !c.sftp.is_closed() {
+                    let _ = c.sftp.remove(tmp.as_bytes()).await;
+                    return;
+                }
+                match open_session(&c.handle, &settings).await {
+                    Ok(s) => {
+                        let _ = s.sftp.remove(tmp.as_bytes()).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %tmp, error = %e, "could not remove the temporary file of an abandoned put");
+                    }
+                }
             });
         }
     }
@@ -967,52 +1058,44 @@ impl FileStore for RusshStore {
 
     async fn list_pages(&self, dir: &RemotePath) -> Result<PageStream, FileStoreError> {
         self.check_within(dir)?;
-        let d = utf8("list", dir)?.to_owned();
         let (c, handle) = self
-            .run(true, |c| {
-                let d = d.clone();
-                async move {
-                    let h = c
-                        .sftp
-                        .opendir(d)
-                        .await
-                        .map_err(|e| map_err("list", dir, &e))?;
-                    Ok((c, h.handle))
-                }
+            .run(true, |c| async move {
+                let h = c
+                    .sftp
+                    .opendir(dir.as_bytes())
+                    .await
+                    .map_err(|e| map_err("list", dir, &e))?;
+                Ok((c, h))
             })
             .await?;
         let (tx, rx) = mpsc::channel(2);
         let dir = dir.clone();
         tokio::spawn(async move {
             let mut page = Vec::with_capacity(LIST_PAGE);
-            let mut queue: VecDeque<DirEntry> = VecDeque::new();
             let result: Result<(), FileStoreError> = async {
-                loop {
-                    let names = match c.sftp.readdir(handle.clone()).await {
-                        Ok(n) => n,
-                        Err(e) if is_eof(&e) => break,
-                        Err(e) => return Err(map_err("list", &dir, &e)),
-                    };
-                    for f in names.files {
-                        if f.filename == "." || f.filename == ".." {
+                while let Some(names) = c
+                    .sftp
+                    .readdir(&handle)
+                    .await
+                    .map_err(|e| map_err("list", &dir, &e))?
+                {
+                    for f in names {
+                        let raw: &[u8] = &f.name;
+                        if raw == b"." || raw == b".." {
                             continue;
                         }
-                        if f.filename.contains('\u{FFFD}') {
-                            tracing::warn!(dir = %dir, name = %f.filename, "a name in this directory may not be UTF-8; the russh client cannot address it");
-                        }
-                        let Ok(path) = dir.join(f.filename.as_bytes()) else {
-                            tracing::warn!(dir = %dir, name = %f.filename, "skipping unaddressable directory entry");
+                        let display = String::from_utf8_lossy(raw).into_owned();
+                        // A server cannot legally send `/` in a name.
+                        let Ok(path) = dir.join(raw) else {
+                            tracing::warn!(dir = %dir, name = %String::from_utf8_lossy(raw), "skipping unaddressable directory entry");
                             continue;
                         };
-                        queue.push_back(DirEntry {
-                            name: f.filename.as_bytes().to_vec(),
-                            display_name: f.filename.clone(),
+                        page.push(DirEntry {
+                            name: raw.to_vec(),
+                            display_name: display,
                             path,
                             meta: meta_of(&f.attrs),
                         });
-                    }
-                    while let Some(e) = queue.pop_front() {
-                        page.push(e);
                         if page.len() >= LIST_PAGE {
                             let full = std::mem::replace(&mut page, Vec::with_capacity(LIST_PAGE));
                             if tx.send(Ok(full)).await.is_err() {
@@ -1024,7 +1107,7 @@ impl FileStore for RusshStore {
                 Ok(())
             }
             .await;
-            let _ = c.sftp.close(handle).await;
+            let _ = c.sftp.close(&handle).await;
             match result {
                 Ok(()) if !page.is_empty() => {
                     let _ = tx.send(Ok(page)).await;
@@ -1046,40 +1129,35 @@ impl FileStore for RusshStore {
 
     async fn open_read(&self, path: &RemotePath) -> Result<ReadHandle, FileStoreError> {
         self.check_within(path)?;
-        let s = utf8("open", path)?.to_owned();
         let (c, handle, meta) = self
-            .run(true, |c| {
-                let s = s.clone();
-                async move {
-                    let h = c
-                        .sftp
-                        .open(s, OpenFlags::READ, FileAttributes::empty())
-                        .await
-                        .map_err(|e| map_err("open", path, &e))?
-                        .handle;
-                    let meta = match c.sftp.fstat(h.clone()).await {
-                        Ok(a) => meta_of(&a.attrs),
-                        Err(e) => {
-                            let _ = c.sftp.close(h).await;
-                            return Err(map_err("stat", path, &e));
-                        }
-                    };
-                    if meta.kind == EntryKind::Dir {
-                        let _ = c.sftp.close(h).await;
-                        return Err(FileStoreError::WrongKind {
-                            path: path.to_string(),
-                            kind: meta.kind,
-                        });
+            .run(true, |c| async move {
+                let h = c
+                    .sftp
+                    .open(path.as_bytes(), proto::OPEN_READ, &Attrs::default())
+                    .await
+                    .map_err(|e| map_err("open", path, &e))?;
+                let meta = match c.sftp.fstat(&h).await {
+                    Ok(a) => meta_of(&a),
+                    Err(e) => {
+                        let _ = c.sftp.close(&h).await;
+                        return Err(map_err("stat", path, &e));
                     }
-                    Ok((c, h, meta))
+                };
+                if meta.kind == EntryKind::Dir {
+                    let _ = c.sftp.close(&h).await;
+                    return Err(FileStoreError::WrongKind {
+                        path: path.to_string(),
+                        kind: meta.kind,
+                    });
                 }
+                Ok((c, h, meta))
             })
             .await?;
         let (tx, rx) = mpsc::channel(BODY_CHANNEL);
         let p = path.clone();
         tokio::spawn(async move {
             let r = pump_read(&c, &p, &handle, &tx).await;
-            let _ = c.sftp.close(handle).await;
+            let _ = c.sftp.close(&handle).await;
             if let Err(e) = r {
                 let _ = tx.send(Err(e)).await;
             }
@@ -1105,6 +1183,23 @@ impl FileStore for RusshStore {
         self.run(false, |c| {
             let (tmp, body) = (&tmp, &body);
             async move {
+                if mode == RenameMode::NoReplace {
+                    // Refused before a byte is read where the server's
+                    // rename would replace and no safe way exists.
+                    let dir = path.parent().ok_or_else(|| FileStoreError::WrongKind {
+                        path: path.to_string(),
+                        kind: EntryKind::Dir,
+                    })?;
+                    if self.rename_probe(&c, &dir).await? == RenameProbe::Replaces && !c.hardlink {
+                        return Err(super::rename_replaces(
+                            "put",
+                            path,
+                            "the server offers no hardlink@openssh.com to publish it safely; \
+                             deliver with overwrite, or use a server whose rename refuses \
+                             existing targets",
+                        ));
+                    }
+                }
                 let Some(mut body) = body.lock().await.take() else {
                     return Err(FileStoreError::Transient {
                         op: "put",
@@ -1115,17 +1210,17 @@ impl FileStore for RusshStore {
                 // Removes the temporary file if this future is dropped
                 // midway (its caller gave up), where no await can clean up.
                 let mut guard =
-                    RemoveOnDrop(utf8("remove", tmp).ok().map(|t| (c.clone(), t.to_owned())));
+                    RemoveOnDrop(Some((c.clone(), Arc::clone(&self.settings), tmp.clone())));
                 let r =
                     match write_tmp(&c, &self.settings, tmp, path, &mut body, expected_len).await {
-                        Ok(receipt) => rename_on(&c, tmp, path, mode).await.map(|()| receipt),
+                        Ok(receipt) => self.rename_on(&c, tmp, path, mode).await.map(|()| receipt),
                         Err(e) => Err(e),
                     };
                 let armed = guard.0.take();
                 if r.is_err()
-                    && let Some((_, t)) = armed
+                    && let Some((_, _, t)) = armed
                 {
-                    let _ = c.sftp.remove(t).await;
+                    let _ = c.sftp.remove(t.as_bytes()).await;
                 }
                 r
             }
@@ -1138,15 +1233,15 @@ impl FileStore for RusshStore {
         // Deepest first, as the ssh2 adapter (see `super::MkdirStep`).
         self.run(true, |c| async move {
             let chain = dir.ancestors_below_root();
-            let attrs = || FileAttributes {
+            let attrs = Attrs {
                 permissions: Some(0o755),
-                ..FileAttributes::empty()
+                ..Attrs::default()
             };
             let mut k = chain.len();
             while k > 0 {
                 let p = &chain[k - 1];
-                let step = match c.sftp.mkdir(utf8("mkdir", p)?, attrs()).await {
-                    Ok(_) => MkdirStep::Made,
+                let step = match c.sftp.mkdir(p.as_bytes(), &attrs).await {
+                    Ok(()) => MkdirStep::Made,
                     Err(e) => {
                         let seen = try_stat_on(&c, p).await?;
                         MkdirStep::after_refusal(p, seen, k == 1, || map_err("mkdir", p, &e))?
@@ -1158,7 +1253,7 @@ impl FileStore for RusshStore {
                 }
             }
             for p in chain.iter().skip(k) {
-                if let Err(e) = c.sftp.mkdir(utf8("mkdir", p)?, attrs()).await {
+                if let Err(e) = c.sftp.mkdir(p.as_bytes(), &attrs).await {
                     // Lost a race with a concurrent mkdir: fine if a dir now.
                     let seen = try_stat_on(&c, p).await?;
                     MkdirStep::after_refusal(p, seen, true, || map_err("mkdir", p, &e))?;
@@ -1178,21 +1273,18 @@ impl FileStore for RusshStore {
         self.check_within(from)?;
         self.check_within(to)?;
         // Not retried: after a lost reply the rename may have happened.
-        self.run(
-            false,
-            |c| async move { rename_on(&c, from, to, mode).await },
-        )
+        self.run(false, |c| async move {
+            self.rename_on(&c, from, to, mode).await
+        })
         .await
     }
 
     async fn remove(&self, path: &RemotePath) -> Result<(), FileStoreError> {
         self.check_within(path)?;
-        let s = utf8("remove", path)?;
         self.run(false, |c| async move {
             c.sftp
-                .remove(s)
+                .remove(path.as_bytes())
                 .await
-                .map(|_| ())
                 .map_err(|e| map_err("remove", path, &e))
         })
         .await
@@ -1200,15 +1292,31 @@ impl FileStore for RusshStore {
 
     async fn remove_dir(&self, dir: &RemotePath) -> Result<(), FileStoreError> {
         self.check_within(dir)?;
-        let s = utf8("rmdir", dir)?;
         self.run(false, |c| async move {
             c.sftp
-                .rmdir(s)
+                .rmdir(dir.as_bytes())
                 .await
-                .map(|_| ())
                 .map_err(|e| map_err("rmdir", dir, &e))
         })
         .await
+    }
+
+    async fn verify_no_replace(&self, dir: &RemotePath) -> Result<(), FileStoreError> {
+        self.check_within(dir)?;
+        let probe = self
+            .run(true, |c| async move {
+                self.rename_probe(&c, dir).await.map(|p| (p, c.hardlink))
+            })
+            .await?;
+        match probe {
+            (RenameProbe::Refuses, _) | (RenameProbe::Replaces, true) => Ok(()),
+            (RenameProbe::Replaces, false) => Err(super::rename_replaces(
+                "verify",
+                dir,
+                "the server offers no hardlink@openssh.com to do it safely; use a server whose \
+                 rename refuses existing targets",
+            )),
+        }
     }
 }
 

@@ -75,8 +75,8 @@ pub enum SftpClient {
     /// name, including names that are not UTF-8.
     #[default]
     Ssh2,
-    /// The pure-Rust `russh` + `russh-sftp` stack: pipelined reads and
-    /// writes at a fraction of libssh2's CPU cost; names must be UTF-8.
+    /// Pure Rust: `russh` for SSH and our own SFTP v3 client, with
+    /// pipelined reads and writes at a fraction of libssh2's CPU cost.
     Russh,
 }
 

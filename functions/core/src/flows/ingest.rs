@@ -167,12 +167,22 @@ pub enum IngestError {
         #[source]
         source: FileStoreError,
     },
+    /// The server cannot rename without replacing (or the probe failed):
+    /// claims would not be exclusive, so nothing is claimed.
+    #[error("route {route}: the SFTP server cannot be used for claims in {dir}: {source}")]
+    UnsafeServer {
+        route: String,
+        dir: String,
+        #[source]
+        source: FileStoreError,
+    },
 }
 
 impl IngestError {
     pub fn is_retryable(&self) -> bool {
         match self {
             IngestError::SourceDir { .. } => false,
+            IngestError::UnsafeServer { source, .. } => source.is_retryable(),
             IngestError::List { source, .. } => {
                 source.is_retryable() || matches!(source, FileStoreError::NotFound { .. })
             }
@@ -492,6 +502,20 @@ pub async fn run(
             dir: src_text.clone(),
             source,
         };
+
+        // 0. "One rename wins" must hold on this server before anything is
+        // claimed: a server whose rename replaces its target is refused here,
+        // with the reason, instead of at every file.
+        if let Err(source) = deps.store.verify_no_replace(&run.src).await {
+            if matches!(source, FileStoreError::NotFound { .. }) {
+                return Err(list_err(source));
+            }
+            return Err(IngestError::UnsafeServer {
+                route: cfg.name.clone(),
+                dir: src_text.clone(),
+                source,
+            });
+        }
 
         // 1. Claims left by earlier runs.
         let recovered = run.recover_claims(&mut report).await;

@@ -32,6 +32,8 @@ enum Node {
 struct MemStore {
     root: RemoteRoot,
     nodes: Mutex<BTreeMap<Vec<u8>, Node>>,
+    /// Plays a server whose rename replaces an existing target.
+    replaces_on_rename: std::sync::atomic::AtomicBool,
 }
 
 impl MemStore {
@@ -41,6 +43,7 @@ impl MemStore {
         Self {
             root: RemoteRoot::parse("/").unwrap(),
             nodes: Mutex::new(nodes),
+            replaces_on_rename: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -88,6 +91,20 @@ fn nf(p: &RemotePath) -> FileStoreError {
 impl FileStore for MemStore {
     fn root(&self) -> &RemoteRoot {
         &self.root
+    }
+
+    async fn verify_no_replace(&self, dir: &RemotePath) -> Result<(), FileStoreError> {
+        if self
+            .replaces_on_rename
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(FileStoreError::Unsupported {
+                op: "rename",
+                path: dir.to_string(),
+                reason: "the server's rename replaces an existing target".into(),
+            });
+        }
+        Ok(())
     }
 
     async fn list_pages(&self, dir: &RemotePath) -> Result<PageStream, FileStoreError> {
@@ -1521,3 +1538,35 @@ async fn given_rtl_override_in_name_when_run_then_failed_naming_the_hidden_exten
 }
 
 mod crash_matrix;
+
+#[tokio::test]
+async fn given_a_server_whose_rename_replaces_when_run_then_refused_before_any_claim() {
+    let w = World::new();
+    w.store
+        .put("in/INV-4711_0000100001.pdf", &pdf("x"), NOW - 4000);
+    w.store
+        .replaces_on_rename
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let deps = IngestDeps {
+        store: &w.store,
+        ecm: &w.ecm,
+        events: &w.events,
+        clock: &w.clock,
+        sftp_host: "sftp.test".into(),
+    };
+    let ctx = RunContext::new("req-1", Duration::from_secs(300));
+    let err = run(&route(serde_json::json!([]), "fail"), &deps, &ctx)
+        .await
+        .expect_err("a replacing server is refused");
+    assert!(matches!(err, IngestError::UnsafeServer { .. }), "{err:?}");
+    assert!(!err.is_retryable());
+    assert!(
+        err.to_string().contains("replaces an existing target"),
+        "{err}"
+    );
+    // Nothing was claimed, moved or failed.
+    assert_eq!(
+        w.store.files_under("/in"),
+        vec!["/in/INV-4711_0000100001.pdf".to_string()]
+    );
+}

@@ -14,6 +14,13 @@ CARGO_LAMBDA_VENV="$XECM_CACHE/venv-cargo-lambda"
 MOTO_VERSION=5.2.1
 PYXECM_VERSION=3.7.0
 CARGO_LAMBDA_VERSION=1.9.2
+# Infra checks (tests/tests/infra.rs): checkov, and the AWS provider schema
+# derived from the cdktf package generated from the provider pinned in
+# infra/versions.tf (~> 6.25); 21.22.1 is the package built from 6.25.0.
+CHECKOV_VENV="$XECM_CACHE/venv-checkov"
+CHECKOV_VERSION=3.3.30
+AWS_PROVIDER_VERSION=6.25.0
+CDKTF_PROVIDER_AWS_VERSION=21.22.1
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -82,11 +89,43 @@ ensure_python_tools() {
     export XECM_PYXECM_PYTHON="$PYXECM_VENV/bin/python"
 }
 
+# checkov in a cached venv, and the AWS provider schema derived once from
+# `npm pack @cdktf/provider-aws` (the 130 MB .jsii is not kept; the derived
+# schema, about 1.5 MB, stays in the cache and never enters the tree).
+ensure_infra_tools() {
+    make_venv "$CHECKOV_VENV" "checkov==$CHECKOV_VERSION"
+    export XECM_CHECKOV="$CHECKOV_VENV/bin/checkov"
+    local schema="$XECM_CACHE/aws-provider-$AWS_PROVIDER_VERSION-schema.json"
+    if [ ! -s "$schema" ]; then
+        command -v npm >/dev/null 2>&1 || apt_install npm
+        local tmp
+        tmp=$(mktemp -d)
+        log "deriving the AWS provider $AWS_PROVIDER_VERSION schema from @cdktf/provider-aws@$CDKTF_PROVIDER_AWS_VERSION"
+        if ! (cd "$tmp" && npm pack --silent "@cdktf/provider-aws@$CDKTF_PROVIDER_AWS_VERSION" >/dev/null &&
+            tar -xzf cdktf-provider-aws-"$CDKTF_PROVIDER_AWS_VERSION".tgz package/.jsii &&
+            python3 "$XECM_ROOT/tests/infra/derive_schema.py" package/.jsii schema.json); then
+            rm -rf "$tmp"
+            log "could not derive the AWS provider schema"
+            return 1
+        fi
+        if ! grep -q "\"provider_version\": \"$AWS_PROVIDER_VERSION\"" "$tmp/schema.json"; then
+            rm -rf "$tmp"
+            log "@cdktf/provider-aws@$CDKTF_PROVIDER_AWS_VERSION is not built from AWS provider $AWS_PROVIDER_VERSION"
+            return 1
+        fi
+        mkdir -p "$XECM_CACHE"
+        mv "$tmp/schema.json" "$schema"
+        rm -rf "$tmp"
+    fi
+    export XECM_AWS_PROVIDER_SCHEMA="$schema"
+}
+
 ensure_all() {
     ensure_system_packages
     ensure_rust
     ensure_python_tools
     ensure_interop_servers
+    ensure_infra_tools
     mkdir -p /run/sshd 2>/dev/null || true
 }
 

@@ -151,7 +151,21 @@ fn documented(file: &str) -> Option<(&'static str, Expect)> {
         "export-manual-package.json" => ("ecm-export", MANUAL_PACKAGE_EXPECTED),
         // Signed for 2026-11-18T11:06:40Z: outside the ±300 s window.
         "export-webhook-approved.json" => ("ecm-export", Expect::Http(401, "stale timestamp")),
-        "backup-scheduled.json" => ("backup-snapshot", BACKUP_SCHEDULED_EXPECTED),
+        // The price-lists route's folder holds no approved document here: a
+        // sweep that examines it and catches nothing up.
+        "export-sweep.json" => ("ecm-export", Expect::Success("status", "swept")),
+        // Roots 3001 and 3003 of the seed: a complete (full) snapshot.
+        "backup-scheduled.json" => ("backup-snapshot", Expect::Success("status", "completed")),
+        // Snapshot 20261203T020000Z is illustrative: neither unfinished nor
+        // complete on the local server, so there is nothing to continue,
+        // verify or restore (a permanent refusal naming the snapshot). The
+        // envelope is the continuation as EventBridge delivers it.
+        "backup-continue.json"
+        | "backup-continuation-envelope.json"
+        | "backup-manual-verify.json"
+        | "backup-manual-restore.json" => {
+            ("backup-snapshot", Expect::Handled("Permanent.Snapshot"))
+        }
         _ => return None,
     })
 }
@@ -166,14 +180,6 @@ const MANUAL_PACKAGE_EXPECTED: Expect = Expect::Handled("Permanent.NotApproved")
 /// The sample callback re-signed now with the local key: the signature is
 /// accepted, then node 4711 (absent from the seed) is not approved for export.
 const WEBHOOK_RESIGNED_EXPECTED: (u16, &str) = (422, "not approved for export");
-
-/// LEAD: update after merging the backup-snapshot flow. Until then the
-/// function refuses every event with `Permanent.NotImplemented` (its
-/// documented behaviour), answered as a handled failure. Once the flow is in,
-/// this becomes the snapshot's success (e.g. `Expect::Success("status",
-/// "completed")`) and the route's `directory` must exist on sshd (see
-/// `prepare_directories`).
-const BACKUP_SCHEDULED_EXPECTED: Expect = Expect::Handled("Permanent.NotImplemented");
 
 fn field<'a>(v: &'a Value, dotted: &str) -> &'a Value {
     dotted.split('.').fold(v, |v, k| &v[k])

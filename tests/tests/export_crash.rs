@@ -368,11 +368,14 @@ async fn package_crash_mid_build_or_before_the_final_rename_publishes_once() {
             assert_eq!(r["package"]["files"], 2, "{r}");
             let visible = names().iter().filter(|n| **n == final_name).count();
             assert_eq!(visible, 1);
+            // A permanent failure is answered as handled (so Lambda does
+            // not retry it): `status: failed` with its error type.
             let again = healthy.invoke(&event).await.expect("invoke");
-            assert!(
-                again.is_err(),
-                "a second run must not publish again: {again:?}"
-            );
+            let refused = match &again {
+                Err(e) => e["errorType"] == "Permanent.TargetExists",
+                Ok(v) => v["status"] == "failed" && v["errorType"] == "Permanent.TargetExists",
+            };
+            assert!(refused, "a second run must not publish again: {again:?}");
             let left: Vec<String> = names()
                 .into_iter()
                 .filter(|n| n.starts_with('.') && n.contains(&package))

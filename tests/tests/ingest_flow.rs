@@ -8,18 +8,15 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use xecm_core::adapters::sftp::SftpClient;
 use xecm_core::domain::route::{IngestEvent, Route, parse_ingest_event};
-use xecm_core::flows::ingest::{self, Clock, FileOutcome, RunContext, SystemClock};
+use xecm_core::flows::ingest::{self, FileOutcome, RunContext, SystemClock};
 use xecm_core::ports::ecm::{ChildFilter, Ecm, NodeId};
-use xecm_stack::stack::SFTP_SECRET_ID;
 
 #[path = "common/ingest_env.rs"]
 mod ingest_env;
-use ingest_env::Env;
+use ingest_env::{Ahead, Env, pdf, route, sha_hex, simple_route, simple_route_json};
 
 impl Env {
     /// A run past the lease of a crashed run's claim on `src/name`: it
@@ -87,82 +84,6 @@ impl Env {
             .expect("children");
         page.items.iter().filter(|n| n.name == name).count()
     }
-
-    fn files_in(&self, rel_dir: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut stack = vec![self.data_root().join(rel_dir)];
-        while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else {
-                    out.push(
-                        p.strip_prefix(self.data_root())
-                            .unwrap_or(&p)
-                            .to_string_lossy()
-                            .into_owned(),
-                    );
-                }
-            }
-        }
-        out.sort();
-        out
-    }
-}
-
-fn route(v: Value) -> Route {
-    match parse_ingest_event(json!({ "route": v })).expect("valid route") {
-        IngestEvent::Scheduled(r) => r,
-        other => panic!("not scheduled: {other:?}"),
-    }
-}
-
-fn history_cfg() -> Value {
-    json!({"category_id": 9002, "attributes": {
-        "route": 2, "host": 3, "source_path": 4, "size": 5, "sha256": 6, "received_at": 7,
-        "ingested_at": 8, "invocation_id": 9, "idempotency_key": 10, "original_name": 11}})
-}
-
-/// A route placing every file into the seeded records folder `folder`.
-fn simple_route(name: &str, source: &str, folder: i64, readiness: Value, policy: &str) -> Route {
-    route(simple_route_json(name, source, folder, readiness, policy))
-}
-
-fn simple_route_json(
-    name: &str,
-    source: &str,
-    folder: i64,
-    readiness: Value,
-    policy: &str,
-) -> Value {
-    json!({
-        "name": name,
-        "sftp_secret": SFTP_SECRET_ID,
-        "source_dir": source,
-        "readiness": readiness,
-        "rules": [],
-        "fallback": {"place": {
-            "workspace": {"by": "node", "node_id": folder},
-            "name": "{name}",
-            "rm_classification": 7004,
-            "on_existing": policy
-        }},
-        "limits": {"parallelism": 3, "max_attempts": 3, "lease_secs": 1800},
-        "transfer_history": history_cfg()
-    })
-}
-
-fn pdf(text: &str) -> Vec<u8> {
-    format!("%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n% {text}\ntrailer << /Root 1 0 R >>\n%%EOF\n")
-        .into_bytes()
-}
-
-fn sha_hex(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
 }
 
 fn workspace_root() -> &'static Path {
@@ -324,13 +245,6 @@ async fn mixed_partner_drop(client: SftpClient) {
 }
 
 /// A clock ahead of real time, to be past a claim's lease.
-struct Ahead(chrono::Duration);
-impl Clock for Ahead {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now() + self.0
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_upload_before_archive_then_rerun_makes_exactly_one_document() {
     // Over the small-file limit (256 KiB): the upload streams and the

@@ -9,12 +9,14 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
+use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use xecm_core::adapters::aws::{EventBridgeSink, SecretsManagerSecrets};
 use xecm_core::adapters::otcs::{EcmSettings, OtcsClient, OtcsOptions};
 use xecm_core::adapters::sftp::{SftpClient, SftpSettings, open_store};
-use xecm_core::domain::route::Route;
+use xecm_core::domain::route::{IngestEvent, Route, parse_ingest_event};
 use xecm_core::flows::ingest::{self, Clock, IngestDeps, IngestReport, RunContext, SystemClock};
 use xecm_core::ports::file_store::FileStore;
 use xecm_core::ports::secrets::Secrets;
@@ -131,5 +133,96 @@ impl Env {
             .await
             .expect("faults");
         assert!(r.status().is_success());
+    }
+
+    /// Every file below `rel_dir` of the SFTP data root, relative to it, sorted.
+    pub fn files_in(&self, rel_dir: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.data_root().join(rel_dir)];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push(
+                        p.strip_prefix(self.data_root())
+                            .unwrap_or(&p)
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+pub fn route(v: Value) -> Route {
+    match parse_ingest_event(json!({ "route": v })).expect("valid route") {
+        IngestEvent::Scheduled(r) => r,
+        other => panic!("not scheduled: {other:?}"),
+    }
+}
+
+pub fn history_cfg() -> Value {
+    json!({"category_id": 9002, "attributes": {
+        "route": 2, "host": 3, "source_path": 4, "size": 5, "sha256": 6, "received_at": 7,
+        "ingested_at": 8, "invocation_id": 9, "idempotency_key": 10, "original_name": 11}})
+}
+
+/// A route placing every file into the seeded records folder `folder`.
+pub fn simple_route(
+    name: &str,
+    source: &str,
+    folder: i64,
+    readiness: Value,
+    policy: &str,
+) -> Route {
+    route(simple_route_json(name, source, folder, readiness, policy))
+}
+
+pub fn simple_route_json(
+    name: &str,
+    source: &str,
+    folder: i64,
+    readiness: Value,
+    policy: &str,
+) -> Value {
+    json!({
+        "name": name,
+        "sftp_secret": SFTP_SECRET_ID,
+        "source_dir": source,
+        "readiness": readiness,
+        "rules": [],
+        "fallback": {"place": {
+            "workspace": {"by": "node", "node_id": folder},
+            "name": "{name}",
+            "rm_classification": 7004,
+            "on_existing": policy
+        }},
+        "limits": {"parallelism": 3, "max_attempts": 3, "lease_secs": 1800},
+        "transfer_history": history_cfg()
+    })
+}
+
+pub fn pdf(text: &str) -> Vec<u8> {
+    format!("%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n% {text}\ntrailer << /Root 1 0 R >>\n%%EOF\n")
+        .into_bytes()
+}
+
+pub fn sha_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// A clock running `.0` ahead of the system clock (past leases, ages).
+pub struct Ahead(pub chrono::Duration);
+impl Clock for Ahead {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + self.0
     }
 }

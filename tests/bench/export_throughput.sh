@@ -13,4 +13,13 @@ export CARGO_PROFILE_BENCH_LTO=false
 export CARGO_PROFILE_BENCH_CODEGEN_UNITS=16
 # The bench runs the ecm-export binary of the same profile.
 cargo build --profile bench -p ecm-export
-exec cargo bench -p xecm-stack --bench export_throughput -- "$@"
+# Servers (sshd, the emulator, moto: the orchestrating process and its
+# children) on CPU 1, every contender on CPU 0 (TOOLCHAIN's two-core method;
+# a 1 vCPU Lambda gets one core too). XECM_BENCH_NO_PIN=1 turns it off.
+PIN=()
+if [ -z "${XECM_BENCH_NO_PIN:-}" ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+    PIN=(taskset -c 1)
+    export XECM_BENCH_CONTENDER_CPUS=0
+fi
+cargo bench --no-run -q -p xecm-stack --bench export_throughput
+exec "${PIN[@]}" cargo bench -q -p xecm-stack --bench export_throughput -- "$@"

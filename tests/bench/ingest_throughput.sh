@@ -66,7 +66,15 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-"$BIN/xecm-stack" up --env-file "$WORK/stack.env" --sftp-client "$CLIENT" ${RTT_MS:+--sftp-rtt-ms "$RTT_MS"} \
+# Servers (sshd, the emulator, moto, the EventBridge stub) on CPU 1; once
+# they run, this script moves itself to CPU 0, so every contender it starts
+# (sftp, the curl script, sftp-ingest, the adapter read) runs there
+# (TOOLCHAIN's two-core method). XECM_BENCH_NO_PIN=1 turns it off.
+PIN=()
+if [ -z "${XECM_BENCH_NO_PIN:-}" ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+    PIN=(taskset -c 1)
+fi
+"${PIN[@]}" "$BIN/xecm-stack" up --env-file "$WORK/stack.env" --sftp-client "$CLIENT" ${RTT_MS:+--sftp-rtt-ms "$RTT_MS"} \
     >"$WORK/stack.log" 2>&1 &
 STACK_PID=$!
 for _ in $(seq 1 600); do
@@ -84,7 +92,7 @@ set +a
 # to publish to moto anyway.
 if [ -z "${XECM_BENCH_MOTO_EVENTS:-}" ]; then
     STUB_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    python3 - "$STUB_PORT" <<'PY' &
+    "${PIN[@]}" python3 - "$STUB_PORT" <<'PY' &
 import json, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class H(BaseHTTPRequestHandler):
@@ -103,6 +111,10 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 PY
     STUB_PID=$!
     export AWS_ENDPOINT_URL_EVENTBRIDGE="http://127.0.0.1:$STUB_PORT"
+fi
+if [ ${#PIN[@]} -gt 0 ]; then
+    taskset -cp 0 $$ >/dev/null
+    echo "pinned: servers on CPU 1, contenders on CPU 0"
 fi
 DATA=$XECM_SFTP_DATA_ROOT
 KEY=$(cd "$DATA/../.." && pwd)/client_key
@@ -201,11 +213,12 @@ bench_set() { # bench_set small|large FILES BYTES [RUN]
     route_event "bench-$set" "$src" "ingest-$set-$run" >"$WORK/$set.json"
     sync
     t0=$(now)
-    XECM_LOCAL_TIMEOUT_SECS=900 RUST_LOG=warn /usr/bin/time -f '%M' -o "$WORK/$set.rss" \
+    XECM_LOCAL_TIMEOUT_SECS=900 RUST_LOG=warn /usr/bin/time -f '%U %S %M' -o "$WORK/$set.rss" \
         "$BIN/sftp-ingest" --event "$WORK/$set.json" >"$WORK/$set.out"
     t1=$(now)
     T[$set.ours]=$(echo "$t1 - $t0" | bc -l)
-    T[$set.rss]=$(tail -1 "$WORK/$set.rss")
+    read -r cpu_u cpu_s T[$set.rss] < <(tail -1 "$WORK/$set.rss")
+    T[$set.cpu]=$(echo "$cpu_u + $cpu_s" | bc -l)
     python3 - "$WORK/$set.out" "$files" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -236,6 +249,8 @@ PY
     printf '   sftp-ingest vs script: %.2fx   vs bare sftp get: %.2fx   peak RSS %d KiB (%.1f MiB)\n' \
         "$(echo "${T[$set.script]} / ${T[$set.ours]}" | bc -l)" "$(echo "${T[$set.sftp]} / ${T[$set.ours]}" | bc -l)" \
         "${T[$set.rss]}" "$(echo "${T[$set.rss]} / 1024" | bc -l)"
+    printf '   sftp-ingest CPU (user + sys): %.2f s, %.2f CPU-s per GiB, %.3f ms per file\n' \
+        "${T[$set.cpu]}" "$(echo "${T[$set.cpu]} * 1073741824 / $bytes" | bc -l)" "$(echo "${T[$set.cpu]} * 1000 / $files" | bc -l)"
 }
 
 bench_set small "$SMALL" $((SMALL * 16384))

@@ -13,4 +13,13 @@ cd "$(dirname "$0")/../.."
 command -v /usr/sbin/sshd >/dev/null || apt-get -o DPkg::Lock::Timeout=120 install -y openssh-server
 export CARGO_PROFILE_BENCH_LTO=false
 export CARGO_PROFILE_BENCH_CODEGEN_UNITS=16
-exec cargo bench -p xecm-stack --bench sftp_throughput -- "$@"
+# Servers (sshd, the emulator, moto: the orchestrating process and its
+# children) on CPU 1, every contender on CPU 0 (TOOLCHAIN's two-core method;
+# a 1 vCPU Lambda gets one core too). XECM_BENCH_NO_PIN=1 turns it off.
+PIN=()
+if [ -z "${XECM_BENCH_NO_PIN:-}" ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+    PIN=(taskset -c 1)
+    export XECM_BENCH_CONTENDER_CPUS=0
+fi
+cargo bench --no-run -q -p xecm-stack --bench sftp_throughput
+exec "${PIN[@]}" cargo bench -q -p xecm-stack --bench sftp_throughput -- "$@"

@@ -38,6 +38,7 @@ use xecm_core::adapters::sftp::{SftpSettings, open_store};
 use xecm_core::ports::ecm::{AppliedCategory, Content, Ecm, NodeId, UploadRequest};
 use xecm_core::ports::file_store::{ByteStream, FileStoreError, RenameMode};
 use xecm_stack::lambda::function_binary;
+use xecm_stack::process::contender;
 use xecm_stack::stack::{LocalStack, SFTP_SECRET_ID, StackOptions};
 
 const SECRET_ENV: &str = "XECM_BENCH_SFTP_SECRET";
@@ -100,7 +101,7 @@ async fn child_write(args: &[String]) -> Result<()> {
 /// The adapter's own write of `size` bytes, in a child process (as the
 /// export runs in one); the seconds its put took.
 fn adapter_write(sftp_secret: &str, size: u64) -> Result<f64> {
-    let out = Command::new(std::env::current_exe()?)
+    let out = contender(std::env::current_exe()?)
         .args(["child-write", "data/bench/adapter.bin", &size.to_string()])
         .env(SECRET_ENV, sftp_secret)
         .stdin(Stdio::null())
@@ -180,7 +181,7 @@ fn sftp_put(
 ) -> Result<f64> {
     let bf = tempfile::NamedTempFile::new()?;
     std::fs::write(bf.path(), format!("put {} {remote}\n", local.display()))?;
-    let mut cmd = Command::new("sftp");
+    let mut cmd = contender("sftp");
     cmd.args([
         "-q",
         "-o",
@@ -376,7 +377,7 @@ async fn orchestrate(args: &[String]) -> Result<()> {
         for first in [run % 2 == 0, run % 2 != 0] {
             if first {
                 // ecm-export, one manual resend, as a process of its own.
-                let mut cmd = Command::new(&binary);
+                let mut cmd = contender(&binary);
                 cmd.arg("--event")
                     .arg(&event)
                     .envs(stack.env().iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -406,7 +407,7 @@ async fn orchestrate(args: &[String]) -> Result<()> {
         // The adapter's write again, while the emulator serves the document
         // to curl at the rate the export's transfer ran at.
         let rate = (transfer[run] * 1e6) as u64;
-        let mut reader = Command::new("curl")
+        let mut reader = contender("curl")
             .args(["-sf", "-o", "/dev/null", "--limit-rate", &rate.to_string()])
             .args(["-H", &format!("OTCSTicket: {ticket}")])
             .arg(format!(
@@ -435,7 +436,7 @@ async fn orchestrate(args: &[String]) -> Result<()> {
         // The user's script: curl to disk, then sftp put.
         let dl = work.path().join("download.bin");
         let t0 = Instant::now();
-        let mut curl = Command::new("curl");
+        let mut curl = contender("curl");
         curl.args(["-sf", "-o"])
             .arg(&dl)
             .args(["-H", &format!("OTCSTicket: {ticket}")])

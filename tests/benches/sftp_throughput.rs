@@ -25,7 +25,7 @@
 //!
 //! Usage: sftp_throughput [--size-mib N] [--runs N] [--skip-proxy] [--client ssh2|russh]
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,7 @@ use xecm_core::adapters::sftp::{SftpSettings, open_store};
 use xecm_core::ports::ecm::{ByteStream as EcmByteStream, Content, Ecm, NodeId, UploadRequest};
 use xecm_core::ports::file_store::{ByteStream, FileStore, FileStoreError, RenameMode};
 use xecm_stack::latency_proxy::LatencyProxy;
+use xecm_stack::process::contender;
 use xecm_stack::sshd::Sshd;
 
 const SECRET_ENV: &str = "XECM_BENCH_SFTP_SECRET";
@@ -261,7 +262,7 @@ fn run_child_env(
     env: &[(&str, &str)],
 ) -> Result<(Figure, Option<i64>)> {
     let cpu0 = children_cpu_secs();
-    let out = Command::new(std::env::current_exe()?)
+    let out = contender(std::env::current_exe()?)
         .arg(mode)
         .args(extra)
         .env(SECRET_ENV, secret)
@@ -300,7 +301,7 @@ fn openssh(
     std::fs::write(bf.path(), batch)?;
     let cpu0 = children_cpu_secs();
     let t0 = Instant::now();
-    let out = Command::new("sftp")
+    let out = contender("sftp")
         .args([
             "-q",
             "-o",

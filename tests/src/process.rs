@@ -125,3 +125,22 @@ pub fn wait_for_port(guard: &mut ChildGuard, port: u16, timeout: Duration) -> io
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Environment variable naming the CPUs benchmark contenders run on
+/// (`taskset -c` syntax). The benchmark scripts set it to `0` and run the
+/// servers on CPU 1, as TOOLCHAIN's two-core method asks.
+pub const CONTENDER_CPUS_ENV: &str = "XECM_BENCH_CONTENDER_CPUS";
+
+/// A command for a benchmark contender (the function, a client, a script):
+/// pinned with `taskset` to the CPUs in [`CONTENDER_CPUS_ENV`] when it is
+/// set, otherwise a plain command.
+pub fn contender(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match std::env::var(CONTENDER_CPUS_ENV) {
+        Ok(cpus) if !cpus.trim().is_empty() => {
+            let mut cmd = Command::new("taskset");
+            cmd.arg("-c").arg(cpus.trim()).arg(program);
+            cmd
+        }
+        _ => Command::new(program),
+    }
+}

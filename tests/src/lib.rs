@@ -2,6 +2,7 @@
 //! Server emulator on 127.0.0.1, started and stopped by code, plus the
 //! Lambda Runtime API harness for end-to-end tests.
 
+pub mod ecm_user;
 pub mod fault_proxy;
 pub mod lambda;
 pub mod latency_proxy;

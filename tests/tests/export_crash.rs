@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use xecm_core::domain::webhook::sign;
+use xecm_stack::ecm_user::{admin_ticket, approval_body, send_callback, upload_document};
 use xecm_stack::lambda::{LambdaHarness, function_binary};
 use xecm_stack::stack::{LocalStack, SFTP_SECRET_ID, StackOptions, WEBHOOK_HMAC_KEY};
 
@@ -42,16 +42,7 @@ impl Setup {
             .timeout(Duration::from_secs(120))
             .build()
             .expect("client");
-        let v: Value = http
-            .post(format!("{}/cs/cs/api/v1/auth", stack.emulator.base_url()))
-            .form(&[("username", "admin"), ("password", "admin")])
-            .send()
-            .await
-            .expect("auth")
-            .json()
-            .await
-            .expect("json");
-        let ticket = v["ticket"].as_str().expect("ticket").to_owned();
+        let ticket = admin_ticket(&http, &stack.emulator.base_url()).await;
         Setup {
             stack,
             http,
@@ -70,31 +61,9 @@ impl Setup {
     }
 
     async fn upload(&self, name: &str, body: &[u8]) -> i64 {
-        let meta = json!({"type": 144, "parent_id": 3101, "name": name,
-            "roles": {"categories": {"9001": {"9001_2": "Approved"}}}});
-        let form = reqwest::multipart::Form::new()
-            .text("body", meta.to_string())
-            .part(
-                "file",
-                reqwest::multipart::Part::bytes(body.to_vec()).file_name(name.to_owned()),
-            );
-        let v: Value = self
-            .http
-            .post(format!(
-                "{}/cs/cs/api/v2/nodes",
-                self.stack.emulator.base_url()
-            ))
-            .header("OTCSTicket", &self.ticket)
-            .multipart(form)
-            .send()
-            .await
-            .expect("upload")
-            .json()
-            .await
-            .expect("json");
-        v["results"]["data"]["properties"]["id"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("no id in {v}"))
+        let base = self.stack.emulator.base_url();
+        let approved = json!({"9001_2": "Approved"});
+        upload_document(&self.http, &base, &self.ticket, 3101, name, approved, body).await
     }
 
     /// (HTTP status or 0 when the connection died, `status`/`kind`).
@@ -108,36 +77,9 @@ impl Setup {
         node: i64,
         timeout: Duration,
     ) -> (u16, String) {
-        let body = json!({"event": "document.approved", "event_id": format!("evt-{node}"),
-            "node_id": node, "version": 1, "category_id": 9001, "attribute": "9001_2",
-            "value": "Approved", "approved_at": "2026-11-27T10:00:00Z"})
-        .to_string();
-        let ts = chrono::Utc::now().timestamp();
-        let r = self
-            .http
-            .post(h.function_url())
-            .header("content-type", "application/json")
-            .header("x-xecm-timestamp", ts.to_string())
-            .header(
-                "x-xecm-signature",
-                sign(WEBHOOK_HMAC_KEY.as_bytes(), ts, body.as_bytes()),
-            )
-            .timeout(timeout)
-            .body(body)
-            .send()
-            .await;
-        match r {
-            Ok(r) => {
-                let st = r.status().as_u16();
-                let v: Value = r.json().await.unwrap_or(Value::Null);
-                let what = v["status"]
-                    .as_str()
-                    .or(v["kind"].as_str())
-                    .or(v["error"].as_str())
-                    .unwrap_or("-")
-                    .to_owned();
-                (st, what)
-            }
+        let body = approval_body(&format!("evt-{node}"), node, 1);
+        match send_callback(&self.http, &h.function_url(), &body, Some(timeout)).await {
+            Ok(answer) => answer,
             Err(e) => (0, if e.is_timeout() { "timeout" } else { "gone" }.into()),
         }
     }

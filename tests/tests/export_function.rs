@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
-use xecm_core::domain::webhook::sign;
+use xecm_stack::ecm_user::{admin_ticket, approval_body, signed_post, unix_now, upload_document};
 use xecm_stack::lambda::{LambdaHarness, function_binary};
 use xecm_stack::stack::{LocalStack, SFTP_SECRET_ID, StackOptions, WEBHOOK_HMAC_KEY};
 
@@ -112,17 +112,7 @@ impl Setup {
     }
 
     async fn ticket(&self) -> String {
-        let v: Value = self
-            .http
-            .post(self.ecm("/v1/auth"))
-            .form(&[("username", "admin"), ("password", "admin")])
-            .send()
-            .await
-            .expect("auth")
-            .json()
-            .await
-            .expect("json");
-        v["ticket"].as_str().expect("ticket").to_owned()
+        admin_ticket(&self.http, &self.stack.emulator.base_url()).await
     }
 
     /// Uploads a document with a Document Control status, as a user would.
@@ -138,28 +128,9 @@ impl Setup {
         status: &str,
         body: &[u8],
     ) -> i64 {
-        let meta = json!({"type": 144, "parent_id": parent, "name": name,
-            "roles": {"categories": {"9001": {"9001_2": status}}}});
-        let form = reqwest::multipart::Form::new()
-            .text("body", meta.to_string())
-            .part(
-                "file",
-                reqwest::multipart::Part::bytes(body.to_vec()).file_name(name.to_owned()),
-            );
-        let v: Value = self
-            .http
-            .post(self.ecm("/v2/nodes"))
-            .header("OTCSTicket", ticket)
-            .multipart(form)
-            .send()
-            .await
-            .expect("upload")
-            .json()
-            .await
-            .expect("json");
-        v["results"]["data"]["properties"]["id"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("no id in {v}"))
+        let base = self.stack.emulator.base_url();
+        let values = json!({ "9001_2": status });
+        upload_document(&self.http, &base, ticket, parent, name, values, body).await
     }
 
     async fn approve(&self, ticket: &str, id: i64) {
@@ -175,33 +146,28 @@ impl Setup {
     }
 
     async fn post(&self, body: &str, ts: i64, key: &str, content_type: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .post(self.harness.function_url())
-            .header("content-type", content_type)
-            .header("x-xecm-timestamp", ts.to_string())
-            .header(
-                "x-xecm-signature",
-                sign(key.as_bytes(), ts, body.as_bytes()),
-            )
-            .body(body.to_owned())
-            .send()
-            .await
-            .expect("webhook request");
+        let r = signed_post(
+            &self.http,
+            &self.harness.function_url(),
+            body,
+            key,
+            ts,
+            content_type,
+        )
+        .send()
+        .await
+        .expect("webhook request");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 }
 
 fn now() -> i64 {
-    chrono::Utc::now().timestamp()
+    unix_now()
 }
 
 fn body_for(node: i64) -> String {
-    json!({"event": "document.approved", "event_id": format!("evt-manual-{node}"), "node_id": node,
-           "version": 1, "category_id": 9001, "attribute": "9001_2", "value": "Approved",
-           "approved_at": "2026-11-27T10:00:00Z"})
-    .to_string()
+    approval_body(&format!("evt-manual-{node}"), node, 1)
 }
 
 async fn wait_for(path: &std::path::Path, timeout: Duration) -> Option<Duration> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use xecm_core::domain::webhook::sign;
+use xecm_stack::ecm_user::{admin_ticket, approval_body, send_callback};
 use xecm_stack::lambda::{LambdaHarness, function_binary};
 use xecm_stack::stack::{LocalStack, SFTP_SECRET_ID, StackOptions, WEBHOOK_HMAC_KEY};
 
@@ -120,16 +120,7 @@ async fn an_sftp_connection_cut_mid_transfer_leaves_nothing_visible_and_the_retr
         .build()
         .expect("client");
     let base = stack.emulator.base_url();
-    let v: Value = http
-        .post(format!("{base}/cs/cs/api/v1/auth"))
-        .form(&[("username", "admin"), ("password", "admin")])
-        .send()
-        .await
-        .expect("auth")
-        .json()
-        .await
-        .expect("json");
-    let ticket = v["ticket"].as_str().expect("ticket").to_owned();
+    let ticket = admin_ticket(&http, &base).await;
     let body: Vec<u8> = (0..6 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
     let meta = json!({"type": 144, "parent_id": 3101, "name": "cut.bin",
         "roles": {"categories": {"9001": {"9001_2": "Approved"}}}});
@@ -175,30 +166,10 @@ async fn an_sftp_connection_cut_mid_transfer_leaves_nothing_visible_and_the_retr
     let mut answers = Vec::new();
     let mut delivered = false;
     for _ in 0..40 {
-        let cb = json!({"event": "document.approved", "event_id": format!("evt-{id}"),
-            "node_id": id, "version": 1, "category_id": 9001, "attribute": "9001_2",
-            "value": "Approved", "approved_at": "2026-11-27T10:00:00Z"})
-        .to_string();
-        let ts = chrono::Utc::now().timestamp();
-        let r = http
-            .post(harness.function_url())
-            .header("content-type", "application/json")
-            .header("x-xecm-timestamp", ts.to_string())
-            .header(
-                "x-xecm-signature",
-                sign(WEBHOOK_HMAC_KEY.as_bytes(), ts, cb.as_bytes()),
-            )
-            .body(cb)
-            .send()
+        let cb = approval_body(&format!("evt-{id}"), id, 1);
+        let (st, what) = send_callback(&http, &harness.function_url(), &cb, None)
             .await
             .expect("callback");
-        let st = r.status().as_u16();
-        let v: Value = r.json().await.unwrap_or(Value::Null);
-        let what = v["status"]
-            .as_str()
-            .or(v["kind"].as_str())
-            .unwrap_or("-")
-            .to_owned();
         answers.push(format!("{st} {what}"));
         if st == 200 {
             delivered = true;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use xecm_core::domain::webhook::sign;
+use xecm_stack::ecm_user::{admin_ticket, approval_body, send_callback, upload_document};
 use xecm_stack::lambda::{LambdaHarness, function_binary};
 use xecm_stack::stack::{LocalStack, SFTP_SECRET_ID, StackOptions, WEBHOOK_HMAC_KEY};
 
@@ -58,17 +58,7 @@ async fn setup() -> Setup {
         http,
         ticket: String::new(),
     };
-    let v: Value = s
-        .http
-        .post(s.ecm("/v1/auth"))
-        .form(&[("username", "admin"), ("password", "admin")])
-        .send()
-        .await
-        .expect("auth")
-        .json()
-        .await
-        .expect("json");
-    s.ticket = v["ticket"].as_str().expect("ticket").to_owned();
+    s.ticket = admin_ticket(&s.http, &s.stack.emulator.base_url()).await;
     s
 }
 
@@ -78,28 +68,9 @@ impl Setup {
     }
 
     async fn upload(&self, parent: i64, name: &str, doc_type: &str, body: &[u8]) -> i64 {
-        let meta = json!({"type": 144, "parent_id": parent, "name": name,
-            "roles": {"categories": {"9001": {"9001_2": "Approved", "9001_3": doc_type}}}});
-        let form = reqwest::multipart::Form::new()
-            .text("body", meta.to_string())
-            .part(
-                "file",
-                reqwest::multipart::Part::bytes(body.to_vec()).file_name(name.to_owned()),
-            );
-        let v: Value = self
-            .http
-            .post(self.ecm("/v2/nodes"))
-            .header("OTCSTicket", &self.ticket)
-            .multipart(form)
-            .send()
-            .await
-            .expect("upload")
-            .json()
-            .await
-            .expect("json");
-        v["results"]["data"]["properties"]["id"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("no id in {v}"))
+        let base = self.stack.emulator.base_url();
+        let values = json!({"9001_2": "Approved", "9001_3": doc_type});
+        upload_document(&self.http, &base, &self.ticket, parent, name, values, body).await
     }
 
     async fn add_version(&self, id: i64, body: &[u8]) {
@@ -157,33 +128,10 @@ impl Setup {
         version: u32,
         event_id: &str,
     ) -> (u16, String) {
-        let body = json!({"event": "document.approved", "event_id": event_id, "node_id": node,
-            "version": version, "category_id": 9001, "attribute": "9001_2", "value": "Approved",
-            "approved_at": "2026-11-27T10:00:00Z"})
-        .to_string();
-        let ts = chrono::Utc::now().timestamp();
-        let r = self
-            .http
-            .post(harness.function_url())
-            .header("content-type", "application/json")
-            .header("x-xecm-timestamp", ts.to_string())
-            .header(
-                "x-xecm-signature",
-                sign(WEBHOOK_HMAC_KEY.as_bytes(), ts, body.as_bytes()),
-            )
-            .body(body)
-            .send()
+        let body = approval_body(event_id, node, version);
+        send_callback(&self.http, &harness.function_url(), &body, None)
             .await
-            .expect("webhook request");
-        let status = r.status().as_u16();
-        let v: Value = r.json().await.unwrap_or(Value::Null);
-        let what = v["status"]
-            .as_str()
-            .or(v["kind"].as_str())
-            .or(v["error"].as_str())
-            .unwrap_or("?")
-            .to_owned();
-        (status, what)
+            .expect("webhook request")
     }
 
     async fn fault(&self, body: Value) {

@@ -30,4 +30,7 @@ cargo build --workspace --bins --locked
 log "cargo test (unit + integration against sshd, emulator, moto)"
 cargo test --workspace --lib --bins --tests --locked --no-fail-fast
 
+log "cargo fuzz: every target briefly (docs/fuzzing.md has the long run)"
+"$XECM_ROOT/tests/fuzz.sh" --seconds "${XECM_FUZZ_SECONDS:-15}"
+
 log "all tests passed"

@@ -149,3 +149,16 @@ ensure_interop_servers() {
     make_venv "$SFTP_SERVERS_VENV" "asyncssh==$ASYNCSSH_VERSION" "paramiko==$PARAMIKO_VERSION"
     export XECM_SFTP_SERVERS_PYTHON="$SFTP_SERVERS_VENV/bin/python"
 }
+
+# cargo-fuzz for tests/fuzz.sh (docs/fuzzing.md), built once into
+# ~/.cargo/bin. It drives libFuzzer with -Z flags; RUSTC_BOOTSTRAP=1, set by
+# tests/fuzz.sh, lets the stable toolchain accept them.
+CARGO_FUZZ_VERSION=${CARGO_FUZZ_VERSION:-0.13.2}
+ensure_cargo_fuzz() {
+    ensure_rust
+    if cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+        return 0
+    fi
+    log "cargo install cargo-fuzz $CARGO_FUZZ_VERSION"
+    cargo install --locked --quiet cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+}

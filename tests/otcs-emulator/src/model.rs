@@ -1055,7 +1055,7 @@ mod tests {
         seed.workspaces[0]
             .category_values
             .insert("9008_2".into(), json!("x"));
-        let err = Model::from_seed(seed).err().expect("refused");
+        let err = Model::from_seed(seed).expect_err("refused");
         assert!(
             err.contains("seed workspace 5001") && err.contains("9008_2"),
             "{err}"

@@ -39,7 +39,7 @@ JSON
 )
 run() { with_progress "backup-snapshot" run_once "$1"; }
 run_once() { printf '%s' "$1" | "$BIN/backup-snapshot" --event - 2>"$WORK/last.log"; }
-summary='"snapshot %s: %d documents, %d copied, %d pointing at %s, %d skipped, %d bytes" % (v["summary"]["snapshot_id"], v["summary"]["counts"]["documents"], v["summary"]["counts"]["copied"], v["summary"]["counts"]["referenced"], v["summary"]["base_snapshot"], v["summary"]["counts"]["skipped"], v["summary"]["counts"]["bytes"])'
+summary='"snapshot %s: %d documents, %d copied, %d pointing at %s, %d skipped, %d bytes" % (v["summary"]["snapshot_id"], v["summary"]["counts"]["documents"], v["summary"]["counts"]["copied"], v["summary"]["counts"]["referenced"], v["summary"]["base_snapshot"] or "no earlier snapshot", v["summary"]["counts"]["skipped"], v["summary"]["counts"]["bytes"])'
 
 say "1. full snapshot of the business workspaces (Business Workspaces, node 3000)"
 run "{\"backup\": $BACKUP}" >"$WORK/full.json"
@@ -65,7 +65,7 @@ done
 for id in "$FULL" "$INC"; do
     say "4. verify $id"
     run "{\"action\": \"verify\", \"backup\": $BACKUP, \"snapshot_id\": \"$id\"}" \
-        | json '"%d files, %d bytes re-hashed (also in %s), %d problems" % (v["files_checked"], v["bytes_checked"], v["referenced_snapshots"] or "none", len(v["problems"]))'
+        | json '"%d files, %d bytes re-hashed (%s), %d problems" % (v["files_checked"], v["bytes_checked"], ("also in " + ", ".join(v["referenced_snapshots"])) if v["referenced_snapshots"] else "all in this snapshot", len(v["problems"]))'
 done
 
 say "5. restore $INC into an empty folder (the DR drill)"

@@ -144,7 +144,7 @@ BODY=$(printf '{"event":"document.approved","event_id":"evt-demo-dup-%s","node_i
 TS=$(date +%s)
 SIG=$(printf '%s.%s' "$TS" "$BODY" | openssl dgst -sha256 -hmac "$HMAC_KEY" | awk '{print $NF}')
 curl -s -X POST "$FN_URL" -H 'Content-Type: application/json' -H "X-Xecm-Timestamp: $TS" \
-    -H "X-Xecm-Signature: sha256=$SIG" --data "$BODY"; echo
+    -H "X-Xecm-Signature: sha256=$SIG" --data "$BODY" | show response
 echo "and a forged one (wrong key) is refused:"
 curl -s -X POST "$FN_URL" -H 'Content-Type: application/json' -H "X-Xecm-Timestamp: $TS" \
     -H "X-Xecm-Signature: sha256=$(printf '%s.%s' "$TS" "$BODY" | openssl dgst -sha256 -hmac wrong | awk '{print $NF}')" \
@@ -158,10 +158,11 @@ head -c 200000 /dev/urandom >"$WORK/manual.pdf"
 upload 510101 "Welcome letter.txt" Approved "$WORK/welcome.txt" >/dev/null
 upload 510101 "Service manual.pdf" Approved "$WORK/manual.pdf" >/dev/null
 upload 510101 "Draft price sheet.txt" Draft "$WORK/welcome.txt" >/dev/null
+echo "(each approved document's own callback is rejected below: the kit goes out as a package, not document by document)"
 curl -sf -X POST "$INVOKE_URL" -d '{"action":"export-package","node_id":510101,"route":"customer-packages","package_name":"Globex-onboarding-kit"}' \
-    | tee "$WORK/package.json"; echo
+    | show response
 PKG=$(find "$XECM_SFTP_DATA_ROOT/packages" -maxdepth 2 -type d -name Globex-onboarding-kit | head -1)
-echo "the package on the SFTP server (the draft price sheet, not approved, is not in it):"
+echo "the package on the SFTP server:"
 show ls "${PKG#"$XECM_SFTP_DATA_ROOT"/}"
 echo "its manifest.json:"
 python3 -m json.tool "$PKG/manifest.json" | sed 's/^/  /'
@@ -170,7 +171,7 @@ show_events
 say "4) resend: the distributor reports a truncated file"
 head -c 10 "$TARGET" >"$TARGET.tmp" && mv "$TARGET.tmp" "$TARGET"
 echo "damaged: $REMOTE_ROOT/outbound/price-lists/$(basename "$TARGET") now has $(stat -c %s "$TARGET") bytes"
-curl -sf -X POST "$INVOKE_URL" -d "{\"action\":\"resend\",\"node_id\":$DOC,\"route\":\"price-lists\",\"reason\":\"distributor reported a truncated file\"}"; echo
+curl -sf -X POST "$INVOKE_URL" -d "{\"action\":\"resend\",\"node_id\":$DOC,\"route\":\"price-lists\",\"reason\":\"distributor reported a truncated file\"}" | show response
 echo "after resend: $(stat -c %s "$TARGET") bytes, sha256 $(sha256sum "$TARGET" | cut -d' ' -f1)"
 show_events
 

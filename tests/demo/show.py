@@ -7,6 +7,7 @@ client sees them (under XECM_SFTP_REMOTE_ROOT, e.g. /data/...).
   show.py node ID [--category NAME]    where node ID is, and its categories by attribute name
   show.py ingest --route EVENT --report REPORT --dropped NAMES
                                        each dropped file: what the run did with it, where it is now
+  show.py response < RESPONSE.json     an ecm-export response (delivery or package) in a line or two
 
 Needs XECM_ECM_URL, XECM_SFTP_DATA_ROOT (and XECM_SFTP_REMOTE_ROOT, default /data)
 from the local stack's env file. Only the standard library.
@@ -88,6 +89,22 @@ class Ecm:
         return out
 
 
+def delivery(value):
+    """An export-history delivery record, `["route/destination",version,"sha256","path"]`."""
+    try:
+        dest, version, sha, path = json.loads(value)
+    except (TypeError, ValueError):
+        return short(value)
+    return f"{dest} v{version} → {remote_path(path)} (SHA-256 {str(sha)[:12]}…)"
+
+
+def remote_path(path):
+    """A path a function reported, as the SFTP client sees it: relative ones
+    are relative to the SFTP secret's root."""
+    path = str(path)
+    return path if path.startswith("/") else remote(path)
+
+
 def short(value):
     if isinstance(value, list):
         return "[" + ", ".join(short(v) for v in value) + "]"
@@ -103,7 +120,10 @@ def print_categories(ecm, node_id, only=None, indent="    "):
         if only and name != only:
             continue
         shown = True
-        values = "; ".join(f"{a} = {short(v)}" for a, v in attrs) or "(no values)"
+        values = "; ".join(
+            f"{a} = " + ("; ".join(delivery(d) for d in v) if a == "Deliveries" and isinstance(v, list) else short(v))
+            for a, v in attrs
+        ) or "(no values)"
         print(f"{indent}{name}: {values}")
     if not shown:
         print(f"{indent}(no {'category ' + only if only else 'categories'})")
@@ -131,6 +151,27 @@ def cmd_node(args):
     ecm = Ecm()
     print(f"  {ecm.location(args.id)}  (node {args.id})")
     print_categories(ecm, args.id, args.category)
+
+
+def cmd_response(args):
+    """An ecm-export response (webhook body or manual invocation), in a line or two."""
+    v = json.load(sys.stdin)
+    body = v
+    if isinstance(v.get("body"), str):  # a Function URL response
+        body = json.loads(v["body"])
+    status = body.get("status", body.get("error", "?"))
+    d = body.get("delivery")
+    if d:
+        print(f"  {status}: {d['route']}/{d['destination']} version {d['version']} at {remote_path(d['remote_path'])}")
+        return
+    p = body.get("package")
+    if p:
+        print(f"  {status}: {p['files']} files ({p['bytes']} bytes) to {p['destination']} at {remote_path(p['remote_path'])}")
+        ecm = Ecm()
+        for node, reason in p.get("skipped", []):
+            print(f"  left out: {ecm.location(node)} (node {node}): {reason}")
+        return
+    print(f"  {status}: {json.dumps(body)}")
 
 
 def find_moved(root, source_dir, name):
@@ -217,6 +258,8 @@ def main():
     s.add_argument("--report", required=True)
     s.add_argument("--dropped", required=True)
     s.set_defaults(func=cmd_ingest)
+    s = sub.add_parser("response")
+    s.set_defaults(func=cmd_response)
     args = p.parse_args()
     args.func(args)
 

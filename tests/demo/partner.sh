@@ -140,6 +140,10 @@ find "$root/inbound/price-lists" -type f -name 'Price list EU*' | grep -q . ||
     fail "the sweep delivered no price list: $(find "$root/inbound" -path '*price*')"
 find "$root/backups/critical-records" -name snapshot.json | grep -q . ||
     fail "no complete snapshot in backups/critical-records"
+# Outbound (3100) held Pricing and Customer Packages; the restore adds to it.
+restored=$(curl -fsS -H "OTCSTicket: $ticket" "$XECM_ECM_URL/cs/cs/api/v2/nodes/3100/nodes" |
+    python3 -c 'import json, sys; print(", ".join(sorted(r["data"]["properties"]["name"] for r in json.load(sys.stdin)["results"])))')
+[ "$restored" != "Customer Packages, Pricing" ] || fail "the restore added nothing to Outbound (3100)"
 printf '\n==> partner.sh: every step of the walkthrough and the Invoke examples did what the README says\n' >&2
 SH
 bash "$WORK/walk.sh"

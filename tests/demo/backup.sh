@@ -39,7 +39,7 @@ JSON
 )
 run() { with_progress "backup-snapshot" run_once "$1"; }
 run_once() { printf '%s' "$1" | "$BIN/backup-snapshot" --event - 2>"$WORK/last.log"; }
-summary='"snapshot %s: %d documents, %d copied, %d pointing at %s, %d skipped, %d bytes" % (v["summary"]["snapshot_id"], v["summary"]["counts"]["documents"], v["summary"]["counts"]["copied"], v["summary"]["counts"]["referenced"], v["summary"]["base_snapshot"] or "no earlier snapshot", v["summary"]["counts"]["skipped"], v["summary"]["counts"]["bytes"])'
+summary='"snapshot %s: %d documents, %d copied, %d already in %s, %d skipped, %d bytes" % (v["summary"]["snapshot_id"], v["summary"]["counts"]["documents"], v["summary"]["counts"]["copied"], v["summary"]["counts"]["referenced"], v["summary"]["base_snapshot"] or "an earlier snapshot", v["summary"]["counts"]["skipped"], v["summary"]["counts"]["bytes"])'
 
 say "1. full snapshot of the business workspaces (Business Workspaces, node 3000)"
 run "{\"backup\": $BACKUP}" >"$WORK/full.json"

@@ -1,7 +1,7 @@
 # Shared by tests/demo.sh and tests/demo/*.sh (sourced): headings and
 # progress lines for a person reading the demo, plain when not a terminal.
 
-# say TAG TEXT: a heading, bold on a terminal, plain text otherwise.
+# say_tagged TAG TEXT: a heading, bold on a terminal, plain text otherwise.
 say_tagged() {
     local tag=$1
     shift
@@ -29,7 +29,7 @@ with_progress() {
     wait "$pid"
 }
 
-# events TAG: the audit events published since the last call (moto capture).
+# show_events: the audit events published since the last call (moto capture).
 show_events() {
     echo "audit events published:"
     "${XECM_BIN:-$XECM_ROOT/target/debug}/xecm-stack" events

@@ -12,12 +12,14 @@ XECM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export XECM_ROOT
 # shellcheck source=tests/lib/prereqs.sh
 . "$XECM_ROOT/tests/lib/prereqs.sh"
+# shellcheck source=tests/demo/lib.sh
+. "$XECM_ROOT/tests/demo/lib.sh"
 
 ensure_all
 cd "$XECM_ROOT"
 
-log "building the functions and the local stack"
-cargo build -q --locked -p sftp-ingest -p ecm-export -p backup-snapshot -p xecm-stack -p otcs-emulator
+log "building the functions and the local stack (a few minutes the first time)"
+with_progress "cargo build" cargo build -q --locked -p sftp-ingest -p ecm-export -p backup-snapshot -p xecm-stack -p otcs-emulator
 BIN="$XECM_ROOT/target/debug"
 
 WORK=$(mktemp -d -t xecm-demo.XXXXXX)
@@ -40,8 +42,9 @@ log "starting the local stack (sshd + Content Server emulator + moto)"
 "$BIN/xecm-stack" up --env-file "$WORK/stack.env" \
     --callback-url "http://127.0.0.1:$XECM_EXPORT_LAMBDA_PORT/lambda-url/_" >"$WORK/stack.log" 2>&1 &
 STACK_PID=$!
-for _ in $(seq 1 600); do
+for i in $(seq 1 600); do
     [ -s "$WORK/stack.env" ] && break
+    [ $((i % 100)) = 0 ] && log "still starting the local stack ($((i / 10)) s)"
     if ! kill -0 "$STACK_PID" 2>/dev/null; then
         cat "$WORK/stack.log" >&2
         log "the local stack failed to start"
@@ -55,13 +58,17 @@ set -a
 . "$WORK/stack.env"
 set +a
 log "stack up: SFTP 127.0.0.1:$XECM_SFTP_PORT, Content Server $XECM_ECM_URL, AWS (moto) $AWS_ENDPOINT_URL"
+echo "SFTP paths below are as the SFTP client sees them: $XECM_SFTP_REMOTE_ROOT is $XECM_SFTP_DATA_ROOT on this machine."
 
+say_tagged "ingest demo" "a partner drops a mixed delivery, sftp-ingest takes it (events/ingest-demo.json)"
 "$XECM_ROOT/tests/demo/drop.sh" "$XECM_SFTP_DATA_ROOT"
+find "$XECM_SFTP_DATA_ROOT/inbound/partners" -maxdepth 1 -type f -printf '%f\n' | sort >"$WORK/dropped.txt"
 
 log "invoking sftp-ingest locally with events/ingest-demo.json"
-"$BIN/sftp-ingest" --event "$XECM_ROOT/events/ingest-demo.json" | tee "$WORK/ingest-result.json"
-
-"$BIN/xecm-stack" report --env-file "$WORK/stack.env"
+with_progress "sftp-ingest" "$BIN/sftp-ingest" --event "$XECM_ROOT/events/ingest-demo.json" >"$WORK/ingest-result.json"
+python3 "$XECM_ROOT/tests/demo/show.py" ingest --route "$XECM_ROOT/events/ingest-demo.json" \
+    --report "$WORK/ingest-result.json" --dropped "$WORK/dropped.txt"
+show_events
 
 log "ecm-export: approval webhook, package export and resend"
 "$XECM_ROOT/tests/demo/export.sh"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole xecm-sftp test suite: formatting and lint checks, unit tests,
 # and the integration tests against the real local stack (OpenSSH sshd, the
-# Content Server emulator, moto), including the pyxecm conformance test.
+# Content Server emulator, moto), including the pyxecm conformance test, and
+# the README's walkthrough as written (tests/demo/partner.sh).
 # Installs its own prerequisites (apt, pip, cargo components) idempotently,
 # may be called from any directory, and leaves no process running.
 set -euo pipefail
@@ -29,6 +30,9 @@ cargo build --workspace --bins --locked
 
 log "cargo test (unit + integration against sshd, emulator, moto)"
 cargo test --workspace --lib --bins --tests --locked --no-fail-fast
+
+log "the README's walkthrough and Invoke examples, as written (tests/demo/partner.sh)"
+"$XECM_ROOT/tests/demo/partner.sh"
 
 log "cargo fuzz: every target briefly (docs/fuzzing.md has the long run)"
 "$XECM_ROOT/tests/fuzz.sh" --seconds "${XECM_FUZZ_SECONDS:-15}"

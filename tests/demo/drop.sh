@@ -62,7 +62,7 @@ if [ -n "${XECM_ECM_URL:-}" ]; then
     curl -fsS -o /dev/null -H "OTCSTicket: $ticket" "$api/v2/nodes" \
         -F 'body={"type":144,"parent_id":520101,"name":"Master Supply Agreement.docx"}' \
         -F "file=@$stage/draft.docx;type=application/vnd.openxmlformats-officedocument.wordprocessingml.document" &&
-        echo "drop: draft 'Master Supply Agreement.docx' (version 1) is in contract workspace 5201 / Drafts"
+        echo "drop: draft 'Master Supply Agreement.docx' (version 1) is in Content Server at Master Supply Agreement Acme (4600000001) / Drafts"
 else
     echo "drop: XECM_ECM_URL not set; the redline will fail (no draft to version)" >&2
 fi
@@ -101,5 +101,9 @@ put "$stage/fake.pdf" INV-004713_0000100001.pdf
 # The SFTP account must be able to claim (rename) what we wrote as root.
 chown -R --reference="$root" "$root/inbound"
 
-echo "drop: $(find "$dir" -maxdepth 1 -type f | wc -l) files in $dir"
-ls -l "$dir"
+# As the SFTP client sees them (the SFTP root is $root on this machine).
+remote=${XECM_SFTP_REMOTE_ROOT:-/data}/inbound/partners
+echo "drop: $(find "$dir" -maxdepth 1 -type f | wc -l) files in $remote:"
+find "$dir" -maxdepth 1 -type f -printf '%f %s\n' | sort | while read -r name size; do
+    echo "  $remote/$name  ($size bytes)"
+done

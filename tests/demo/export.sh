@@ -23,7 +23,10 @@ HMAC_KEY=${XECM_DEMO_HMAC_KEY:-local-demo-hmac-key}
 REMOTE_ROOT=${XECM_SFTP_REMOTE_ROOT:-/data}
 API="$XECM_ECM_URL/cs/cs/api"
 
-say() { printf '\n\033[1m[export demo]\033[0m %s\n' "$*"; }
+# shellcheck source=tests/demo/lib.sh
+. "$XECM_ROOT/tests/demo/lib.sh"
+say() { say_tagged "export demo" "$@"; }
+show() { python3 "$XECM_ROOT/tests/demo/show.py" "$@"; }
 json() { python3 -c "import json,sys; v=json.load(sys.stdin); print(eval(sys.argv[1], {'v': v}))" "$1"; }
 
 SELF_CALLBACK=0
@@ -76,8 +79,9 @@ cd "$XECM_ROOT"
 say "starting ecm-export behind cargo lambda watch on 127.0.0.1:$PORT"
 "$CARGO_LAMBDA" lambda watch --only-lambda-apis -A 127.0.0.1 -P "$PORT" </dev/null >"$WORK/watch.log" 2>&1 &
 WATCH_PID=$!
-for _ in $(seq 1 300); do
+for i in $(seq 1 300); do
     (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    [ $((i % 100)) = 0 ] && echo "==> still waiting for cargo lambda watch ($((i / 10)) s)" >&2
     sleep 0.1
 done
 XECM_EXPORT_ROUTES=$(cat "$WORK/routes.json") \
@@ -99,7 +103,7 @@ print(json.dumps({"type":144,"parent_id":int(sys.argv[1]),"name":sys.argv[2],"ro
 say "1) a price list is uploaded (In Review), then approved in Content Server"
 printf 'sku;description;price_eur\n10001;Widget;9.90\n10002;Gadget;24.50\n' >"$WORK/prices.csv"
 DOC=$(upload 3101 "Price list EU 2026-Q4.csv" "In Review" "$WORK/prices.csv")
-echo "node $DOC created in Outbound/Pricing (3101)"
+echo "'Price list EU 2026-Q4.csv' created in Content Server at Outbound / Pricing (node $DOC), Status In Review"
 curl -sf -X PUT -H "OTCSTicket: $TICKET" -d 9001_2=Approved "$API/v2/nodes/$DOC/categories/9001" >/dev/null
 echo "Document Control: Status = Approved"
 if [ "$SELF_CALLBACK" = 1 ]; then
@@ -112,46 +116,63 @@ if [ "$SELF_CALLBACK" = 1 ]; then
 fi
 TARGET="$XECM_SFTP_DATA_ROOT/outbound/price-lists/Price list EU 2026-Q4_v1.csv"
 # The sidecar is written after the file: its presence means both are there.
-for _ in $(seq 1 600); do [ -f "$TARGET.sha256" ] && break; sleep 0.1; done
+for i in $(seq 1 600); do
+    [ -f "$TARGET.sha256" ] && break
+    [ $((i % 100)) = 0 ] && echo "==> still waiting for the delivery ($((i / 10)) s)" >&2
+    sleep 0.1
+done
 if [ ! -f "$TARGET.sha256" ]; then
     echo "the approved version did not appear; function log:" >&2
     tail -40 "$WORK/function.log" >&2
     exit 1
 fi
-echo "on the SFTP server ($REMOTE_ROOT/outbound/price-lists):"
-ls -l "$XECM_SFTP_DATA_ROOT/outbound/price-lists"
-cat "$TARGET.sha256"
-echo "export history on node $DOC:"
-curl -sf -H "OTCSTicket: $TICKET" "$API/v2/nodes/$DOC/categories" \
-    | json "[r['data']['categories'] for r in v['results'] if any(k.startswith('9003_') for k in r['data']['categories'])]"
+# The function writes the export history after the file, then publishes
+# its event: wait for the history (3 s at most) before showing both.
+for _ in $(seq 1 30); do
+    curl -sf -o /dev/null -H "OTCSTicket: $TICKET" "$API/v2/nodes/$DOC/categories/9003" && break
+    sleep 0.1
+done
+echo "on the SFTP server, the approved version and its SHA-256 sidecar:"
+show ls outbound/price-lists
+echo "  sidecar: $(cat "$TARGET.sha256")"
+echo "the document in Content Server, with its export history:"
+show node "$DOC"
+show_events
 
 say "2) the same callback again is acknowledged without a second delivery"
 BODY=$(printf '{"event":"document.approved","event_id":"evt-demo-dup-%s","node_id":%s,"version":1,"category_id":9001,"attribute":"9001_2","value":"Approved","approved_at":"%s"}' "$DOC" "$DOC" "$(date -u +%Y-%m-%dT%H:%M:%SZ)")
 TS=$(date +%s)
 SIG=$(printf '%s.%s' "$TS" "$BODY" | openssl dgst -sha256 -hmac "$HMAC_KEY" | awk '{print $NF}')
 curl -s -X POST "$FN_URL" -H 'Content-Type: application/json' -H "X-Xecm-Timestamp: $TS" \
-    -H "X-Xecm-Signature: sha256=$SIG" --data "$BODY"; echo
+    -H "X-Xecm-Signature: sha256=$SIG" --data "$BODY" | show response
 echo "and a forged one (wrong key) is refused:"
 curl -s -X POST "$FN_URL" -H 'Content-Type: application/json' -H "X-Xecm-Timestamp: $TS" \
     -H "X-Xecm-Signature: sha256=$(printf '%s.%s' "$TS" "$BODY" | openssl dgst -sha256 -hmac wrong | awk '{print $NF}')" \
     -w ' (HTTP %{http_code})' --data "$BODY"; echo
+show_events
 
-say "3) package export: the Globex onboarding kit (folder 510101) as a directory with manifest.json"
+say "3) package export: the Globex onboarding kit (Globex Retail AG (0000200001) / Onboarding Kit) as a directory with manifest.json"
 curl -sf -X POST -H "OTCSTicket: $TICKET" -d category_id=9001 -d 9001_3=Package "$API/v2/nodes/510101/categories" >/dev/null
 printf 'Welcome to Globex!\n' >"$WORK/welcome.txt"
 head -c 200000 /dev/urandom >"$WORK/manual.pdf"
 upload 510101 "Welcome letter.txt" Approved "$WORK/welcome.txt" >/dev/null
 upload 510101 "Service manual.pdf" Approved "$WORK/manual.pdf" >/dev/null
 upload 510101 "Draft price sheet.txt" Draft "$WORK/welcome.txt" >/dev/null
+echo "(each approved document's own callback is rejected below: the kit goes out as a package, not document by document)"
 curl -sf -X POST "$INVOKE_URL" -d '{"action":"export-package","node_id":510101,"route":"customer-packages","package_name":"Globex-onboarding-kit"}' \
-    | tee "$WORK/package.json"; echo
+    | show response
 PKG=$(find "$XECM_SFTP_DATA_ROOT/packages" -maxdepth 2 -type d -name Globex-onboarding-kit | head -1)
-echo "package on the SFTP server:"; ls -l "$PKG"; echo "manifest.json:"; cat "$PKG/manifest.json"; echo
+echo "the package on the SFTP server:"
+show ls "${PKG#"$XECM_SFTP_DATA_ROOT"/}"
+echo "its manifest.json:"
+python3 -m json.tool "$PKG/manifest.json" | sed 's/^/  /'
+show_events
 
 say "4) resend: the distributor reports a truncated file"
 head -c 10 "$TARGET" >"$TARGET.tmp" && mv "$TARGET.tmp" "$TARGET"
-echo "damaged: $(stat -c %s "$TARGET") bytes"
-curl -sf -X POST "$INVOKE_URL" -d "{\"action\":\"resend\",\"node_id\":$DOC,\"route\":\"price-lists\",\"reason\":\"distributor reported a truncated file\"}"; echo
+echo "damaged: $REMOTE_ROOT/outbound/price-lists/$(basename "$TARGET") now has $(stat -c %s "$TARGET") bytes"
+curl -sf -X POST "$INVOKE_URL" -d "{\"action\":\"resend\",\"node_id\":$DOC,\"route\":\"price-lists\",\"reason\":\"distributor reported a truncated file\"}" | show response
 echo "after resend: $(stat -c %s "$TARGET") bytes, sha256 $(sha256sum "$TARGET" | cut -d' ' -f1)"
+show_events
 
 say "export demo finished; stopping ecm-export and cargo lambda watch"

@@ -140,29 +140,7 @@ impl Moto {
 
     /// Creates (or replaces the value of) a string secret.
     pub async fn put_secret_string(&self, secret_id: &str, value: &str) -> Result<()> {
-        let sm = aws_sdk_secretsmanager::Client::new(&self.sdk_config().await);
-        let created = sm
-            .create_secret()
-            .name(secret_id)
-            .secret_string(value)
-            .send()
-            .await;
-        match created {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_exists_exception()) =>
-            {
-                sm.put_secret_value()
-                    .secret_id(secret_id)
-                    .secret_string(value)
-                    .send()
-                    .await
-                    .with_context(|| format!("updating secret {secret_id} in moto"))?;
-                Ok(())
-            }
-            Err(e) => Err(anyhow!(e).context(format!("creating secret {secret_id} in moto"))),
-        }
+        put_secret_string(&self.sdk_config().await, secret_id, value).await
     }
 
     /// Creates an EventBridge bus; returns its ARN.
@@ -250,6 +228,34 @@ pub struct EventCapture {
 }
 
 impl EventCapture {
+    /// The capture queue of a running stack, from its URL (the env file's
+    /// `XECM_EVENT_QUEUE_URL`).
+    pub fn attach(sdk: &SdkConfig, queue_url: &str) -> Self {
+        Self {
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            queue_url: queue_url.to_string(),
+        }
+    }
+
+    pub fn queue_url(&self) -> &str {
+        &self.queue_url
+    }
+
+    /// Every event waiting in the queue now (read until one receive comes
+    /// back empty), oldest first by the envelope's `time`.
+    pub async fn drain(&self) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        loop {
+            let got = self.receive(10, Duration::from_millis(1)).await?;
+            if got.is_empty() {
+                break;
+            }
+            out.extend(got);
+        }
+        out.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
+        Ok(out)
+    }
+
     /// Reads events until `count` arrived or `timeout` passed; returns what
     /// arrived (the EventBridge envelopes: `source`, `detail-type`, `detail`...).
     pub async fn receive(&self, count: usize, timeout: Duration) -> Result<Vec<Value>> {
@@ -283,5 +289,33 @@ impl EventCapture {
             }
         }
         Ok(out)
+    }
+}
+
+/// Creates (or replaces the value of) a string secret in the Secrets Manager
+/// `sdk` points at (moto's, for the local stack).
+pub async fn put_secret_string(sdk: &SdkConfig, secret_id: &str, value: &str) -> Result<()> {
+    let sm = aws_sdk_secretsmanager::Client::new(sdk);
+    let created = sm
+        .create_secret()
+        .name(secret_id)
+        .secret_string(value)
+        .send()
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_exists_exception()) =>
+        {
+            sm.put_secret_value()
+                .secret_id(secret_id)
+                .secret_string(value)
+                .send()
+                .await
+                .with_context(|| format!("updating secret {secret_id} in moto"))?;
+            Ok(())
+        }
+        Err(e) => Err(anyhow!(e).context(format!("creating secret {secret_id} in moto"))),
     }
 }

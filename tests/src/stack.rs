@@ -154,6 +154,12 @@ impl LocalStack {
                 ("XECM_SFTP_HOST", sshd.host().to_string()),
                 ("XECM_SFTP_PORT", sftp_port.to_string()),
                 ("XECM_SFTP_REMOTE_ROOT", sshd.remote_root().to_string()),
+                ("XECM_SFTP_USER", sshd.username().to_string()),
+                (
+                    "XECM_SFTP_KEY_FILE",
+                    sshd.client_key_path().display().to_string(),
+                ),
+                ("XECM_EVENT_QUEUE_URL", events.queue_url().to_string()),
                 (
                     "XECM_SFTP_DATA_ROOT",
                     sshd.data_root().display().to_string(),
@@ -174,7 +180,9 @@ impl LocalStack {
 
     /// Everything a function needs to run against this stack: the AWS SDK
     /// settings (endpoint, region, dummy credentials) and the `XECM_*`
-    /// identifiers. Never a credential other than moto's dummy keys.
+    /// identifiers, and the path of the SFTP client key file (for OpenSSH
+    /// clients playing the partner). Never a credential other than moto's
+    /// dummy keys.
     pub fn env(&self) -> &[(String, String)] {
         &self.env
     }
@@ -197,7 +205,8 @@ impl LocalStack {
 
     /// Writes [`LocalStack::env`] as a `KEY=value` file (shell-quoted).
     pub fn write_env_file(&self, path: &Path) -> Result<()> {
-        let mut text = String::from("# written by xecm-stack; identifiers and addresses only\n");
+        let mut text =
+            String::from("# written by xecm-stack; identifiers, addresses and paths only\n");
         for (k, v) in &self.env {
             let _ = writeln!(text, "{k}='{}'", v.replace('\'', r"'\''"));
         }

@@ -164,6 +164,61 @@ fn stack_command_writes_its_env_file_and_leaves_nothing_running_after_sigterm() 
         !text.contains("PRIVATE KEY"),
         "the env file must hold no credential"
     );
+    for name in [
+        "XECM_SFTP_USER",
+        "XECM_SFTP_KEY_FILE",
+        "XECM_EVENT_QUEUE_URL",
+    ] {
+        assert!(!var(name).is_empty(), "{name} is empty");
+    }
+    assert!(
+        std::path::Path::new(&var("XECM_SFTP_KEY_FILE")).is_file(),
+        "the client key file named in the env file exists"
+    );
+
+    // put-secret and events, with the env file's variables (the README's
+    // walkthrough uses both).
+    let envs: Vec<(String, String)> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect();
+    let stack_cmd = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_xecm-stack"))
+            .args(args)
+            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("xecm-stack")
+    };
+    let secret = dir.path().join("secret.json");
+    std::fs::write(&secret, r#"{"host": "127.0.0.1"}"#).expect("write secret");
+    let out = stack_cmd(&[
+        "put-secret",
+        "xecm/test/put",
+        secret.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("secret xecm/test/put stored"),
+        "put-secret: {out:?}"
+    );
+    std::fs::write(&secret, "[1, 2]").expect("write secret");
+    let out = stack_cmd(&[
+        "put-secret",
+        "xecm/test/put",
+        secret.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("is not a JSON object"),
+        "a secret that is not a JSON object is refused naming the file: {out:?}"
+    );
+    let out = stack_cmd(&["events"]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("(no events)"),
+        "events on a fresh stack: {out:?}"
+    );
     let sftp_port: u16 = var("XECM_SFTP_PORT").parse().expect("port");
     let moto_port: u16 = var("AWS_ENDPOINT_URL")
         .rsplit(':')

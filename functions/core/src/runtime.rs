@@ -294,7 +294,12 @@ pub fn init_tracing() {
     if on_lambda() {
         let _ = builder.json().with_current_span(true).try_init();
     } else {
-        let _ = builder.compact().try_init();
+        // Colours only for a person at a terminal, not in redirected output.
+        use std::io::IsTerminal;
+        let _ = builder
+            .compact()
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init();
     }
 }
 

@@ -24,6 +24,8 @@ ENTERPRISE_ID = 2000
 DOC_CONTROL = 9001  # category "Document Control", attribute 2 = Status
 SUPPLIER_TYPE = 100
 SUPPLIER_WS = 5001  # SAP / LFA1 / 0000100001
+SUPPLIER_TEMPLATE = 20001
+SUPPLIER_CAT = 9007  # the Supplier type's category, 2 = Vendor Number
 RM_CONTRACTS = 7001
 
 results = []
@@ -192,6 +194,41 @@ def main():
         expect(wid == SUPPLIER_WS, f"got {wid}")
         missing = otcs.get_workspace_by_business_object("SAP", "LFA1", "does-not-exist")
         expect(missing is None, f"unknown business object found: {missing}")
+
+    @check("workspace carries its type's category")
+    def _():
+        names = otcs.get_node_category_names(SUPPLIER_WS)
+        expect(names and "Supplier" in names, f"categories on the workspace: {names}")
+        cat_id, defs = otcs.get_node_category_definition(SUPPLIER_WS, "Supplier")
+        expect(int(cat_id) == SUPPLIER_CAT, f"category id {cat_id}")
+        want = {"Vendor Number": f"{SUPPLIER_CAT}_2", "Vendor Name": f"{SUPPLIER_CAT}_3", "Country": f"{SUPPLIER_CAT}_4"}
+        got = {name: d["id"] for name, d in defs.items()}
+        expect(got == want, f"attribute definitions {defs}")
+        expect(all(d["type"] == "String" for d in defs.values()), f"attribute types {defs}")
+        value = otcs.get_category_value_by_name(SUPPLIER_WS, "Supplier", "Vendor Number")
+        expect(value == "0000100001", f"Vendor Number {value!r}")
+        return f"{len(defs)} attributes"
+
+    @check("workspace from template gets the type's category")
+    def _():
+        r = otcs.create_workspace(
+            workspace_template_id=SUPPLIER_TEMPLATE,
+            workspace_name=f"Conformance Supplier {stamp}",
+            workspace_description="created by the conformance check",
+            workspace_type=SUPPLIER_TYPE,
+            category_data={str(SUPPLIER_CAT): {f"{SUPPLIER_CAT}_2": stamp}},
+            external_system_id="SAP",
+            bo_type="LFA1",
+            bo_id=f"C{stamp}",
+        )
+        wid = otcs.get_result_value(r, "id")
+        expect(isinstance(wid, int), f"no workspace id in {r}")
+        expect(SUPPLIER_CAT in otcs.get_node_category_ids(wid), "type category not on the new workspace")
+        value = otcs.get_category_value_by_name(wid, "Supplier", "Vendor Number")
+        expect(value == stamp, f"Vendor Number {value!r}, want {stamp}")
+        empty = otcs.get_category_value_by_name(wid, "Supplier", "Country")
+        expect(empty in (None, ""), f"Country {empty!r}, want empty")
+        return f"id {wid}"
 
     @check("RM classify")
     def _():

@@ -882,10 +882,16 @@ fn category_metadata(m: &Model, cat: i64) -> Result<(Value, Vec<String>), ApiErr
             crate::seed::AttrType::Boolean => (5, "Boolean"),
             crate::seed::AttrType::Set => (-18, "Set"),
         };
+        // pyxecm's get_node_category_definition reads every attribute's persona.
+        let persona = if a.kind == crate::seed::AttrType::Set {
+            "set"
+        } else {
+            "categoryattribute"
+        };
         meta.insert(
             key.clone(),
             json!({
-                "key": key, "name": a.name, "type": t, "type_name": tn,
+                "key": key, "name": a.name, "type": t, "type_name": tn, "persona": persona,
                 "multi_value": a.max_values > 1, "multi_value_length_max": a.max_values,
                 "required": a.required, "valid_values": a.valid_values,
             }),
@@ -1313,6 +1319,7 @@ async fn create_workspace(
             )));
         }
         let parent = parent.unwrap_or(wt.location_id);
+        let type_category = wt.category_id;
         if let (Some(e), Some(t), Some(b)) = (&bo.ext_system_id, &bo.bo_type, &bo.bo_id)
             && let Some(existing) = m.find_workspace_by_bo(e, t, b)
         {
@@ -1325,8 +1332,17 @@ async fn create_workspace(
         m.check_categories(&cats)?;
         let id = m.create_node(parent, TYPE_WORKSPACE, &name, &description, user)?;
         m.set_workspace(id, bo.clone())?;
+        // The template's category comes with the workspace; values given
+        // for it in `roles` fill it in.
+        let type_values = type_category
+            .and_then(|c| cats.get(&c))
+            .cloned()
+            .unwrap_or_default();
+        m.assign_type_category(id, type_id, &type_values, user)?;
         for (cat, vals) in &cats {
-            m.set_category(id, *cat, vals, true, user)?;
+            if Some(*cat) != type_category {
+                m.set_category(id, *cat, vals, true, user)?;
+            }
         }
         Ok(id)
     })?;

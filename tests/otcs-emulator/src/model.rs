@@ -311,6 +311,21 @@ impl Model {
             }
         }
         model.rebuild_index();
+        for w in &seed.workspaces {
+            let values: RawValues = w
+                .category_values
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::Array(vs) => (k.clone(), vs.clone()),
+                    v => (k.clone(), vec![v.clone()]),
+                })
+                .collect();
+            model
+                .assign_type_category(w.id, w.type_id, &values, admin)
+                .map_err(|e| format!("seed workspace {}: {}", w.id, e.message))?;
+        }
+        model.audit.clear();
+        model.next_audit_id = 1;
         Ok(model)
     }
 
@@ -722,6 +737,38 @@ impl Model {
         Ok(())
     }
 
+    /// Gives a workspace its type's category (when the type has one), with
+    /// `values` over the empty defaults, as a workspace created from a
+    /// template carries the type's category in Extended ECM. Values for
+    /// another category, or for an unknown attribute, are refused.
+    pub fn assign_type_category(
+        &mut self,
+        id: i64,
+        type_id: i64,
+        values: &RawValues,
+        user_id: i64,
+    ) -> Result<(), ApiError> {
+        let wt = self
+            .seed
+            .workspace_types
+            .iter()
+            .find(|t| t.id == type_id)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("Workspace type {type_id} does not exist."))
+            })?;
+        let Some(cat) = wt.category_id else {
+            if let Some((key, _)) = values.first() {
+                return Err(ApiError::bad_request(format!(
+                    "Workspace type {type_id} has no category; attribute '{key}' cannot be set."
+                )));
+            }
+            return Ok(());
+        };
+        let assign = !self.node(id)?.categories.contains_key(&cat);
+        self.set_category(id, cat, values, assign, user_id)?;
+        Ok(())
+    }
+
     /// Makes a node a business workspace of `bo`.
     pub fn set_workspace(&mut self, id: i64, bo: WorkspaceRef) -> Result<(), ApiError> {
         self.node_mut(id)?.workspace = Some(bo);
@@ -1001,6 +1048,25 @@ pub fn group_role_categories(roles: &Value) -> Result<BTreeMap<i64, RawValues>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seed_workspace_values_must_fit_the_type_category() {
+        let mut seed = Seed::builtin().expect("seed");
+        seed.workspaces[0]
+            .category_values
+            .insert("9008_2".into(), json!("x"));
+        let err = Model::from_seed(seed).expect_err("refused");
+        assert!(
+            err.contains("seed workspace 5001") && err.contains("9008_2"),
+            "{err}"
+        );
+        let m = Model::from_seed(Seed::builtin().expect("seed")).expect("model");
+        assert_eq!(
+            m.nodes[&5001].categories[&9007]["9007_3"],
+            json!("Acme Supplies GmbH")
+        );
+        assert!(m.audit.is_empty(), "the seed writes no audit events");
+    }
 
     fn model() -> Model {
         Model::from_seed(Seed::builtin().expect("seed")).expect("model")

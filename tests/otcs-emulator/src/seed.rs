@@ -112,6 +112,11 @@ pub struct WorkspaceTypeDef {
     /// The folder new workspaces of this type go to when no parent is given.
     pub location_id: i64,
     pub templates: Vec<NamedDef>,
+    /// The type's category: every workspace of this type carries it (with
+    /// the values its business object gave), as a workspace created from a
+    /// template does in Extended ECM.
+    #[serde(default)]
+    pub category_id: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -145,6 +150,10 @@ pub struct SeedWorkspace {
     /// Sub-folders; the i-th (from 0) gets id `id * 100 + i + 1`.
     #[serde(default)]
     pub folders: Vec<String>,
+    /// Values of the workspace type's category, by attribute key
+    /// (`{category}_{attribute}`); a list for a multi-value attribute.
+    #[serde(default)]
+    pub category_values: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 #[cfg(test)]

@@ -690,6 +690,95 @@ async fn workspaces_by_type_by_business_object_and_created_from_template() {
     assert_eq!(s, 400, "template of another type");
 }
 
+#[tokio::test]
+async fn workspaces_carry_their_type_category_with_its_definitions() {
+    let app = spawn().await;
+    // Seeded: the Supplier type's category with the business object's values
+    // and every attribute's definition.
+    let (s, v) = app.get("/v2/nodes/5001/categories").await;
+    assert_eq!(s, 200, "{v}");
+    let item = &v["results"][0];
+    assert_eq!(item["metadata_order"]["categories"], json!(["9007"]));
+    let meta = &item["metadata"]["categories"];
+    assert_eq!(meta["9007"]["name"], json!("Supplier"));
+    assert_eq!(meta["9007_2"]["name"], json!("Vendor Number"));
+    assert_eq!(meta["9007_2"]["type_name"], json!("String"));
+    assert_eq!(meta["9007_2"]["persona"], json!("categoryattribute"));
+    assert_eq!(meta["9007_4"]["name"], json!("Country"));
+    assert_eq!(item["data"]["categories"]["9007_2"], json!("0000100001"));
+    assert_eq!(
+        item["data"]["categories"]["9007_3"],
+        json!("Acme Supplies GmbH")
+    );
+    // Each seeded workspace carries its own type's category.
+    for (ws, cat) in [(5101, 9008), (5201, 9004), (5301, 9009), (5401, 9010)] {
+        let (s, v) = app.get(&format!("/v2/nodes/{ws}/categories/{cat}")).await;
+        assert_eq!(s, 200, "workspace {ws} lacks category {cat}: {v}");
+    }
+    // Sub-folders do not.
+    let (_, v) = app.get("/v2/nodes/500101/categories").await;
+    assert_eq!(v["results"], json!([]));
+
+    // Created from a template without values: the category, empty.
+    let (s, v) = app
+        .post_body(
+            "/v2/businessworkspaces",
+            json!({"template_id": 20002, "wksp_type_id": 101, "name": "Initech (0000200099)"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let id = v["results"]["id"].as_i64().expect("id");
+    let (s, v) = app.get(&format!("/v2/nodes/{id}/categories/9008")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["results"]["data"]["categories"]["9008_2"], json!(null));
+    assert_eq!(
+        v["results"]["metadata"]["categories"]["9008_3"]["name"],
+        json!("Customer Name")
+    );
+
+    // Values for the type's category in `roles` fill it in; another
+    // category given there is assigned beside it.
+    let (s, v) = app
+        .post_body(
+            "/v2/businessworkspaces",
+            json!({"template_id": 20002, "wksp_type_id": 101, "name": "Hooli (0000200098)",
+                   "roles": {"categories": {"9008": {"9008_2": "0000200098", "9008_4": "US"},
+                                            "9001": {"9001_3": "Package"}}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let id = v["results"]["id"].as_i64().expect("id");
+    let (_, v) = app.get(&format!("/v2/nodes/{id}/categories")).await;
+    let cats: Vec<&Value> = v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| &r["metadata_order"]["categories"][0])
+        .collect();
+    assert_eq!(cats, vec![&json!("9001"), &json!("9008")]);
+    let (_, v) = app.get(&format!("/v2/nodes/{id}/categories/9008")).await;
+    assert_eq!(
+        v["results"]["data"]["categories"]["9008_2"],
+        json!("0000200098")
+    );
+    assert_eq!(v["results"]["data"]["categories"]["9008_4"], json!("US"));
+
+    // A bad value for the type's category refuses the whole create.
+    let (s, v) = app
+        .post_body(
+            "/v2/businessworkspaces",
+            json!({"template_id": 20002, "wksp_type_id": 101, "name": "Bad (0000200097)",
+                   "roles": {"categories": {"9008": {"9008_77": "x"}}}}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].as_str().unwrap_or("").contains("9008_77"), "{v}");
+    let (_, v) = app
+        .get("/v2/businessworkspaces?where_name=Bad%20(0000200097)")
+        .await;
+    assert_eq!(v["results"], json!([]));
+}
+
 // ---------- test controls ----------
 
 #[tokio::test]

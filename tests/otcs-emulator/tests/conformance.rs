@@ -38,7 +38,7 @@ async fn pyxecm_conformance_passes_on_both_base_paths() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
-            stdout.lines().any(|l| l.trim() == "15 passed, 0 failed"),
+            stdout.lines().any(|l| l.trim() == "17 passed, 0 failed"),
             "{stdout}"
         );
     }

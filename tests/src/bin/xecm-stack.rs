@@ -11,6 +11,10 @@
 //!   the stack's SFTP secret in Secrets Manager as the functions are, and
 //!   prints `bytes seconds` — the adapter's own read throughput, for the
 //!   ingest benchmark to compare against.
+//! - `xecm-stack put-secret NAME FILE`: stores a JSON secret in the stack's
+//!   Secrets Manager (moto), as `aws secretsmanager create-secret` would.
+//! - `xecm-stack events`: prints the audit events published on the stack's
+//!   bus since the last call (from its capture queue).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -61,11 +65,25 @@ enum Command {
         #[arg(long)]
         env_file: PathBuf,
     },
+    /// Store FILE (a JSON object; - for stdin) as the secret NAME in the
+    /// stack's Secrets Manager (moto), creating or replacing it: what
+    /// `aws secretsmanager create-secret` does in an account. Needs the env
+    /// file's variables.
+    PutSecret { name: String, file: PathBuf },
+    /// Print the audit events published on the stack's bus since the last
+    /// call (read from its capture queue, XECM_EVENT_QUEUE_URL), one line
+    /// each; `--json` prints the EventBridge envelopes instead.
+    Events {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -103,6 +121,8 @@ fn main() -> ExitCode {
             }
             Command::Report { env_file } => report(&env_file).await,
             Command::SftpRead { path } => sftp_read(&path).await,
+            Command::PutSecret { name, file } => put_secret(&name, &file).await,
+            Command::Events { json } => events(json).await,
         }
     });
     match result {
@@ -204,6 +224,102 @@ async fn sftp_read(path: &str) -> Result<()> {
     }
     println!("{n} {}", t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+async fn put_secret(name: &str, file: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut text = String::new();
+    if file == Path::new("-") {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the secret from stdin")?;
+    } else {
+        text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the secret {}", file.display()))?;
+    }
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("the secret in {} is not JSON", file.display()))?;
+    if !value.is_object() {
+        bail!(
+            "the secret in {} is not a JSON object: {}",
+            file.display(),
+            value
+        );
+    }
+    let endpoint = std::env::var("AWS_ENDPOINT_URL")
+        .context("AWS_ENDPOINT_URL is not set (source the stack's env file)")?;
+    let sdk = xecm_core::adapters::aws::load_sdk_config().await;
+    xecm_stack::moto::put_secret_string(&sdk, name, &value.to_string()).await?;
+    println!("secret {name} stored in Secrets Manager at {endpoint}");
+    Ok(())
+}
+
+async fn events(as_json: bool) -> Result<()> {
+    let url = std::env::var("XECM_EVENT_QUEUE_URL")
+        .context("XECM_EVENT_QUEUE_URL is not set (source the stack's env file)")?;
+    let sdk = xecm_core::adapters::aws::load_sdk_config().await;
+    let capture = xecm_stack::moto::EventCapture::attach(&sdk, &url);
+    let events = capture.drain().await?;
+    if as_json {
+        for e in &events {
+            println!("{e}");
+        }
+        return Ok(());
+    }
+    if events.is_empty() {
+        println!("  (no events)");
+    }
+    for e in &events {
+        println!("  {}", event_line(e));
+    }
+    Ok(())
+}
+
+/// One line for a person: time, detail-type and the detail's fields, less
+/// the ones only a machine needs (ids, keys, timestamps the line already
+/// shows), SHA-256 values shortened.
+fn event_line(e: &serde_json::Value) -> String {
+    use serde_json::Value;
+    const SKIPPED: &[&str] = &[
+        "idempotency_key",
+        "invocation_id",
+        "host",
+        "ingested_at",
+        "exported_at",
+        "failed_at",
+        "started_at",
+        "finished_at",
+        "manifest_sha256",
+    ];
+    let time = e["time"].as_str().unwrap_or("?");
+    let time = time.split('T').nth(1).unwrap_or(time).trim_end_matches('Z');
+    let mut line = format!(
+        "{time}  {}:",
+        e["detail-type"].as_str().unwrap_or("(no detail-type)")
+    );
+    if let Some(detail) = e["detail"].as_object() {
+        for (k, v) in detail {
+            if SKIPPED.contains(&k.as_str()) {
+                continue;
+            }
+            let v = match v {
+                Value::Null => continue,
+                Value::String(s) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    format!("{}…", &s[..12])
+                }
+                Value::String(s) if s.contains(' ') => format!("{s:?}"),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let v = if v.chars().count() > 120 {
+                format!("{}…", v.chars().take(119).collect::<String>())
+            } else {
+                v
+            };
+            line.push_str(&format!(" {k}={v}"));
+        }
+    }
+    line
 }
 
 fn print_tree(dir: &Path, depth: usize) -> Result<()> {

@@ -10,10 +10,12 @@ use serde_json::Value;
 use xecm_core::adapters::sftp::{SftpSettings, open_store as open_sftp};
 use xecm_core::config::Config;
 use xecm_core::domain::route::{IngestEvent, Route, parse_ingest_event};
+use xecm_core::domain::work_message::parse_sqs_event;
 use xecm_core::flows::ingest::{self, IngestDeps, RunContext, SystemClock};
 use xecm_core::ports::ecm::Ecm;
 use xecm_core::ports::events::EventSink;
 use xecm_core::ports::file_store::FileStore;
+use xecm_core::ports::queue::WorkQueues;
 use xecm_core::ports::secrets::Secrets;
 use xecm_core::runtime::{FunctionError, Invocation};
 
@@ -23,6 +25,8 @@ pub struct State {
     pub secrets: Arc<dyn Secrets>,
     pub ecm: Arc<dyn Ecm>,
     pub events: Arc<dyn EventSink>,
+    /// Work queues of fan-out routes (docs/fanout.md).
+    pub queues: Arc<dyn WorkQueues>,
 }
 
 /// SFTP sessions beyond the route's parallelism: listings and renames must
@@ -37,7 +41,7 @@ fn store_error(e: xecm_core::ports::file_store::FileStoreError, host: &str) -> F
     }
 }
 
-async fn open_store(
+pub(crate) async fn open_store(
     state: &State,
     route: &Route,
 ) -> Result<(std::sync::Arc<dyn FileStore>, String), FunctionError> {
@@ -63,12 +67,24 @@ async fn open_store(
     Ok((store, sftp_host))
 }
 
-/// One invocation: a scheduled run or a manual retry.
+/// One invocation: a scheduled run, a manual retry or (SQS) a batch of a
+/// fan-out route's work messages.
 pub async fn handle(
     state: &State,
     event: Value,
     invocation: Invocation,
 ) -> Result<Value, FunctionError> {
+    if let Some(records) = parse_sqs_event(&event) {
+        // Never a permanent error here: Lambda would take the handled
+        // answer for a successful batch and delete every message.
+        let records = records.map_err(|e| {
+            FunctionError::transient(
+                "InvalidSqsEvent",
+                format!("{e}; the whole batch is returned to the queue"),
+            )
+        })?;
+        return Ok(crate::worker::handle_batch(state, records, &invocation).await);
+    }
     let event = parse_ingest_event(event)
         .map_err(|e| FunctionError::permanent("InvalidEvent", e.to_string()))?;
     let route = match &event {
@@ -99,6 +115,15 @@ pub async fn handle(
         invocation.remaining().max(Duration::from_secs(1)),
     );
     let report = match &event {
+        IngestEvent::Scheduled(route) if route.config.fan_out.is_some() => {
+            let url = route
+                .config
+                .fan_out
+                .as_ref()
+                .map(|f| f.queue_url.as_str())
+                .unwrap_or_default();
+            ingest::fanout::run_poller(route, &deps, &ctx, state.queues.open(url)).await
+        }
         IngestEvent::Scheduled(route) => ingest::run(route, &deps, &ctx).await,
         IngestEvent::Retry { route, files } => ingest::retry(route, files, &deps, &ctx).await,
     }
@@ -119,6 +144,7 @@ mod tests {
 
     use xecm_core::ports::ecm::memory::MemoryEcm;
     use xecm_core::ports::events::MemoryEvents;
+    use xecm_core::ports::queue::MemoryQueue;
     use xecm_core::ports::secrets::MemorySecrets;
     use xecm_core::runtime::Retry;
 
@@ -136,6 +162,7 @@ mod tests {
             secrets: Arc::new(secrets),
             ecm: Arc::new(MemoryEcm::new()),
             events: Arc::new(MemoryEvents::new()),
+            queues: Arc::new(Arc::new(MemoryQueue::new())),
         }
     }
 

@@ -183,7 +183,12 @@ impl Fanout {
             .iter()
             .map(|f| f["itemIdentifier"].as_str().expect("itemIdentifier"))
             .collect();
-        for (r, h) in event["Records"].as_array().expect("records").iter().zip(handles) {
+        for (r, h) in event["Records"]
+            .as_array()
+            .expect("records")
+            .iter()
+            .zip(handles)
+        {
             if !failed.contains(&r["messageId"].as_str().unwrap_or_default()) {
                 self.sqs
                     .delete_message()
@@ -199,7 +204,13 @@ impl Fanout {
 
     /// `workers` concurrent workers take batches of `batch` until the
     /// queue has been empty for `idle`; returns (invocations, failures listed).
-    async fn drain(self: &Arc<Self>, url: &str, workers: usize, batch: i32, idle: Duration) -> (usize, usize) {
+    async fn drain(
+        self: &Arc<Self>,
+        url: &str,
+        workers: usize,
+        batch: i32,
+        idle: Duration,
+    ) -> (usize, usize) {
         let invocations = Arc::new(AtomicUsize::new(0));
         let listed = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
@@ -228,7 +239,10 @@ impl Fanout {
         for t in tasks {
             t.await.expect("worker task");
         }
-        (invocations.load(Ordering::SeqCst), listed.load(Ordering::SeqCst))
+        (
+            invocations.load(Ordering::SeqCst),
+            listed.load(Ordering::SeqCst),
+        )
     }
 
     async fn queue_depth(&self, url: &str) -> (u64, u64) {
@@ -266,7 +280,13 @@ impl Fanout {
                 .expect("children");
             let n = p.items.len();
             for node in p.items {
-                let versions = self.env.ecm.versions(node.id).await.expect("versions").len();
+                let versions = self
+                    .env
+                    .ecm
+                    .versions(node.id)
+                    .await
+                    .expect("versions")
+                    .len();
                 let e = out.entry(node.name).or_insert((0, 0));
                 e.0 += 1;
                 e.1 += versions;
@@ -291,7 +311,12 @@ impl Fanout {
                 if p.is_dir() {
                     stack.push(p);
                 } else {
-                    out.push(p.strip_prefix(&root).unwrap_or(&p).to_string_lossy().into_owned());
+                    out.push(
+                        p.strip_prefix(&root)
+                            .unwrap_or(&p)
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
                 }
             }
         }
@@ -335,7 +360,10 @@ async fn a_drop_of_200_files_fans_out_to_four_worker_processes_and_each_is_inges
         let path = f.env.data_root().join(src).join(&name);
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         std::fs::write(&path, pdf(&format!("file {i}"))).expect("write");
-        let file = std::fs::File::options().write(true).open(&path).expect("open");
+        let file = std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .expect("open");
         file.set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
             .expect("mtime");
         names.push(name);
@@ -375,7 +403,8 @@ async fn a_drop_of_200_files_fans_out_to_four_worker_processes_and_each_is_inges
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_mid_batch_leaves_its_messages_to_come_back_and_each_file_is_finished_once() {
+async fn a_worker_killed_mid_batch_leaves_its_messages_to_come_back_and_each_file_is_finished_once()
+{
     const FILES: usize = 8;
     let f = Arc::new(Fanout::start().await);
     let url = f.queue("xecm-fanout-kill", 5).await;
@@ -411,12 +440,18 @@ async fn a_worker_killed_mid_batch_leaves_its_messages_to_come_back_and_each_fil
         if docs == FILES && archived == FILES - 1 {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "the worker never got that far: {docs} documents, {archived} archived");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the worker never got that far: {docs} documents, {archived} archived"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     child.kill().await.expect("kill -9");
     let archived_at_kill = f.files_in(&format!("{src}/archive")).len();
-    assert!(archived_at_kill < FILES, "killed mid-batch: {archived_at_kill} of {FILES} archived");
+    assert!(
+        archived_at_kill < FILES,
+        "killed mid-batch: {archived_at_kill} of {FILES} archived"
+    );
     assert!(!f.files_in(&format!("{src}/.inflight")).is_empty());
 
     // Nothing was deleted: after the visibility timeout all 8 come back
@@ -435,7 +470,12 @@ async fn a_worker_killed_mid_batch_leaves_its_messages_to_come_back_and_each_fil
         let node = f
             .env
             .ecm
-            .children(NodeId::new(FOLDER).expect("id"), &ChildFilter::default(), 1, 500)
+            .children(
+                NodeId::new(FOLDER).expect("id"),
+                &ChildFilter::default(),
+                1,
+                500,
+            )
             .await
             .expect("children")
             .items
@@ -468,7 +508,10 @@ async fn a_duplicate_message_never_creates_a_second_document_or_version() {
 
     // The same body sent again: both copies in one batch.
     let (event, handles) = f.receive(&url, 10, 2).await.expect("message");
-    let body = event["Records"][0]["body"].as_str().expect("body").to_string();
+    let body = event["Records"][0]["body"]
+        .as_str()
+        .expect("body")
+        .to_string();
     f.sqs
         .change_message_visibility()
         .queue_url(&url)
@@ -485,9 +528,17 @@ async fn a_duplicate_message_never_creates_a_second_document_or_version() {
         .await
         .expect("SendMessage");
     let (event, handles) = f.receive(&url, 10, 2).await.expect("both");
-    assert_eq!(event["Records"].as_array().map(Vec::len), Some(2), "{event:#}");
+    assert_eq!(
+        event["Records"].as_array().map(Vec::len),
+        Some(2),
+        "{event:#}"
+    );
     let answer = f.invoke(&event).await;
-    assert_eq!(f.settle(&url, &event, &handles, &answer).await, 0, "{answer}");
+    assert_eq!(
+        f.settle(&url, &event, &handles, &answer).await,
+        0,
+        "{answer}"
+    );
 
     // And once more later, in a batch of its own (a redelivery after the
     // file was finished).
@@ -529,9 +580,16 @@ async fn a_poison_message_moves_its_file_to_failed_with_the_reason_at_max_receiv
 
     // Receive 1: a transient failure, listed; the file stays claimed.
     let (event, handles) = f.receive(&url, 10, 2).await.expect("message");
-    assert_eq!(event["Records"][0]["attributes"]["ApproximateReceiveCount"], "1");
+    assert_eq!(
+        event["Records"][0]["attributes"]["ApproximateReceiveCount"],
+        "1"
+    );
     let answer = f.invoke(&event).await;
-    assert_eq!(f.settle(&url, &event, &handles, &answer).await, 1, "{answer}");
+    assert_eq!(
+        f.settle(&url, &event, &handles, &answer).await,
+        1,
+        "{answer}"
+    );
     assert_eq!(f.files_in(&format!("{src}/.inflight")).len(), 1);
     assert!(f.files_in(&format!("{src}/failed")).is_empty());
 
@@ -542,15 +600,30 @@ async fn a_poison_message_moves_its_file_to_failed_with_the_reason_at_max_receiv
             break b;
         }
     };
-    assert_eq!(event["Records"][0]["attributes"]["ApproximateReceiveCount"], "2");
+    assert_eq!(
+        event["Records"][0]["attributes"]["ApproximateReceiveCount"],
+        "2"
+    );
     let answer = f.invoke(&event).await;
-    assert_eq!(f.settle(&url, &event, &handles, &answer).await, 0, "{answer}");
+    assert_eq!(
+        f.settle(&url, &event, &handles, &answer).await,
+        0,
+        "{answer}"
+    );
     assert_eq!(f.queue_depth(&url).await, (0, 0));
     assert!(f.files_in(&format!("{src}/.inflight")).is_empty());
     let failed = f.files_in(&format!("{src}/failed"));
-    assert!(failed.contains(&format!("{src}/failed/{name}")), "{failed:?}");
+    assert!(
+        failed.contains(&format!("{src}/failed/{name}")),
+        "{failed:?}"
+    );
     let report: Value = serde_json::from_slice(
-        &std::fs::read(f.env.data_root().join(format!("{src}/failed/{name}.error.json"))).expect("error report"),
+        &std::fs::read(
+            f.env
+                .data_root()
+                .join(format!("{src}/failed/{name}.error.json")),
+        )
+        .expect("error report"),
     )
     .expect("JSON report");
     let text = report.to_string();

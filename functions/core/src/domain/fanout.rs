@@ -75,9 +75,7 @@ impl FanOutConfig {
             ));
         }
         if let Some(g) = &self.message_group
-            && (g.is_empty()
-                || g.len() > 128
-                || !g.chars().all(|c| c.is_ascii_graphic()))
+            && (g.is_empty() || g.len() > 128 || !g.chars().all(|c| c.is_ascii_graphic()))
         {
             return Err(route_error(
                 "fan_out.message_group",
@@ -90,9 +88,11 @@ impl FanOutConfig {
 
     /// The FIFO message group of `route`'s messages (`None` for a standard queue).
     pub fn group_for(&self, queue_url: &str, route_name: &str) -> Option<String> {
-        queue_url
-            .ends_with(".fifo")
-            .then(|| self.message_group.clone().unwrap_or_else(|| route_name.to_owned()))
+        queue_url.ends_with(".fifo").then(|| {
+            self.message_group
+                .clone()
+                .unwrap_or_else(|| route_name.to_owned())
+        })
     }
 }
 
@@ -212,7 +212,10 @@ mod tests {
             message_group: Some("a b".into()),
             ..ok.clone()
         };
-        assert_eq!(bad_group.check().unwrap_err().field, "fan_out.message_group");
+        assert_eq!(
+            bad_group.check().unwrap_err().field,
+            "fan_out.message_group"
+        );
         assert_eq!(zero.group_for("http://q.fifo", "r").as_deref(), Some("r"));
         assert_eq!(zero.group_for("http://q", "r"), None);
     }
@@ -249,7 +252,10 @@ mod tests {
             }
         }
         // max_receives 1: the first failure is final.
-        assert!(matches!(decide(&s, 1, 1), WorkDecision::MoveToFailed { .. }));
+        assert!(matches!(
+            decide(&s, 1, 1),
+            WorkDecision::MoveToFailed { .. }
+        ));
     }
 
     #[test]

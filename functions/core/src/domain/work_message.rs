@@ -56,7 +56,9 @@ pub struct WorkMessage {
 pub enum WorkMessageError {
     #[error("work message body is not JSON: {0}")]
     NotJson(String),
-    #[error("work message version {found} is not supported (this build reads version {WORK_MESSAGE_VERSION})")]
+    #[error(
+        "work message version {found} is not supported (this build reads version {WORK_MESSAGE_VERSION})"
+    )]
     Version { found: String },
     #[error("work message: {0}")]
     Invalid(String),
@@ -102,16 +104,18 @@ impl WorkMessage {
         let value: serde_json::Value =
             serde_json::from_str(body).map_err(|e| WorkMessageError::NotJson(e.to_string()))?;
         match value.get("v") {
-            Some(serde_json::Value::Number(n)) if n.as_u64() == Some(WORK_MESSAGE_VERSION.into()) => {}
+            Some(serde_json::Value::Number(n))
+                if n.as_u64() == Some(WORK_MESSAGE_VERSION.into()) => {}
             other => {
                 return Err(WorkMessageError::Version {
-                    found: other.map(|v| v.to_string()).unwrap_or_else(|| "(missing)".into()),
+                    found: other
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "(missing)".into()),
                 });
             }
         }
-        let msg: WorkMessage = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
-            WorkMessageError::Invalid(serde_error(e, "").to_string())
-        })?;
+        let msg: WorkMessage = serde_path_to_error::deserialize(value.clone())
+            .map_err(|e| WorkMessageError::Invalid(serde_error(e, "").to_string()))?;
         let route_value = value.get("route").cloned().unwrap_or_default();
         let config: RouteConfig = serde_path_to_error::deserialize(route_value)
             .map_err(|e| WorkMessageError::Invalid(serde_error(e, "route").to_string()))?;
@@ -126,7 +130,10 @@ impl WorkMessage {
             )));
         }
         let tag = ClaimTag::parse(&msg.claim).ok_or_else(|| {
-            WorkMessageError::Invalid(format!("claim {:?} is not a claim directory name", msg.claim))
+            WorkMessageError::Invalid(format!(
+                "claim {:?} is not a claim directory name",
+                msg.claim
+            ))
         })?;
         if tag.route_tag != super::claim::route_tag(&route.config.name) {
             return Err(WorkMessageError::Invalid(format!(
@@ -165,7 +172,8 @@ pub struct SqsRecord {
 /// field when it is one that cannot be read.
 pub fn parse_sqs_event(event: &serde_json::Value) -> Option<Result<Vec<SqsRecord>, String>> {
     let records = event.get("Records")?.as_array()?;
-    let is_sqs = |r: &serde_json::Value| r.get("eventSource").and_then(|s| s.as_str()) == Some("aws:sqs");
+    let is_sqs =
+        |r: &serde_json::Value| r.get("eventSource").and_then(|s| s.as_str()) == Some("aws:sqs");
     if !records.iter().any(is_sqs) {
         return None;
     }
@@ -216,7 +224,8 @@ mod tests {
 
     fn route_json() -> serde_json::Value {
         let ev: serde_json::Value =
-            serde_json::from_str(include_str!("../../../../events/ingest-sqs-worker.json")).unwrap();
+            serde_json::from_str(include_str!("../../../../events/ingest-sqs-worker.json"))
+                .unwrap();
         let body = ev["Records"][0]["body"].as_str().unwrap();
         serde_json::from_str::<serde_json::Value>(body).unwrap()["route"].clone()
     }
@@ -235,7 +244,8 @@ mod tests {
     #[test]
     fn sample_event_body_parses() {
         let ev: serde_json::Value =
-            serde_json::from_str(include_str!("../../../../events/ingest-sqs-worker.json")).unwrap();
+            serde_json::from_str(include_str!("../../../../events/ingest-sqs-worker.json"))
+                .unwrap();
         let w = WorkMessage::parse(ev["Records"][0]["body"].as_str().unwrap()).unwrap();
         assert_eq!(w.segments, vec![w.msg.source_path.as_bytes().to_vec()]);
     }
@@ -283,7 +293,8 @@ mod tests {
     #[test]
     fn the_sqs_event_shape_is_recognised_and_read() {
         let ev: serde_json::Value =
-            serde_json::from_str(include_str!("../../../../events/ingest-sqs-worker.json")).unwrap();
+            serde_json::from_str(include_str!("../../../../events/ingest-sqs-worker.json"))
+                .unwrap();
         let recs = parse_sqs_event(&ev).unwrap().unwrap();
         assert_eq!(recs.len(), 1);
         assert_eq!(recs[0].message_id, "059f36b4-87a3-44ab-83d2-661975830a7d");
@@ -291,7 +302,9 @@ mod tests {
         assert!(!recs[0].fifo);
         // Not an SQS event: a scheduled run.
         assert!(parse_sqs_event(&serde_json::json!({"route": {}})).is_none());
-        assert!(parse_sqs_event(&serde_json::json!({"Records": [{"eventSource": "aws:s3"}]})).is_none());
+        assert!(
+            parse_sqs_event(&serde_json::json!({"Records": [{"eventSource": "aws:s3"}]})).is_none()
+        );
         // An SQS record without its id is named.
         let bad = serde_json::json!({"Records": [{"eventSource": "aws:sqs", "body": "{}"}]});
         let e = parse_sqs_event(&bad).unwrap().unwrap_err();

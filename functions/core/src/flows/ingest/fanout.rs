@@ -225,7 +225,11 @@ pub async fn work(
     let src = if cfg.source_dir.trim_matches('/').is_empty() {
         deps.store.root().path()
     } else {
-        match deps.store.root().resolve(cfg.source_dir.trim_end_matches('/')) {
+        match deps
+            .store
+            .root()
+            .resolve(cfg.source_dir.trim_end_matches('/'))
+        {
             Ok(p) => p,
             Err(e) => return retry(format!("source_dir {:?}: {e}", cfg.source_dir)),
         }
@@ -335,4 +339,3 @@ pub async fn work(
     .instrument(span)
     .await
 }
-

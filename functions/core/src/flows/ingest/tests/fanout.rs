@@ -83,17 +83,18 @@ async fn given_fan_out_route_when_polled_then_each_claimed_file_is_sent_not_inge
     let json = serde_json::to_value(&rep).unwrap();
     assert_eq!(json["counts"]["dispatched"], 3);
     let plain = w.run(&route(serde_json::json!([]), "fail"), "r").await;
-    assert!(serde_json::to_value(&plain).unwrap()["counts"]
-        .get("dispatched")
-        .is_none());
+    assert!(
+        serde_json::to_value(&plain).unwrap()["counts"]
+            .get("dispatched")
+            .is_none()
+    );
 }
 
 #[tokio::test]
 async fn given_sent_file_when_worked_twice_then_one_document_and_the_second_is_acknowledged() {
     let w = World::new();
     let body = pdf("invoice 3001");
-    w.store
-        .put("in/INV-3001_0000100001.pdf", &body, NOW - 3600);
+    w.store.put("in/INV-3001_0000100001.pdf", &body, NOW - 3600);
     let q = Arc::new(MemoryQueue::new());
     w.poll(&fan_out_route(5), "poll-1", &q).await;
     let msg = q.bodies().pop().unwrap();

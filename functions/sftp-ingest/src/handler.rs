@@ -201,6 +201,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_unreadable_work_message_is_listed_for_redelivery_never_acknowledged() {
+        let mut ev: Value =
+            serde_json::from_str(include_str!("../../../events/ingest-sqs-worker.json")).unwrap();
+        let mut bad = ev["Records"][0].clone();
+        bad["messageId"] = serde_json::json!("m-bad");
+        bad["body"] = serde_json::json!("{\"v\": 2}");
+        let mut not_json = ev["Records"][0].clone();
+        not_json["messageId"] = serde_json::json!("m-text");
+        not_json["body"] = serde_json::json!("hello");
+        ev["Records"] = serde_json::json!([bad, not_json]);
+        let answer = handle(&state(MemorySecrets::new()), ev, inv())
+            .await
+            .expect("a batch is always answered");
+        assert_eq!(
+            answer,
+            serde_json::json!({"batchItemFailures": [
+                {"itemIdentifier": "m-bad"}, {"itemIdentifier": "m-text"}]})
+        );
+    }
+
+    #[tokio::test]
+    async fn an_sqs_event_without_message_ids_is_transient_so_the_batch_comes_back() {
+        let ev = serde_json::json!({"Records": [{"eventSource": "aws:sqs", "body": "{}"}]});
+        let e = handle(&state(MemorySecrets::new()), ev, inv())
+            .await
+            .unwrap_err();
+        assert_eq!(e.retry, Retry::Transient, "{e}");
+        assert!(e.message.contains("Records[0].messageId"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_worker_batch_whose_sftp_secret_is_missing_lists_every_message() {
+        // The sample's route names xecm/sftp/acme, absent here.
+        let ev: Value =
+            serde_json::from_str(include_str!("../../../events/ingest-sqs-worker.json")).unwrap();
+        let answer = handle(&state(MemorySecrets::new()), ev, inv())
+            .await
+            .expect("a batch is always answered");
+        assert_eq!(
+            answer["batchItemFailures"][0]["itemIdentifier"],
+            "059f36b4-87a3-44ab-83d2-661975830a7d"
+        );
+    }
+
+    #[tokio::test]
     async fn unreachable_sftp_server_is_transient() {
         let s = MemorySecrets::new();
         // Port 9 on loopback: nothing listens, the connect is refused.

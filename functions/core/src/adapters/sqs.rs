@@ -73,6 +73,35 @@ impl WorkQueue for SqsWorkQueue {
         Ok(out.message_id().unwrap_or_default().to_owned())
     }
 
+    async fn backlog(&self) -> Result<u64, QueueError> {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let err = |reason: String| QueueError {
+            queue: self.queue_url.clone(),
+            reason,
+        };
+        let req = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible);
+        let out = tokio::time::timeout(Duration::from_secs(20), req.send())
+            .await
+            .map_err(|_| err("GetQueueAttributes timed out after 20 s".into()))?
+            .map_err(|e| err(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string()))?;
+        let attrs = out.attributes();
+        let count = |a: A| -> Result<u64, QueueError> {
+            match attrs.and_then(|m| m.get(&a)) {
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| err(format!("{a} is not a number: {v:?}"))),
+                None => Err(err(format!("GetQueueAttributes did not return {a}"))),
+            }
+        };
+        Ok(count(A::ApproximateNumberOfMessages)?
+            + count(A::ApproximateNumberOfMessagesNotVisible)?)
+    }
+
     fn url(&self) -> &str {
         &self.queue_url
     }

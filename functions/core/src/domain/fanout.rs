@@ -30,10 +30,21 @@ pub struct FanOutConfig {
     /// than the event source mapping's maximum concurrency.
     #[serde(default)]
     pub message_group: Option<String>,
+    /// The poller claims nothing new while this many messages (waiting or
+    /// in flight) are on the queue; absent: the route's `limits.max_files`.
+    /// Keeps the backlog, and so the time a claimed file waits, bounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backlog: Option<u32>,
 }
 
 fn default_max_receives() -> u32 {
     DEFAULT_MAX_RECEIVES
+}
+
+/// Whether a poller may claim more files with `backlog` messages on the
+/// queue: below `max_backlog`, else the route's `max_files`.
+pub fn may_claim(backlog: u64, max_backlog: Option<u32>, max_files: u32) -> bool {
+    backlog < u64::from(max_backlog.unwrap_or(max_files).max(1))
 }
 
 /// A bad `fan_out` setting: the field (under the route), its value, the problem.
@@ -72,6 +83,13 @@ impl FanOutConfig {
                 "fan_out.max_receives",
                 &self.max_receives.to_string(),
                 "must be within 1..=100",
+            ));
+        }
+        if self.max_backlog == Some(0) {
+            return Err(route_error(
+                "fan_out.max_backlog",
+                "0",
+                "must be at least 1 (or absent: the route's limits.max_files)",
             ));
         }
         if let Some(g) = &self.message_group
@@ -189,18 +207,21 @@ mod tests {
             queue_url: "sqs:q".into(),
             max_receives: 5,
             message_group: None,
+            max_backlog: None,
         };
         assert_eq!(bad.check().unwrap_err().field, "fan_out.queue_url");
         let empty = FanOutConfig {
             queue_url: String::new(),
             max_receives: 5,
             message_group: None,
+            max_backlog: None,
         };
         assert_eq!(empty.check().unwrap_err().field, "fan_out.queue_url");
         let zero = FanOutConfig {
             queue_url: "http://q".into(),
             max_receives: 0,
             message_group: None,
+            max_backlog: None,
         };
         assert_eq!(zero.check().unwrap_err().field, "fan_out.max_receives");
         let ok = FanOutConfig {
@@ -266,6 +287,15 @@ mod tests {
         for n in [1, 5, 100] {
             assert!(matches!(decide(&s, n, 5), WorkDecision::Retry { .. }));
         }
+    }
+
+    #[test]
+    fn the_poller_claims_only_below_the_backlog_limit() {
+        assert!(may_claim(0, None, 100));
+        assert!(may_claim(99, None, 100));
+        assert!(!may_claim(100, None, 100));
+        assert!(may_claim(499, Some(500), 100));
+        assert!(!may_claim(500, Some(500), 100));
     }
 
     #[test]

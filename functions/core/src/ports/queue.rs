@@ -23,6 +23,8 @@ pub trait WorkQueue: Send + Sync {
         group: Option<&str>,
         dedup_id: &str,
     ) -> Result<String, QueueError>;
+    /// Messages waiting or in flight (SQS's approximate counts).
+    async fn backlog(&self) -> Result<u64, QueueError>;
     /// The queue's URL, for reports and logs.
     fn url(&self) -> &str;
 }
@@ -37,6 +39,8 @@ pub trait WorkQueues: Send + Sync {
 pub struct MemoryQueue {
     pub sent: Mutex<Vec<(String, Option<String>)>>,
     pub refuse: std::sync::atomic::AtomicBool,
+    /// What [`WorkQueue::backlog`] answers.
+    pub backlog: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryQueue {
@@ -72,6 +76,10 @@ impl WorkQueue for MemoryQueue {
         let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
         sent.push((body.to_owned(), group.map(str::to_owned)));
         Ok(format!("m-{}", sent.len()))
+    }
+
+    async fn backlog(&self) -> Result<u64, QueueError> {
+        Ok(self.backlog.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     fn url(&self) -> &str {

@@ -1,7 +1,9 @@
 //! SQS fan-out of a route (docs/fanout.md): the scheduled poller claims, a
 //! worker per message streams, places and finishes.
 //!
-//! Poller ([`run_poller`]): the ordinary run (recovery of expired claims,
+//! Poller ([`run_poller`]): nothing is claimed while the queue holds
+//! `fan_out.max_backlog` messages (default: the route's `max_files`);
+//! otherwise the ordinary run (recovery of expired claims,
 //! listing, readiness, claims) with one difference: a claimed file is not
 //! processed but sent as one [`WorkMessage`] to the route's queue. The hook
 //! is a task-local [`Dispatcher`] that `process_claimed` asks first, so the
@@ -27,7 +29,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use serde::Serialize;
 
 use super::*;
-use crate::domain::fanout::{FanOutConfig, WorkDecision, WorkState, decide};
+use crate::domain::fanout::{FanOutConfig, WorkDecision, WorkState, decide, may_claim};
 use crate::domain::route::RouteConfig;
 use crate::domain::work_message::{
     WORK_MESSAGE_VERSION, Work, WorkMessage, WorkSidecar, encode_segments,
@@ -177,7 +179,27 @@ pub async fn run_poller(
         queue_url: String::new(),
         max_receives: crate::domain::fanout::DEFAULT_MAX_RECEIVES,
         message_group: None,
+        max_backlog: None,
     });
+    // Backpressure: while the workers have not caught up, nothing new is
+    // claimed (a claim waiting in the queue past its lease would be taken
+    // over and sent again). Unknown backlog: the run goes ahead (a queue
+    // that is really down refuses the first send, which stops the run).
+    match queue.backlog().await {
+        Ok(n) if !may_claim(n, fan_out.max_backlog, route.limits().max_files) => {
+            info!(
+                route = %route.name(),
+                queue = %queue.url(),
+                backlog = n,
+                "fan-out poller: the work queue still holds a backlog; nothing claimed this time"
+            );
+            let mut report = IngestReport::new(route.name(), &ctx.invocation_id);
+            report.stopped_early = true;
+            return Ok(report);
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "work queue backlog unknown; claiming as usual"),
+    }
     let d = Arc::new(Dispatcher::new(queue, route, &fan_out));
     let report = DISPATCH.scope(d.clone(), run(route, deps, ctx)).await?;
     info!(

@@ -237,3 +237,23 @@ async fn given_message_of_a_taken_over_claim_when_worked_then_acknowledged_witho
     assert_eq!(report.outcome, FileOutcome::Created);
     assert_eq!(w.documents_beside(report.node_id.unwrap()).await, 1);
 }
+
+#[tokio::test]
+async fn given_queue_backlog_at_the_limit_when_polled_then_nothing_is_claimed() {
+    let w = World::new();
+    w.store
+        .put("in/INV-5001_0000100001.pdf", &pdf("x"), NOW - 3600);
+    let q = Arc::new(MemoryQueue::new());
+    // limits.max_files of the test route is 100.
+    q.backlog.store(100, std::sync::atomic::Ordering::SeqCst);
+    let rep = w.poll(&fan_out_route(5), "poll-1", &q).await;
+    assert!(rep.stopped_early, "{rep:#?}");
+    assert_eq!(rep.counts.dispatched, 0);
+    assert!(q.bodies().is_empty());
+    assert_eq!(w.store.files_under("/in/INV").len(), 1, "left in intake");
+    assert!(inflight_files(&w).is_empty());
+
+    q.backlog.store(99, std::sync::atomic::Ordering::SeqCst);
+    let rep = w.poll(&fan_out_route(5), "poll-2", &q).await;
+    assert_eq!(rep.counts.dispatched, 1, "{rep:#?}");
+}

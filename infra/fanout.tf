@@ -34,6 +34,7 @@ locals {
       for f in(r.fan_out == null ? [] : [r.fan_out]) : "fan_out" => {
         queue_url    = aws_sqs_queue.fan_out[k].url
         max_receives = f.max_receives
+        max_backlog  = f.max_backlog
       }
     })
   }

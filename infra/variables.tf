@@ -56,6 +56,7 @@ variable "ingest_routes" {
       max_concurrency              = optional(number, 2)
       batch_size                   = optional(number, 5)
       max_receives                 = optional(number, 5)
+      max_backlog                  = optional(number)
       dlq_max_receive_count        = optional(number, 10)
       visibility_timeout_seconds   = optional(number)
       oldest_message_alarm_seconds = optional(number, 900)

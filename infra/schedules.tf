@@ -24,7 +24,7 @@ resource "aws_scheduler_schedule" "ingest" {
   target {
     arn      = aws_lambda_function.fn["sftp-ingest"].arn
     role_arn = aws_iam_role.scheduler.arn
-    input    = jsonencode({ route = jsondecode(each.value.route_json) })
+    input    = jsonencode({ route = local.ingest_route_inputs[each.key] })
 
     retry_policy {
       maximum_event_age_in_seconds = 3600

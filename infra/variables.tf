@@ -51,8 +51,29 @@ variable "ingest_routes" {
     schedule_expression = string
     route_json          = string
     enabled             = optional(bool, true)
+    # SQS fan-out (docs/fanout.md, fanout.tf); null: the scheduled run streams every file.
+    fan_out = optional(object({
+      max_concurrency              = optional(number, 2)
+      batch_size                   = optional(number, 5)
+      max_receives                 = optional(number, 5)
+      max_backlog                  = optional(number)
+      dlq_max_receive_count        = optional(number, 10)
+      visibility_timeout_seconds   = optional(number)
+      oldest_message_alarm_seconds = optional(number, 900)
+      fifo                         = optional(bool, false)
+    }))
   }))
   default = {}
+
+  validation {
+    condition = alltrue([for r in values(var.ingest_routes) : r.fan_out == null || (
+      r.fan_out.max_concurrency >= 2 && r.fan_out.max_concurrency <= 1000 &&
+      r.fan_out.batch_size >= 1 && r.fan_out.batch_size <= 10 &&
+      r.fan_out.max_receives >= 1 && r.fan_out.max_receives <= 100 &&
+      r.fan_out.dlq_max_receive_count >= 1 && r.fan_out.dlq_max_receive_count <= 1000
+    )])
+    error_message = "ingest_routes[*].fan_out: max_concurrency must be 2-1000 (Lambda's range), batch_size 1-10, max_receives 1-100, dlq_max_receive_count 1-1000."
+  }
 
   validation {
     condition     = alltrue([for r in values(var.ingest_routes) : can(jsondecode(r.route_json).name) && can(jsondecode(r.route_json).sftp_secret)])

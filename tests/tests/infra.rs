@@ -170,6 +170,54 @@ fn schedules_and_webhook_target_the_right_functions() {
     );
 }
 
+/// The fan-out wiring (docs/fanout.md): the worker's answer is read per
+/// message, concurrency is bounded, a redelivery never overtakes a running
+/// worker, and the DLQ and the backlog alarm.
+#[test]
+fn fan_out_queues_report_batch_item_failures_and_outlast_the_function() {
+    let files = parse_all();
+    let mut seen = BTreeSet::new();
+    for (_, _, body) in &files {
+        for res in blocks(body, "resource") {
+            let text = hcl::to_string(res.body()).expect("render");
+            match (label(res, 0).as_str(), label(res, 1).as_str()) {
+                ("aws_lambda_event_source_mapping", "fan_out") => {
+                    assert!(text.contains("ReportBatchItemFailures"), "{text}");
+                    assert!(text.contains("maximum_concurrency"), "{text}");
+                    assert!(text.contains("fn[\"sftp-ingest\"]"), "{text}");
+                }
+                ("aws_sqs_queue", "fan_out") => {
+                    assert!(text.contains("redrive_policy"), "{text}");
+                    assert!(text.contains("6 * local.ingest_timeout"), "{text}");
+                    assert!(
+                        text.contains("> local.ingest_timeout"),
+                        "precondition: visibility timeout longer than the function's: {text}"
+                    );
+                    assert!(text.contains("kms_master_key_id"), "{text}");
+                }
+                ("aws_cloudwatch_metric_alarm", "fan_out_dlq_depth") => {
+                    assert!(
+                        text.contains("ApproximateNumberOfMessagesVisible"),
+                        "{text}"
+                    );
+                }
+                ("aws_cloudwatch_metric_alarm", "fan_out_oldest_message") => {
+                    assert!(text.contains("ApproximateAgeOfOldestMessage"), "{text}");
+                }
+                ("aws_scheduler_schedule", "ingest") => {
+                    assert!(
+                        text.contains("local.ingest_route_inputs"),
+                        "the schedule's input carries the route's queue URL: {text}"
+                    );
+                }
+                _ => continue,
+            }
+            seen.insert(format!("{}.{}", label(res, 0), label(res, 1)));
+        }
+    }
+    assert_eq!(seen.len(), 5, "fan-out resources found: {seen:?}");
+}
+
 #[test]
 fn every_checkov_skip_carries_its_reason() {
     for (path, text) in tf_files() {

@@ -144,6 +144,10 @@ fn documented(file: &str) -> Option<(&'static str, Expect)> {
         "ingest-scheduled.json" => ("sftp-ingest", Expect::Success("counts.failed", "0")),
         // The demo route on the local stack's own secret (no files dropped).
         "ingest-demo.json" => ("sftp-ingest", Expect::Success("counts.failed", "0")),
+        // A fan-out worker's batch: the message's claim is not on the local
+        // server (nothing was claimed), so the message is acknowledged
+        // without work and no failure is reported back to SQS.
+        "ingest-sqs-worker.json" => ("sftp-ingest", Expect::Success("batchItemFailures", "[]")),
         // A manual retry of two files that are not in failed/.
         "ingest-manual-retry.json" => ("sftp-ingest", MANUAL_RETRY_EXPECTED),
         // Node 4711 is illustrative (the emulator's seed has no such node).

@@ -10,10 +10,12 @@ use serde_json::Value;
 use xecm_core::adapters::sftp::{SftpSettings, open_store as open_sftp};
 use xecm_core::config::Config;
 use xecm_core::domain::route::{IngestEvent, Route, parse_ingest_event};
+use xecm_core::domain::work_message::parse_sqs_event;
 use xecm_core::flows::ingest::{self, IngestDeps, RunContext, SystemClock};
 use xecm_core::ports::ecm::Ecm;
 use xecm_core::ports::events::EventSink;
 use xecm_core::ports::file_store::FileStore;
+use xecm_core::ports::queue::WorkQueues;
 use xecm_core::ports::secrets::Secrets;
 use xecm_core::runtime::{FunctionError, Invocation};
 
@@ -23,6 +25,8 @@ pub struct State {
     pub secrets: Arc<dyn Secrets>,
     pub ecm: Arc<dyn Ecm>,
     pub events: Arc<dyn EventSink>,
+    /// Work queues of fan-out routes (docs/fanout.md).
+    pub queues: Arc<dyn WorkQueues>,
 }
 
 /// SFTP sessions beyond the route's parallelism: listings and renames must
@@ -37,7 +41,7 @@ fn store_error(e: xecm_core::ports::file_store::FileStoreError, host: &str) -> F
     }
 }
 
-async fn open_store(
+pub(crate) async fn open_store(
     state: &State,
     route: &Route,
 ) -> Result<(std::sync::Arc<dyn FileStore>, String), FunctionError> {
@@ -63,12 +67,24 @@ async fn open_store(
     Ok((store, sftp_host))
 }
 
-/// One invocation: a scheduled run or a manual retry.
+/// One invocation: a scheduled run, a manual retry or (SQS) a batch of a
+/// fan-out route's work messages.
 pub async fn handle(
     state: &State,
     event: Value,
     invocation: Invocation,
 ) -> Result<Value, FunctionError> {
+    if let Some(records) = parse_sqs_event(&event) {
+        // Never a permanent error here: Lambda would take the handled
+        // answer for a successful batch and delete every message.
+        let records = records.map_err(|e| {
+            FunctionError::transient(
+                "InvalidSqsEvent",
+                format!("{e}; the whole batch is returned to the queue"),
+            )
+        })?;
+        return Ok(crate::worker::handle_batch(state, records, &invocation).await);
+    }
     let event = parse_ingest_event(event)
         .map_err(|e| FunctionError::permanent("InvalidEvent", e.to_string()))?;
     let route = match &event {
@@ -99,6 +115,15 @@ pub async fn handle(
         invocation.remaining().max(Duration::from_secs(1)),
     );
     let report = match &event {
+        IngestEvent::Scheduled(route) if route.config.fan_out.is_some() => {
+            let url = route
+                .config
+                .fan_out
+                .as_ref()
+                .map(|f| f.queue_url.as_str())
+                .unwrap_or_default();
+            ingest::fanout::run_poller(route, &deps, &ctx, state.queues.open(url)).await
+        }
         IngestEvent::Scheduled(route) => ingest::run(route, &deps, &ctx).await,
         IngestEvent::Retry { route, files } => ingest::retry(route, files, &deps, &ctx).await,
     }
@@ -119,6 +144,7 @@ mod tests {
 
     use xecm_core::ports::ecm::memory::MemoryEcm;
     use xecm_core::ports::events::MemoryEvents;
+    use xecm_core::ports::queue::MemoryQueue;
     use xecm_core::ports::secrets::MemorySecrets;
     use xecm_core::runtime::Retry;
 
@@ -136,6 +162,7 @@ mod tests {
             secrets: Arc::new(secrets),
             ecm: Arc::new(MemoryEcm::new()),
             events: Arc::new(MemoryEvents::new()),
+            queues: Arc::new(Arc::new(MemoryQueue::new())),
         }
     }
 
@@ -171,6 +198,51 @@ mod tests {
         assert_eq!(e.retry, Retry::Permanent);
         assert!(e.message.contains("xecm/sftp/acme"), "{e}");
         assert!(!e.message.contains("PRIVATE KEY"));
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_work_message_is_listed_for_redelivery_never_acknowledged() {
+        let mut ev: Value =
+            serde_json::from_str(include_str!("../../../events/ingest-sqs-worker.json")).unwrap();
+        let mut bad = ev["Records"][0].clone();
+        bad["messageId"] = serde_json::json!("m-bad");
+        bad["body"] = serde_json::json!("{\"v\": 2}");
+        let mut not_json = ev["Records"][0].clone();
+        not_json["messageId"] = serde_json::json!("m-text");
+        not_json["body"] = serde_json::json!("hello");
+        ev["Records"] = serde_json::json!([bad, not_json]);
+        let answer = handle(&state(MemorySecrets::new()), ev, inv())
+            .await
+            .expect("a batch is always answered");
+        assert_eq!(
+            answer,
+            serde_json::json!({"batchItemFailures": [
+                {"itemIdentifier": "m-bad"}, {"itemIdentifier": "m-text"}]})
+        );
+    }
+
+    #[tokio::test]
+    async fn an_sqs_event_without_message_ids_is_transient_so_the_batch_comes_back() {
+        let ev = serde_json::json!({"Records": [{"eventSource": "aws:sqs", "body": "{}"}]});
+        let e = handle(&state(MemorySecrets::new()), ev, inv())
+            .await
+            .unwrap_err();
+        assert_eq!(e.retry, Retry::Transient, "{e}");
+        assert!(e.message.contains("Records[0].messageId"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_worker_batch_whose_sftp_secret_is_missing_lists_every_message() {
+        // The sample's route names xecm/sftp/acme, absent here.
+        let ev: Value =
+            serde_json::from_str(include_str!("../../../events/ingest-sqs-worker.json")).unwrap();
+        let answer = handle(&state(MemorySecrets::new()), ev, inv())
+            .await
+            .expect("a batch is always answered");
+        assert_eq!(
+            answer["batchItemFailures"][0]["itemIdentifier"],
+            "059f36b4-87a3-44ab-83d2-661975830a7d"
+        );
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 //! is built once per cold start; `handler` translates each invocation.
 
 mod handler;
+mod worker;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use secrecy::ExposeSecret;
 use xecm_core::adapters::aws::{EventBridgeSink, SecretsManagerSecrets, load_sdk_config};
 use xecm_core::adapters::otcs::{EcmSettings, OtcsClient, OtcsOptions};
+use xecm_core::adapters::sqs::SqsQueues;
 use xecm_core::config::Config;
 use xecm_core::ports::secrets::Secrets;
 use xecm_core::runtime::{self, FunctionError};
@@ -39,6 +41,7 @@ async fn init() -> Result<handler::State, FunctionError> {
         secrets,
         ecm: Arc::new(ecm),
         events: Arc::new(events),
+        queues: Arc::new(SqsQueues::new(&sdk)),
     })
 }
 

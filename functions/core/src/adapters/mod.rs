@@ -5,3 +5,4 @@ pub mod backoff;
 pub mod otcs;
 pub mod sftp;
 pub mod sftp_destinations;
+pub mod sqs;

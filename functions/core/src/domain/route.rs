@@ -103,6 +103,9 @@ pub struct RouteConfig {
     #[serde(default)]
     pub limits: LimitsConfig,
     pub transfer_history: TransferHistoryConfig,
+    /// SQS fan-out (docs/fanout.md); absent: the scheduled run streams every file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fan_out: Option<super::fanout::FanOutConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -785,6 +788,10 @@ impl RouteConfig {
             ));
         }
         check_rel_dir("source_dir", &self.source_dir, true)?;
+        if let Some(f) = &self.fan_out {
+            f.check()
+                .map_err(|e| RouteError::new(e.field, &e.value, e.problem))?;
+        }
         let include = if self.include.is_empty() {
             None
         } else {

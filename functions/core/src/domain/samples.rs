@@ -48,6 +48,7 @@ fn given_events_dir_when_listed_then_every_sample_is_covered_by_a_test() {
         "ingest-demo.json",
         "ingest-manual-retry.json",
         "ingest-scheduled.json",
+        "ingest-sqs-worker.json",
     ];
     let mut found: Vec<String> = std::fs::read_dir(events_dir())
         .unwrap()
@@ -141,6 +142,26 @@ fn given_scheduled_ingest_sample_when_parsed_then_invoice_is_classified_and_plac
     assert_eq!(p.document_name, "CN-2026-0042 (PO-9).pdf");
     assert_eq!(p.folder, vec!["Invoices", "Credit notes", "2026"]);
     assert_eq!(p.hold, Some(8001));
+}
+
+#[test]
+fn given_sqs_worker_sample_when_parsed_then_one_message_for_the_scheduled_route_with_fan_out() {
+    let ev = json("ingest-sqs-worker.json");
+    let records = super::work_message::parse_sqs_event(&ev).unwrap().unwrap();
+    assert_eq!(records.len(), 1);
+    let w = super::work_message::WorkMessage::parse(&records[0].body).unwrap();
+    // The route is the scheduled sample's, plus its fan-out setting.
+    let mut route = serde_json::to_value(&w.route.config).unwrap();
+    let fan_out = route.as_object_mut().unwrap().remove("fan_out").unwrap();
+    assert_eq!(fan_out["max_receives"], 5);
+    let IngestEvent::Scheduled(scheduled) =
+        parse_ingest_event(json("ingest-scheduled.json")).unwrap()
+    else {
+        panic!("scheduled sample")
+    };
+    assert_eq!(route, serde_json::to_value(&scheduled.config).unwrap());
+    assert_eq!(w.msg.source_path, "INV-1234_0000012345.pdf");
+    assert_eq!(w.tag.attempt, 1);
 }
 
 #[test]

@@ -205,6 +205,8 @@ pub enum FileOutcome {
     Deferred,
     /// A manual retry moved it from `failed/` back into intake.
     Requeued,
+    /// Claimed and sent to the route's work queue (fan-out, docs/fanout.md).
+    Dispatched,
 }
 
 /// One file in the response.
@@ -269,6 +271,13 @@ pub struct Counts {
     pub failed: u32,
     pub deferred: u32,
     pub requeued: u32,
+    /// Claimed files sent to the work queue (fan-out routes only).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dispatched: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The response of a run.
@@ -304,6 +313,7 @@ impl IngestReport {
             FileOutcome::Failed | FileOutcome::Quarantined => self.counts.failed += 1,
             FileOutcome::Deferred => self.counts.deferred += 1,
             FileOutcome::Requeued => self.counts.requeued += 1,
+            FileOutcome::Dispatched => self.counts.dispatched += 1,
         }
         self.files.push(f);
     }
@@ -1515,6 +1525,10 @@ impl Run<'_> {
     async fn process_claimed(&self, c: Claimed) -> FileReport {
         let span = info_span!("file", path = %c.rel, attempt = c.tag.attempt);
         async {
+            // A fan-out route's poller sends the file to its queue instead.
+            if let Some(r) = fanout::dispatched(self, &c).await {
+                return r;
+            }
             let started = Instant::now();
             if self.outage.load(Ordering::SeqCst) {
                 self.hold(&c);
@@ -2770,6 +2784,7 @@ pub async fn retry(
 }
 
 pub mod crash;
+pub mod fanout;
 #[cfg(test)]
 mod faulty_ecm;
 #[cfg(test)]

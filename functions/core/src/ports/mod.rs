@@ -5,4 +5,5 @@ pub mod destinations;
 pub mod ecm;
 pub mod events;
 pub mod file_store;
+pub mod queue;
 pub mod secrets;

@@ -43,6 +43,19 @@ pub struct BackupConfig {
     /// Documents downloaded at once (and SFTP sessions used for them).
     #[serde(default = "default_parallelism")]
     pub parallelism: u32,
+    /// Which versions of each document the snapshot holds.
+    #[serde(default)]
+    pub versions: Versions,
+}
+
+/// `"latest"` (the default): each document's latest version; `"all"`: every
+/// version, one manifest line each, oldest first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Versions {
+    #[default]
+    Latest,
+    All,
 }
 
 fn yes() -> bool {
@@ -67,6 +80,8 @@ pub enum BackupEvent {
     Verify {
         backup: BackupConfig,
         snapshot_id: String,
+        /// The job a continuation resumes (absent: a new verify).
+        resume: Option<String>,
     },
     Restore {
         backup: BackupConfig,
@@ -74,6 +89,8 @@ pub enum BackupEvent {
         target_folder: i64,
         /// Only this document (or every document below this container).
         node_id: Option<i64>,
+        /// The job a continuation resumes (absent: a new restore).
+        resume: Option<String>,
     },
 }
 
@@ -373,6 +390,9 @@ pub struct Counts {
 pub struct Skipped {
     pub node_id: i64,
     pub ecm_path: Vec<String>,
+    /// The version refused (with `versions: "all"`), when it is one version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
     pub reason: String,
 }
 
@@ -440,11 +460,17 @@ impl Checkpoint {
     }
 }
 
-/// Incremental rule: a document is copied unless the base snapshot has the
-/// same node at the same version and size (then its bytes are reused from the
-/// base and only the manifest line is carried over).
-pub fn needs_copy(base: Option<&super::manifest::BackupRecord>, version: u32, size: u64) -> bool {
-    !base.is_some_and(|b| b.version == version && b.size == size)
+/// Incremental rule: a document version is copied unless the base snapshot
+/// has the same node at the same version with the same size (`base_size`:
+/// the size the base recorded for that node and version); then its bytes are
+/// reused from the base and only the manifest line is carried over.
+pub fn needs_copy(base_size: Option<u64>, size: u64) -> bool {
+    base_size != Some(size)
+}
+
+/// Whether `s` can name a verify or restore job (`resume`).
+pub fn is_job_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 pub const SNAPSHOT_FORMAT: &str = "xecm-snapshot/1";
@@ -478,6 +504,34 @@ pub fn continuation_detail(backup: &BackupConfig, snapshot_id: &str) -> serde_js
     serde_json::json!({"action": "continue", "backup": backup, "snapshot_id": snapshot_id})
 }
 
+/// The continuation of a verify or restore job: its own event again, with
+/// the job to resume (same detail-type and rule as a snapshot's).
+pub fn job_continuation_detail(event: &BackupEvent, job: &str) -> Option<serde_json::Value> {
+    match event {
+        BackupEvent::Verify {
+            backup,
+            snapshot_id,
+            ..
+        } => Some(serde_json::json!({"action": "verify", "backup": backup,
+            "snapshot_id": snapshot_id, "resume": job})),
+        BackupEvent::Restore {
+            backup,
+            snapshot_id,
+            target_folder,
+            node_id,
+            ..
+        } => {
+            let mut v = serde_json::json!({"action": "restore", "backup": backup,
+                "snapshot_id": snapshot_id, "target_folder": target_folder, "resume": job});
+            if let Some(n) = node_id {
+                v["node_id"] = serde_json::json!(n);
+            }
+            Some(v)
+        }
+        _ => None,
+    }
+}
+
 /// Parse a `backup-snapshot` invocation payload.
 pub fn parse_backup_event(value: serde_json::Value) -> Result<BackupEvent, RouteError> {
     #[derive(Deserialize)]
@@ -492,6 +546,8 @@ pub fn parse_backup_event(value: serde_json::Value) -> Result<BackupEvent, Route
         target_folder: Option<i64>,
         #[serde(default)]
         node_id: Option<i64>,
+        #[serde(default)]
+        resume: Option<String>,
     }
     let raw: Raw =
         serde_path_to_error::deserialize(value).map_err(|e| super::route::serde_error(e, ""))?;
@@ -520,6 +576,19 @@ pub fn parse_backup_event(value: serde_json::Value) -> Result<BackupEvent, Route
         restore_only("target_folder", raw.target_folder.is_some())?;
         restore_only("node_id", raw.node_id.is_some())?;
     }
+    let resume = match raw.resume {
+        Some(j) if !matches!(raw.action.as_deref(), Some("verify" | "restore")) => {
+            return Err(err(
+                "resume",
+                j,
+                "only verify and restore continuations resume a job",
+            ));
+        }
+        Some(j) if !is_job_id(&j) => {
+            return Err(err("resume", j, "is not a job id (1-64 of [A-Za-z0-9-])"));
+        }
+        r => r,
+    };
     match raw.action.as_deref() {
         None if raw.snapshot_id.is_none() => Ok(BackupEvent::Scheduled(raw.backup)),
         None => Err(err(
@@ -534,6 +603,7 @@ pub fn parse_backup_event(value: serde_json::Value) -> Result<BackupEvent, Route
         Some("verify") => Ok(BackupEvent::Verify {
             snapshot_id: id(raw.snapshot_id)?,
             backup: raw.backup,
+            resume,
         }),
         Some("restore") => {
             let snapshot_id = id(raw.snapshot_id)?;
@@ -550,6 +620,7 @@ pub fn parse_backup_event(value: serde_json::Value) -> Result<BackupEvent, Route
                 snapshot_id,
                 target_folder,
                 node_id: raw.node_id,
+                resume,
             })
         }
         Some(other) => Err(err(
@@ -674,23 +745,10 @@ mod tests {
 
     #[test]
     fn given_base_record_when_version_or_size_differs_then_copied() {
-        use crate::domain::manifest::BackupRecord;
-        let r = BackupRecord {
-            node_id: 1,
-            ecm_path: vec!["a".into()],
-            path: "a".into(),
-            snapshot: None,
-            version: 2,
-            size: 10,
-            sha256: "ab".repeat(32),
-            modified: None,
-            mime_type: None,
-            metadata: Default::default(),
-        };
-        assert!(!needs_copy(Some(&r), 2, 10));
-        assert!(needs_copy(Some(&r), 3, 10));
-        assert!(needs_copy(Some(&r), 2, 11));
-        assert!(needs_copy(None, 1, 1));
+        // The base's size for the same node and version, if it has them.
+        assert!(!needs_copy(Some(10), 10));
+        assert!(needs_copy(Some(10), 11));
+        assert!(needs_copy(None, 1));
     }
 
     #[test]

@@ -76,7 +76,6 @@ pub async fn acquire<L: LeaseRecord>(
             Ok(b) => b,
             // Released meanwhile: try again.
             Err(FileStoreError::NotFound { .. }) => continue,
-            Err(FileStoreError::TooLarge { .. }) => Bytes::new(),
             Err(e) => return Err(e),
         };
         let other: Option<L> = parse(&seen);

@@ -330,8 +330,9 @@ pub struct Checkpoint {
     pub skipped: Vec<Skipped>,
     pub invocations: u32,
     pub started_at: DateTime<Utc>,
-    /// The invocation working on the snapshot and until when; another run
-    /// leaves the snapshot alone until then.
+    /// Written by earlier releases (a lease inside the checkpoint, check
+    /// then write); read so their checkpoints still load, never written now:
+    /// a run holds the plan's run lease file instead (taken atomically).
     #[serde(default)]
     pub lease: Option<Lease>,
 }
@@ -777,6 +778,22 @@ mod tests {
         assert!(
             matches!(c, BackupEvent::Continue { ref snapshot_id, .. } if snapshot_id == "20260102T030405Z")
         );
+        // A job's continuation is its own event plus the job to resume.
+        let v = parse_backup_event(
+            json!({"action": "verify", "backup": cfg(), "snapshot_id": "20260102T030405Z"}),
+        )
+        .unwrap();
+        let detail = job_continuation_detail(&v, "20260102T030405Z-0a1b2c3d").unwrap();
+        assert!(matches!(
+            parse_backup_event(detail).unwrap(),
+            BackupEvent::Verify { resume: Some(ref j), .. } if j == "20260102T030405Z-0a1b2c3d"
+        ));
+        let all = parse_backup_event(
+            json!({"backup": {"name": "x", "roots": [1], "sftp_secret": "s",
+            "directory": "d", "retention": 1, "versions": "all"}}),
+        )
+        .unwrap();
+        assert_eq!(all.backup().versions, Versions::All);
         let r = parse_backup_event(json!({"action": "restore", "backup": cfg(), "snapshot_id": "20260102T030405Z", "target_folder": 3100, "node_id": 7})).unwrap();
         assert!(matches!(
             r,
@@ -809,6 +826,19 @@ mod tests {
             (
                 json!({"backup": {"name": "x", "roots": [], "sftp_secret": "s", "directory": "d", "retention": 1}}),
                 "backup.roots",
+            ),
+            (json!({"backup": cfg(), "resume": "j1"}), "resume"),
+            (
+                json!({"action": "continue", "backup": cfg(), "snapshot_id": "20260102T030405Z", "resume": "j1"}),
+                "resume",
+            ),
+            (
+                json!({"action": "verify", "backup": cfg(), "snapshot_id": "20260102T030405Z", "resume": "../x"}),
+                "resume",
+            ),
+            (
+                json!({"backup": {"name": "x", "roots": [1], "sftp_secret": "s", "directory": "d", "retention": 1, "versions": "some"}}),
+                "backup.versions",
             ),
             (
                 json!({"backup": {"name": "x", "roots": [1, 1], "sftp_secret": "s", "directory": "d", "retention": 1}}),

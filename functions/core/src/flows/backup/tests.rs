@@ -927,6 +927,8 @@ async fn given_more_problems_than_listed_when_verified_then_response_is_capped_a
     assert_eq!(report.problems_total, 150);
     assert_eq!(report.problems.len(), job::LISTED_MAX);
     assert!(e.to_string().contains("and 130 more"), "{e}");
+    let answer = serde_json::to_vec(report.as_ref()).unwrap();
+    assert!(answer.len() < 256 << 10, "{} bytes", answer.len());
     assert!(e.to_string().len() < 16 << 10);
     // Every problem is in the report's parts.
     let prefix = format!("{}/", report.report_path);

@@ -217,6 +217,24 @@ pub struct DirectoryState {
     pub partial: Vec<String>,
     /// Pruned snapshots whose removal did not finish.
     pub deleting: Vec<String>,
+    /// Snapshots an unfinished verify or restore job reads (its marker
+    /// [`job_marker`] is in the directory): retention keeps them.
+    pub in_use: Vec<String>,
+}
+
+/// The marker of an unfinished verify or restore job, beside the snapshots
+/// (`.job-{kind}-{snapshot}-{job}`), so retention never deletes what a job
+/// still reads.
+pub fn job_marker(kind: &str, snapshot_id: &str, job: &str) -> String {
+    format!(".job-{kind}-{snapshot_id}-{job}")
+}
+
+/// The snapshot a [`job_marker`] names.
+pub fn job_marker_snapshot(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix(".job-")?;
+    let (_, rest) = rest.split_once('-')?;
+    let id = rest.get(..16)?;
+    (is_snapshot_id(id) && rest[16..].starts_with('-')).then_some(id)
 }
 
 impl DirectoryState {
@@ -265,6 +283,10 @@ pub struct RetentionPlan {
     /// Snapshots beyond the count kept because a kept snapshot points at
     /// their bytes.
     pub kept_for_references: Vec<String>,
+    /// Snapshots beyond the count kept because an unfinished verify or
+    /// restore job reads them.
+    #[serde(default)]
+    pub kept_for_jobs: Vec<String>,
 }
 
 /// Keeps the newest `retention` complete snapshots and, transitively, every
@@ -277,12 +299,29 @@ pub fn plan_retention(
     retention: u32,
     references: &BTreeMap<String, BTreeSet<String>>,
 ) -> RetentionPlan {
+    plan_retention_in_use(complete, retention, references, &BTreeSet::new())
+}
+
+/// [`plan_retention`], also keeping (with what they point at) the snapshots
+/// `in_use` by unfinished verify or restore jobs.
+pub fn plan_retention_in_use(
+    complete: &[String],
+    retention: u32,
+    references: &BTreeMap<String, BTreeSet<String>>,
+    in_use: &BTreeSet<String>,
+) -> RetentionPlan {
     let mut sorted: Vec<&String> = complete.iter().collect();
     sorted.sort();
     sorted.dedup();
     let keep_n = (retention.max(1) as usize).min(sorted.len());
     let newest: BTreeSet<&String> = sorted[sorted.len() - keep_n..].iter().copied().collect();
     let mut kept: BTreeSet<String> = newest.iter().map(|s| (*s).clone()).collect();
+    let used: Vec<String> = sorted
+        .iter()
+        .filter(|s| in_use.contains(**s) && !kept.contains(**s))
+        .map(|s| (*s).clone())
+        .collect();
+    kept.extend(used.iter().cloned());
     let mut todo: Vec<String> = kept.iter().cloned().collect();
     while let Some(s) = todo.pop() {
         for r in references.get(&s).into_iter().flatten() {
@@ -299,9 +338,10 @@ pub fn plan_retention(
             .collect(),
         kept_for_references: sorted
             .iter()
-            .filter(|s| kept.contains(**s) && !newest.contains(*s))
+            .filter(|s| kept.contains(**s) && !newest.contains(*s) && !used.contains(*s))
             .map(|s| (*s).clone())
             .collect(),
+        kept_for_jobs: used,
     }
 }
 
@@ -689,6 +729,31 @@ mod tests {
         // Retention 0 is refused by validation; the rule still keeps the newest.
         let plan = plan_retention(&complete[..1], 0, &BTreeMap::new());
         assert!(plan.delete.is_empty());
+    }
+
+    #[test]
+    fn given_a_snapshot_an_unfinished_job_reads_when_pruned_then_kept_with_what_it_points_at() {
+        let complete = ids(&["20260101T000000Z", "20260102T000000Z", "20260103T000000Z"]);
+        let refs: BTreeMap<String, BTreeSet<String>> = [(
+            "20260102T000000Z".to_string(),
+            ["20260101T000000Z".to_string()].into(),
+        )]
+        .into();
+        let in_use: BTreeSet<String> = ["20260102T000000Z".to_string()].into();
+        let plan = plan_retention_in_use(&complete, 1, &refs, &in_use);
+        assert!(plan.delete.is_empty(), "{plan:?}");
+        assert_eq!(plan.kept_for_jobs, ids(&["20260102T000000Z"]));
+        assert_eq!(plan.kept_for_references, ids(&["20260101T000000Z"]));
+        let m = job_marker("restore", "20260102T000000Z", "20261204T190000Z-0a1b2c3d");
+        assert_eq!(job_marker_snapshot(&m), Some("20260102T000000Z"));
+        for bad in [
+            ".job-verify",
+            ".job-verify-2026-x",
+            ".run-lease",
+            "20260102T000000Z",
+        ] {
+            assert_eq!(job_marker_snapshot(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -77,7 +77,16 @@ pub async fn directory_state(
         .filter(|e| e.meta.kind == EntryKind::Dir)
         .map(|e| e.display_name.clone())
         .collect();
-    Ok(DirectoryState::from_names(names.iter().map(String::as_str)))
+    let mut state = DirectoryState::from_names(names.iter().map(String::as_str));
+    state.in_use = entries
+        .iter()
+        .filter(|e| e.meta.kind == EntryKind::File)
+        .filter_map(|e| crate::domain::backup::job_marker_snapshot(&e.display_name))
+        .map(str::to_owned)
+        .collect();
+    state.in_use.sort();
+    state.in_use.dedup();
+    Ok(state)
 }
 
 /// Decides what this invocation works on. `wanted`: the continuation's id.

@@ -6,7 +6,7 @@
 //! with a summary and no checkpoint only needs its rename); rename
 //! `{id}.partial` → `{id}`; remove the parts. Only then retention runs: the
 //! newest `retention` complete snapshots stay, and so does every snapshot a
-//! kept one points at; a pruned snapshot is renamed to `{id}.deleting` before
+//! kept one points at or an unfinished verify or restore job reads; a pruned snapshot is renamed to `{id}.deleting` before
 //! its files go, so a crash never leaves half a "complete" snapshot.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,7 +20,7 @@ use super::manifest::{self as mf, MANIFEST_NAME, PARTS_DIR};
 use super::{BackupContext, BackupError, join_rel};
 use crate::domain::backup::{
     BackupConfig, Checkpoint, RetentionPlan, SNAPSHOT_FORMAT, SnapshotSummary, deleting_name,
-    partial_name, plan_retention,
+    partial_name, plan_retention_in_use,
 };
 use crate::domain::paths::RemotePath;
 use crate::ports::file_store::{EntryKind, FileStore, FileStoreError, RenameMode};
@@ -229,7 +229,8 @@ pub async fn prune(
             }
         }
     }
-    let plan = plan_retention(&state.complete, backup.retention, &refs);
+    let in_use = state.in_use.iter().cloned().collect();
+    let plan = plan_retention_in_use(&state.complete, backup.retention, &refs, &in_use);
     for id in &plan.delete {
         let aside = dir.join(deleting_name(id))?;
         store

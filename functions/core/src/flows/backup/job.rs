@@ -12,7 +12,8 @@
 //! as JSON lines under `{directory}/reports/{kind}-{snapshot}-{job}/`, a part
 //! per flush, and `report.json` at the end; the response and the events carry
 //! counts, the first [`LISTED_MAX`] entries and that path, so they stay small
-//! at any size.
+//! at any size. While a job is unfinished, a marker beside the snapshots
+//! (`domain::backup::job_marker`) keeps retention off the snapshot it reads.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -20,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{BackupContext, BackupError};
-use crate::domain::backup::Lease;
+use crate::domain::backup::{Lease, job_marker};
 use crate::domain::paths::RemotePath;
 use crate::flows::file_lease::{self, Acquired, Held};
 use crate::ports::file_store::{FileStoreError, RenameMode};
@@ -51,6 +52,8 @@ pub struct JobCheckpoint<S> {
 /// A running job: its directory, checkpoint and unwritten report lines.
 pub struct Job<S> {
     pub dir: RemotePath,
+    /// The marker beside the snapshots that keeps retention off this one.
+    marker: RemotePath,
     pub cp: JobCheckpoint<S>,
     pending: String,
     pending_lines: usize,
@@ -144,6 +147,7 @@ async fn load_or_start<S: Serialize + DeserializeOwned + Default>(
                 })?;
             cp.invocations += 1;
             Ok(Some(Job {
+                marker: dir.join(job_marker(kind, snapshot_id, job))?,
                 dir: jdir,
                 cp,
                 pending: String::new(),
@@ -158,7 +162,16 @@ async fn load_or_start<S: Serialize + DeserializeOwned + Default>(
             );
             let jdir = report_dir(dir, kind, snapshot_id, &job)?;
             cx.store.mkdir_all(&jdir).await?;
+            // Retention keeps the snapshot while the marker is there.
+            cx.store
+                .write_small(
+                    &dir.join(job_marker(kind, snapshot_id, &job))?,
+                    Bytes::new(),
+                    RenameMode::Replace,
+                )
+                .await?;
             let j = Job {
+                marker: dir.join(job_marker(kind, snapshot_id, &job))?,
                 dir: jdir,
                 cp: JobCheckpoint {
                     job,
@@ -252,12 +265,39 @@ impl<S: Serialize> Job<S> {
                 RenameMode::Replace,
             )
             .await?;
-        match cx.store.remove(&self.dir.join(JOB_CHECKPOINT)?).await {
-            Ok(()) | Err(FileStoreError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
+        for done in [self.dir.join(JOB_CHECKPOINT)?, self.marker.clone()] {
+            match cx.store.remove(&done).await {
+                Ok(()) | Err(FileStoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(self.dir.to_string())
     }
+}
+
+impl<S> Job<S> {
+    /// After a failure no later invocation will resume this job (permanent,
+    /// or a first invocation whose retry starts a new job): its checkpoint
+    /// and marker go, so retention is not held back by it. Best effort.
+    pub async fn abandon(&self, cx: &BackupContext<'_>) {
+        let Ok(cp) = self.dir.join(JOB_CHECKPOINT) else {
+            return;
+        };
+        for p in [cp, self.marker.clone()] {
+            match cx.store.remove(&p).await {
+                Ok(()) | Err(FileStoreError::NotFound { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(path = %p, error = %e, "cannot remove an abandoned job's file")
+                }
+            }
+        }
+    }
+}
+
+/// Whether a job that failed with `e` is left for a retry to resume: only a
+/// retryable failure of a continuation (its event names the job).
+pub fn resumable(e: &BackupError, resume: Option<&str>) -> bool {
+    e.is_retryable() && resume.is_some()
 }
 
 /// Keeps the first [`LISTED_MAX`] entries and counts all.

@@ -409,6 +409,12 @@ pub async fn restore(
         &mut j,
     )
     .await;
+    if let Err(e) = &r
+        && !matches!(e, BackupError::RestoreFailed { .. })
+        && !job::resumable(e, resume)
+    {
+        j.abandon(cx).await;
+    }
     file_lease::release(cx.store, &held).await;
     if let Ok(RestoreOutcome::Continuing { job, .. }) = &r {
         let event = BackupEvent::Restore {

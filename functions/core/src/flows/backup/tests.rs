@@ -1120,3 +1120,51 @@ async fn given_manifest_split_across_chunks_when_read_line_by_line_then_every_re
     assert_eq!(n, 399);
     assert!(e.to_string().contains("line 407"), "{e}");
 }
+
+#[tokio::test]
+async fn given_a_restore_under_way_when_retention_would_prune_its_snapshot_then_kept_until_the_restore_ends()
+ {
+    let w = world().await;
+    let mut b = w.backup(1);
+    b.incremental = false;
+    let old = completed(&w.run(&b).await).snapshot_id.clone();
+    let target = w
+        .ecm
+        .create_folder(NodeId::new(ENTERPRISE).unwrap(), "Long drill")
+        .await
+        .unwrap();
+    // The first invocation of the restore stops at its deadline.
+    let clock = || t0();
+    let cx = BackupContext {
+        deadline: Some(Instant::now()),
+        margin: Duration::from_secs(3600),
+        ..w.cx_for(&clock)
+    };
+    let o = restore::restore(&cx, &b, &old, target.get(), None, None)
+        .await
+        .unwrap();
+    let RestoreOutcome::Continuing { ref job, .. } = o else {
+        panic!("{o:?}")
+    };
+    let continuation = w.events.events().last().unwrap().detail.clone();
+    assert_eq!(continuation["resume"], job.as_str());
+    // A full snapshot with retention 1 would delete the old one: the
+    // unfinished restore keeps it.
+    let o = w.run(&b).await;
+    let SnapshotOutcome::Completed { retention, .. } = &o else {
+        panic!("{o:?}")
+    };
+    assert!(retention.delete.is_empty(), "{retention:?}");
+    assert_eq!(retention.kept_for_jobs, vec![old.clone()]);
+    // The restore goes on to the end, from the snapshot still there.
+    let (outs, _) = chain(&w, continuation).await;
+    let last = outs.last().unwrap();
+    assert_eq!(last["status"], "restored", "{last}");
+    assert_eq!(last["restored_total"], 8);
+    // Done, it no longer holds retention back.
+    let o = w.run(&b).await;
+    let SnapshotOutcome::Completed { retention, .. } = &o else {
+        panic!("{o:?}")
+    };
+    assert!(retention.delete.contains(&old), "{retention:?}");
+}

@@ -126,6 +126,12 @@ pub async fn verify(
         }
     };
     let r = verify_held(cx, backup, &dir, snapshot_id, &mut j).await;
+    if let Err(e) = &r
+        && !matches!(e, BackupError::VerifyFailed { .. })
+        && !job::resumable(e, resume)
+    {
+        j.abandon(cx).await;
+    }
     file_lease::release(cx.store, &held).await;
     if let Ok(VerifyOutcome::Continuing { job, .. }) = &r {
         let event = BackupEvent::Verify {

@@ -908,6 +908,30 @@ async fn given_more_problems_than_listed_when_verified_then_response_is_capped_a
     b.roots = vec![big.get()];
     b.page_size = 50;
     let id = completed(&w.run(&b).await).snapshot_id.clone();
+    // A restore of 150 documents answers with counts and the first 100.
+    let target = w.ecm.create_folder(ent, "Many back").await.unwrap();
+    let clock0 = || t0();
+    let r = restored(
+        restore::restore(&w.cx_for(&clock0), &b, &id, target.get(), None, None)
+            .await
+            .unwrap(),
+    );
+    assert_eq!((r.restored.len(), r.restored_total), (job::LISTED_MAX, 150));
+    let prefix = format!("{}/", r.report_path);
+    let restored_lines: usize = w
+        .store
+        .paths()
+        .iter()
+        .filter(|p| p.starts_with(&prefix) && p.ends_with(".jsonl"))
+        .map(|p| {
+            std::str::from_utf8(&w.store.file(p).unwrap())
+                .unwrap()
+                .lines()
+                .count()
+        })
+        .sum();
+    assert_eq!(restored_lines, 150, "every restored document in the report");
+    assert!(serde_json::to_vec(&r).unwrap().len() < 256 << 10);
     for l in w.manifest(&id) {
         let p = w
             .store

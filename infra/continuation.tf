@@ -6,7 +6,9 @@
 # source `xecm-sftp`, detail-type `Snapshot Continuation`, and a detail that
 # is itself the function's `continue` event
 #   {"action":"continue","backup":{...},"snapshot_id":"YYYYMMDDTHHMMSSZ"}
-# so the target passes `$.detail` and the function receives exactly that
+# (or, for a verify or restore that reached its deadline, that manual event
+# with `"resume":"<job>"`), so the target passes `$.detail` and the function
+# receives exactly that
 # (it also accepts the whole event and takes its detail). Pattern and input
 # path are checked by tests/tests/backup_function.rs against the event the
 # real binary published on the bus.

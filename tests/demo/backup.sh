@@ -65,13 +65,13 @@ done
 for id in "$FULL" "$INC"; do
     say "4. verify $id"
     run "{\"action\": \"verify\", \"backup\": $BACKUP, \"snapshot_id\": \"$id\"}" \
-        | json '"%d files, %d bytes re-hashed (%s), %d problems" % (v["files_checked"], v["bytes_checked"], ("also in " + ", ".join(v["referenced_snapshots"])) if v["referenced_snapshots"] else "all in this snapshot", len(v["problems"]))'
+        | json '"%d files, %d bytes re-hashed (%s), %d problems" % (v["files_checked"], v["bytes_checked"], ("also in " + ", ".join(v["referenced_snapshots"])) if v["referenced_snapshots"] else "all in this snapshot", v["problems_total"])'
 done
 
 say "5. restore $INC into an empty folder (the DR drill)"
 TARGET=$(ecm -X POST "$API/v2/nodes" --data-urlencode "body={\"type\":0,\"parent_id\":2000,\"name\":\"DR drill $INC\"}" \
     | json 'v["results"]["data"]["properties"]["id"]')
 run "{\"action\": \"restore\", \"backup\": $BACKUP, \"snapshot_id\": \"$INC\", \"target_folder\": $TARGET}" \
-    | json '"%d documents restored into Enterprise / DR drill '"$INC"' (node %d), %d bytes, every SHA-256 matched the manifest; %d problems" % (len(v["restored"]), v["target_folder"], v["bytes"], len(v["problems"]))'
+    | json '"%d documents restored into Enterprise / DR drill '"$INC"' (node %d), %d bytes, every SHA-256 matched the manifest; %d problems" % (v["restored_total"], v["target_folder"], v["bytes"], v["problems_total"])'
 show_events
 echo "browse it at $XECM_ECM_URL/ui"

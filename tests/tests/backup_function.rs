@@ -167,11 +167,15 @@ impl Setup {
         parse_backup_manifest(&text).expect("valid manifest")
     }
 
+    /// The snapshot directories (complete, `.partial`, `.deleting`): the
+    /// run lease and job reports beside them are not snapshots.
     fn snapshot_dirs(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(&self.dir)
             .map(|d| {
                 d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != "reports")
                     .collect()
             })
             .unwrap_or_default();
@@ -705,4 +709,251 @@ async fn a_transient_ecm_failure_fails_the_run_as_retryable_and_the_retry_resume
     assert_eq!(sum["counts"]["documents"], docs.len());
     assert_eq!(sum["counts"]["skipped"], 0);
     assert_eq!(sum["invocations"], 2);
+}
+
+/// The bytes of a version in the ECM.
+async fn ecm_bytes(ecm: &OtcsClient, node: i64, version: Option<u32>) -> Vec<u8> {
+    use futures_util::StreamExt;
+    let mut dl = ecm
+        .download(NodeId::new(node).unwrap(), version)
+        .await
+        .expect("download");
+    let mut got = Vec::new();
+    while let Some(c) = dl.stream.next().await {
+        got.extend_from_slice(&c.expect("chunk"));
+    }
+    got
+}
+
+#[tokio::test]
+async fn versions_all_snapshots_every_version_copies_only_new_versions_and_restores_them_in_order()
+{
+    let s = Setup::start().await;
+    let (roots, docs) = s.seed().await;
+    let msa = docs["MSA.pdf"].0;
+    let bodies: Vec<Vec<u8>> = vec![
+        docs["MSA.pdf"].1.clone(),
+        b"master agreement, amended".to_vec(),
+        vec![3u8; 200_000],
+    ];
+    for b in &bodies[1..] {
+        s.ecm
+            .add_version(NodeId::new(msa).unwrap(), None, content(b))
+            .await
+            .expect("version");
+    }
+    let mut backup = s.backup(&roots, 5, 3);
+    backup["versions"] = json!("all");
+    let full = s.run(&json!({"backup": backup}), &[]).await.json();
+    let (first, sum) = completed(&full);
+    // One line per version: the documents, and two more versions of one.
+    assert_eq!(sum["counts"]["documents"], docs.len() + 2, "{sum}");
+    let lines = s.manifest(&first);
+    let msa_lines: Vec<&BackupRecord> = lines.iter().filter(|l| l.node_id == msa).collect();
+    assert_eq!(
+        msa_lines.iter().map(|l| l.version).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    for (l, body) in msa_lines.iter().zip(&bodies) {
+        let on_disk = std::fs::read(s.dir.join(&first).join(&l.path)).expect("file");
+        assert_eq!(&on_disk, body, "version {}", l.version);
+        assert_eq!(l.sha256, sha(body));
+    }
+    assert_eq!(s.fetches(msa).await, 3, "each version fetched once");
+
+    // A fourth version: only it is transferred.
+    let v4 = b"master agreement v4".to_vec();
+    s.ecm
+        .add_version(NodeId::new(msa).unwrap(), None, content(&v4))
+        .await
+        .expect("version");
+    let before: BTreeMap<i64, usize> = {
+        let mut m = BTreeMap::new();
+        for (id, _) in docs.values() {
+            m.insert(*id, s.fetches(*id).await);
+        }
+        m
+    };
+    let inc = s.run(&json!({"backup": backup}), &[]).await.json();
+    let (second, sum) = completed(&inc);
+    assert_eq!(sum["counts"]["copied"], 1, "{sum}");
+    assert_eq!(sum["counts"]["referenced"], docs.len() + 2);
+    for (id, _) in docs.values() {
+        let fetched = s.fetches(*id).await - before[id];
+        assert_eq!(fetched, usize::from(*id == msa), "node {id}");
+    }
+    let v = s
+        .run(
+            &json!({"action": "verify", "backup": backup, "snapshot_id": second}),
+            &[],
+        )
+        .await
+        .json();
+    assert_eq!(v["status"], "verified", "{v}");
+    assert_eq!(v["files_checked"], docs.len() + 3);
+
+    // Restore: the document comes back with its four versions, in order.
+    let target = s.folder(ENTERPRISE, "Versions drill").await;
+    let r = s
+        .run(&json!({"action": "restore", "backup": backup, "snapshot_id": second, "target_folder": target}), &[])
+        .await
+        .json();
+    assert_eq!(r["status"], "restored", "{r}");
+    assert_eq!(r["restored_total"], docs.len());
+    assert_eq!(r["versions"], docs.len() + 3);
+    let back = r["restored"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["source_node_id"] == msa)
+        .expect("restored")
+        .clone();
+    let node = back["node_id"].as_i64().unwrap();
+    let versions = s.ecm.versions(NodeId::new(node).unwrap()).await.unwrap();
+    assert_eq!(versions.len(), 4);
+    let mut want = bodies.clone();
+    want.push(v4);
+    for (v, body) in versions.iter().zip(&want) {
+        assert_eq!(&ecm_bytes(&s.ecm, node, Some(v.number)).await, body);
+    }
+}
+
+static CHAINS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Invokes the real binary with `event`, then each continuation the bus
+/// delivered to the deployed rule's pattern, with its input path applied,
+/// until an invocation does not continue. Returns the last answer and the
+/// number of invocations.
+async fn run_chain(s: &Setup, event: Value, env: &[(&str, String)]) -> (Value, usize) {
+    let (pattern, input_path) = continuation_rule();
+    let capture = s
+        .stack
+        .moto
+        .capture_events_matching(
+            EVENT_BUS,
+            &format!(
+                "chain-{}",
+                CHAINS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            ),
+            &pattern.to_string(),
+        )
+        .await
+        .expect("rule");
+    let mut event = event;
+    let mut n = 0;
+    loop {
+        n += 1;
+        assert!(n <= 40, "no end to the chain");
+        let out = s.run(&event, env).await.json();
+        if out["status"] != "continuing" {
+            return (out, n);
+        }
+        let got = capture
+            .receive(1, Duration::from_secs(20))
+            .await
+            .expect("receive");
+        assert_eq!(got.len(), 1, "the continuation reached the rule: {out}");
+        let next = apply_input_path(&got[0], &input_path);
+        assert_eq!(next["action"], event["action"], "{next}");
+        assert_eq!(next["resume"], out["job"], "{next}");
+        event = next;
+    }
+}
+
+#[tokio::test]
+async fn verify_and_restore_continue_across_a_short_deadline_and_do_each_document_once() {
+    let s = Setup::start().await;
+    let (roots, docs) = s.seed().await;
+    let backup = s.backup(&roots, 5, 50);
+    let (id, _) = completed(&s.run(&json!({"backup": backup}), &[]).await.json());
+    // Two seconds per invocation and a margin of 1.9: after the first
+    // documents every run is near its deadline.
+    let env = [
+        ("XECM_LOCAL_TIMEOUT_SECS", "2".to_string()),
+        ("XECM_BACKUP_MARGIN_MS", "1900".to_string()),
+    ];
+    let (v, n) = run_chain(
+        &s,
+        json!({"action": "verify", "backup": backup, "snapshot_id": id}),
+        &env,
+    )
+    .await;
+    assert_eq!(v["status"], "verified", "{v}");
+    assert!(n >= 3, "the deadline should have split the verify: {n}");
+    assert_eq!(v["invocations"], n);
+    assert_eq!(v["files_checked"], docs.len(), "each file checked once");
+    // The full report is on SFTP where the answer points.
+    let job = v["job"].as_str().unwrap();
+    let report = s.dir.join("reports").join(format!("verify-{id}-{job}"));
+    assert!(
+        v["report_path"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("verify-{id}-{job}")),
+        "{v}"
+    );
+    assert!(report.join("report.json").exists(), "{report:?}");
+
+    let target = s.folder(ENTERPRISE, "Chained drill").await;
+    let before: BTreeMap<i64, usize> = {
+        let mut m = BTreeMap::new();
+        for (id, _) in docs.values() {
+            m.insert(*id, s.fetches(*id).await);
+        }
+        m
+    };
+    let (r, n) = run_chain(
+        &s,
+        json!({"action": "restore", "backup": backup, "snapshot_id": id, "target_folder": target}),
+        &env,
+    )
+    .await;
+    assert_eq!(r["status"], "restored", "{r}");
+    assert!(n >= 3, "the deadline should have split the restore: {n}");
+    assert_eq!(r["restored_total"], docs.len());
+    assert_eq!(r["already_present"], 0, "no document restored twice: {r}");
+    for d in r["restored"].as_array().unwrap() {
+        let node = d["node_id"].as_i64().unwrap();
+        let src = d["source_node_id"].as_i64().unwrap();
+        assert_eq!(
+            s.ecm
+                .versions(NodeId::new(node).unwrap())
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "{d}"
+        );
+        let body = &docs.values().find(|(i, _)| *i == src).unwrap().1;
+        assert_eq!(&ecm_bytes(&s.ecm, node, None).await, body);
+        // The source was never read: the restore reads the snapshot.
+        assert_eq!(s.fetches(src).await, before[&src]);
+    }
+}
+
+#[tokio::test]
+async fn two_runs_started_together_on_one_plan_exactly_one_takes_the_snapshot() {
+    let s = Setup::start().await;
+    let (roots, docs) = s.seed().await;
+    // Downloads are slowed down, so the first run is still at work when the
+    // second starts.
+    s.fault(
+        json!({"status": 0, "delay_ms": 300, "count": docs.len(), "path_contains": "/content"}),
+    )
+    .await;
+    let backup = s.backup(&roots, 5, 3);
+    let event = json!({"backup": backup});
+    let (a, b) = tokio::join!(s.run(&event, &[]), s.run(&event, &[]));
+    let outs = [a.json(), b.json()];
+    let statuses: Vec<&str> = outs.iter().map(|o| o["status"].as_str().unwrap()).collect();
+    assert!(
+        statuses.contains(&"completed") && statuses.contains(&"busy"),
+        "{outs:?}"
+    );
+    let dirs = s.snapshot_dirs();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    assert_eq!(s.manifest(&dirs[0]).len(), docs.len());
+    for (name, (node, _)) in &docs {
+        assert_eq!(s.fetches(*node).await, 1, "{name}");
+    }
 }

@@ -110,8 +110,9 @@ pub async fn handle(
         BackupEvent::Verify {
             backup: b,
             snapshot_id,
+            resume,
         } => to_json(
-            backup::verify::verify(&cx, b, snapshot_id)
+            backup::verify::verify(&cx, b, snapshot_id, resume.as_deref())
                 .await
                 .map_err(flow_error)?,
         ),
@@ -120,10 +121,18 @@ pub async fn handle(
             snapshot_id,
             target_folder,
             node_id,
+            resume,
         } => to_json(
-            backup::restore::restore(&cx, b, snapshot_id, *target_folder, *node_id)
-                .await
-                .map_err(flow_error)?,
+            backup::restore::restore(
+                &cx,
+                b,
+                snapshot_id,
+                *target_folder,
+                *node_id,
+                resume.as_deref(),
+            )
+            .await
+            .map_err(flow_error)?,
         ),
     }
 }

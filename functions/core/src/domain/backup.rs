@@ -43,6 +43,19 @@ pub struct BackupConfig {
     /// Documents downloaded at once (and SFTP sessions used for them).
     #[serde(default = "default_parallelism")]
     pub parallelism: u32,
+    /// Which versions of each document the snapshot holds.
+    #[serde(default)]
+    pub versions: Versions,
+}
+
+/// `"latest"` (the default): each document's latest version; `"all"`: every
+/// version, one manifest line each, oldest first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Versions {
+    #[default]
+    Latest,
+    All,
 }
 
 fn yes() -> bool {
@@ -67,6 +80,8 @@ pub enum BackupEvent {
     Verify {
         backup: BackupConfig,
         snapshot_id: String,
+        /// The job a continuation resumes (absent: a new verify).
+        resume: Option<String>,
     },
     Restore {
         backup: BackupConfig,
@@ -74,6 +89,8 @@ pub enum BackupEvent {
         target_folder: i64,
         /// Only this document (or every document below this container).
         node_id: Option<i64>,
+        /// The job a continuation resumes (absent: a new restore).
+        resume: Option<String>,
     },
 }
 
@@ -200,6 +217,24 @@ pub struct DirectoryState {
     pub partial: Vec<String>,
     /// Pruned snapshots whose removal did not finish.
     pub deleting: Vec<String>,
+    /// Snapshots an unfinished verify or restore job reads (its marker
+    /// [`job_marker`] is in the directory): retention keeps them.
+    pub in_use: Vec<String>,
+}
+
+/// The marker of an unfinished verify or restore job, beside the snapshots
+/// (`.job-{kind}-{snapshot}-{job}`), so retention never deletes what a job
+/// still reads.
+pub fn job_marker(kind: &str, snapshot_id: &str, job: &str) -> String {
+    format!(".job-{kind}-{snapshot_id}-{job}")
+}
+
+/// The snapshot a [`job_marker`] names.
+pub fn job_marker_snapshot(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix(".job-")?;
+    let (_, rest) = rest.split_once('-')?;
+    let id = rest.get(..16)?;
+    (is_snapshot_id(id) && rest[16..].starts_with('-')).then_some(id)
 }
 
 impl DirectoryState {
@@ -248,6 +283,10 @@ pub struct RetentionPlan {
     /// Snapshots beyond the count kept because a kept snapshot points at
     /// their bytes.
     pub kept_for_references: Vec<String>,
+    /// Snapshots beyond the count kept because an unfinished verify or
+    /// restore job reads them.
+    #[serde(default)]
+    pub kept_for_jobs: Vec<String>,
 }
 
 /// Keeps the newest `retention` complete snapshots and, transitively, every
@@ -260,12 +299,29 @@ pub fn plan_retention(
     retention: u32,
     references: &BTreeMap<String, BTreeSet<String>>,
 ) -> RetentionPlan {
+    plan_retention_in_use(complete, retention, references, &BTreeSet::new())
+}
+
+/// [`plan_retention`], also keeping (with what they point at) the snapshots
+/// `in_use` by unfinished verify or restore jobs.
+pub fn plan_retention_in_use(
+    complete: &[String],
+    retention: u32,
+    references: &BTreeMap<String, BTreeSet<String>>,
+    in_use: &BTreeSet<String>,
+) -> RetentionPlan {
     let mut sorted: Vec<&String> = complete.iter().collect();
     sorted.sort();
     sorted.dedup();
     let keep_n = (retention.max(1) as usize).min(sorted.len());
     let newest: BTreeSet<&String> = sorted[sorted.len() - keep_n..].iter().copied().collect();
     let mut kept: BTreeSet<String> = newest.iter().map(|s| (*s).clone()).collect();
+    let used: Vec<String> = sorted
+        .iter()
+        .filter(|s| in_use.contains(**s) && !kept.contains(**s))
+        .map(|s| (*s).clone())
+        .collect();
+    kept.extend(used.iter().cloned());
     let mut todo: Vec<String> = kept.iter().cloned().collect();
     while let Some(s) = todo.pop() {
         for r in references.get(&s).into_iter().flatten() {
@@ -282,9 +338,10 @@ pub fn plan_retention(
             .collect(),
         kept_for_references: sorted
             .iter()
-            .filter(|s| kept.contains(**s) && !newest.contains(*s))
+            .filter(|s| kept.contains(**s) && !newest.contains(*s) && !used.contains(*s))
             .map(|s| (*s).clone())
             .collect(),
+        kept_for_jobs: used,
     }
 }
 
@@ -313,8 +370,9 @@ pub struct Checkpoint {
     pub skipped: Vec<Skipped>,
     pub invocations: u32,
     pub started_at: DateTime<Utc>,
-    /// The invocation working on the snapshot and until when; another run
-    /// leaves the snapshot alone until then.
+    /// Written by earlier releases (a lease inside the checkpoint, check
+    /// then write); read so their checkpoints still load, never written now:
+    /// a run holds the plan's run lease file instead (taken atomically).
     #[serde(default)]
     pub lease: Option<Lease>,
 }
@@ -373,6 +431,9 @@ pub struct Counts {
 pub struct Skipped {
     pub node_id: i64,
     pub ecm_path: Vec<String>,
+    /// The version refused (with `versions: "all"`), when it is one version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
     pub reason: String,
 }
 
@@ -440,11 +501,17 @@ impl Checkpoint {
     }
 }
 
-/// Incremental rule: a document is copied unless the base snapshot has the
-/// same node at the same version and size (then its bytes are reused from the
-/// base and only the manifest line is carried over).
-pub fn needs_copy(base: Option<&super::manifest::BackupRecord>, version: u32, size: u64) -> bool {
-    !base.is_some_and(|b| b.version == version && b.size == size)
+/// Incremental rule: a document version is copied unless the base snapshot
+/// has the same node at the same version with the same size (`base_size`:
+/// the size the base recorded for that node and version); then its bytes are
+/// reused from the base and only the manifest line is carried over.
+pub fn needs_copy(base_size: Option<u64>, size: u64) -> bool {
+    base_size != Some(size)
+}
+
+/// Whether `s` can name a verify or restore job (`resume`).
+pub fn is_job_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 pub const SNAPSHOT_FORMAT: &str = "xecm-snapshot/1";
@@ -478,6 +545,34 @@ pub fn continuation_detail(backup: &BackupConfig, snapshot_id: &str) -> serde_js
     serde_json::json!({"action": "continue", "backup": backup, "snapshot_id": snapshot_id})
 }
 
+/// The continuation of a verify or restore job: its own event again, with
+/// the job to resume (same detail-type and rule as a snapshot's).
+pub fn job_continuation_detail(event: &BackupEvent, job: &str) -> Option<serde_json::Value> {
+    match event {
+        BackupEvent::Verify {
+            backup,
+            snapshot_id,
+            ..
+        } => Some(serde_json::json!({"action": "verify", "backup": backup,
+            "snapshot_id": snapshot_id, "resume": job})),
+        BackupEvent::Restore {
+            backup,
+            snapshot_id,
+            target_folder,
+            node_id,
+            ..
+        } => {
+            let mut v = serde_json::json!({"action": "restore", "backup": backup,
+                "snapshot_id": snapshot_id, "target_folder": target_folder, "resume": job});
+            if let Some(n) = node_id {
+                v["node_id"] = serde_json::json!(n);
+            }
+            Some(v)
+        }
+        _ => None,
+    }
+}
+
 /// Parse a `backup-snapshot` invocation payload.
 pub fn parse_backup_event(value: serde_json::Value) -> Result<BackupEvent, RouteError> {
     #[derive(Deserialize)]
@@ -492,6 +587,8 @@ pub fn parse_backup_event(value: serde_json::Value) -> Result<BackupEvent, Route
         target_folder: Option<i64>,
         #[serde(default)]
         node_id: Option<i64>,
+        #[serde(default)]
+        resume: Option<String>,
     }
     let raw: Raw =
         serde_path_to_error::deserialize(value).map_err(|e| super::route::serde_error(e, ""))?;
@@ -520,6 +617,19 @@ pub fn parse_backup_event(value: serde_json::Value) -> Result<BackupEvent, Route
         restore_only("target_folder", raw.target_folder.is_some())?;
         restore_only("node_id", raw.node_id.is_some())?;
     }
+    let resume = match raw.resume {
+        Some(j) if !matches!(raw.action.as_deref(), Some("verify" | "restore")) => {
+            return Err(err(
+                "resume",
+                j,
+                "only verify and restore continuations resume a job",
+            ));
+        }
+        Some(j) if !is_job_id(&j) => {
+            return Err(err("resume", j, "is not a job id (1-64 of [A-Za-z0-9-])"));
+        }
+        r => r,
+    };
     match raw.action.as_deref() {
         None if raw.snapshot_id.is_none() => Ok(BackupEvent::Scheduled(raw.backup)),
         None => Err(err(
@@ -534,6 +644,7 @@ pub fn parse_backup_event(value: serde_json::Value) -> Result<BackupEvent, Route
         Some("verify") => Ok(BackupEvent::Verify {
             snapshot_id: id(raw.snapshot_id)?,
             backup: raw.backup,
+            resume,
         }),
         Some("restore") => {
             let snapshot_id = id(raw.snapshot_id)?;
@@ -550,6 +661,7 @@ pub fn parse_backup_event(value: serde_json::Value) -> Result<BackupEvent, Route
                 snapshot_id,
                 target_folder,
                 node_id: raw.node_id,
+                resume,
             })
         }
         Some(other) => Err(err(
@@ -620,6 +732,31 @@ mod tests {
     }
 
     #[test]
+    fn given_a_snapshot_an_unfinished_job_reads_when_pruned_then_kept_with_what_it_points_at() {
+        let complete = ids(&["20260101T000000Z", "20260102T000000Z", "20260103T000000Z"]);
+        let refs: BTreeMap<String, BTreeSet<String>> = [(
+            "20260102T000000Z".to_string(),
+            ["20260101T000000Z".to_string()].into(),
+        )]
+        .into();
+        let in_use: BTreeSet<String> = ["20260102T000000Z".to_string()].into();
+        let plan = plan_retention_in_use(&complete, 1, &refs, &in_use);
+        assert!(plan.delete.is_empty(), "{plan:?}");
+        assert_eq!(plan.kept_for_jobs, ids(&["20260102T000000Z"]));
+        assert_eq!(plan.kept_for_references, ids(&["20260101T000000Z"]));
+        let m = job_marker("restore", "20260102T000000Z", "20261204T190000Z-0a1b2c3d");
+        assert_eq!(job_marker_snapshot(&m), Some("20260102T000000Z"));
+        for bad in [
+            ".job-verify",
+            ".job-verify-2026-x",
+            ".run-lease",
+            "20260102T000000Z",
+        ] {
+            assert_eq!(job_marker_snapshot(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn given_directory_names_when_read_then_complete_partial_and_deleting_apart() {
         let st = DirectoryState::from_names([
             "20260102T000000Z",
@@ -674,23 +811,10 @@ mod tests {
 
     #[test]
     fn given_base_record_when_version_or_size_differs_then_copied() {
-        use crate::domain::manifest::BackupRecord;
-        let r = BackupRecord {
-            node_id: 1,
-            ecm_path: vec!["a".into()],
-            path: "a".into(),
-            snapshot: None,
-            version: 2,
-            size: 10,
-            sha256: "ab".repeat(32),
-            modified: None,
-            mime_type: None,
-            metadata: Default::default(),
-        };
-        assert!(!needs_copy(Some(&r), 2, 10));
-        assert!(needs_copy(Some(&r), 3, 10));
-        assert!(needs_copy(Some(&r), 2, 11));
-        assert!(needs_copy(None, 1, 1));
+        // The base's size for the same node and version, if it has them.
+        assert!(!needs_copy(Some(10), 10));
+        assert!(needs_copy(Some(10), 11));
+        assert!(needs_copy(None, 1));
     }
 
     #[test]
@@ -719,6 +843,22 @@ mod tests {
         assert!(
             matches!(c, BackupEvent::Continue { ref snapshot_id, .. } if snapshot_id == "20260102T030405Z")
         );
+        // A job's continuation is its own event plus the job to resume.
+        let v = parse_backup_event(
+            json!({"action": "verify", "backup": cfg(), "snapshot_id": "20260102T030405Z"}),
+        )
+        .unwrap();
+        let detail = job_continuation_detail(&v, "20260102T030405Z-0a1b2c3d").unwrap();
+        assert!(matches!(
+            parse_backup_event(detail).unwrap(),
+            BackupEvent::Verify { resume: Some(ref j), .. } if j == "20260102T030405Z-0a1b2c3d"
+        ));
+        let all = parse_backup_event(
+            json!({"backup": {"name": "x", "roots": [1], "sftp_secret": "s",
+            "directory": "d", "retention": 1, "versions": "all"}}),
+        )
+        .unwrap();
+        assert_eq!(all.backup().versions, Versions::All);
         let r = parse_backup_event(json!({"action": "restore", "backup": cfg(), "snapshot_id": "20260102T030405Z", "target_folder": 3100, "node_id": 7})).unwrap();
         assert!(matches!(
             r,
@@ -751,6 +891,19 @@ mod tests {
             (
                 json!({"backup": {"name": "x", "roots": [], "sftp_secret": "s", "directory": "d", "retention": 1}}),
                 "backup.roots",
+            ),
+            (json!({"backup": cfg(), "resume": "j1"}), "resume"),
+            (
+                json!({"action": "continue", "backup": cfg(), "snapshot_id": "20260102T030405Z", "resume": "j1"}),
+                "resume",
+            ),
+            (
+                json!({"action": "verify", "backup": cfg(), "snapshot_id": "20260102T030405Z", "resume": "../x"}),
+                "resume",
+            ),
+            (
+                json!({"backup": {"name": "x", "roots": [1], "sftp_secret": "s", "directory": "d", "retention": 1, "versions": "some"}}),
+                "backup.versions",
             ),
             (
                 json!({"backup": {"name": "x", "roots": [1, 1], "sftp_secret": "s", "directory": "d", "retention": 1}}),

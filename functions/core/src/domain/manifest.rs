@@ -254,14 +254,20 @@ pub fn parse_backup_manifest(text: &str) -> Result<Vec<BackupRecord>, ManifestEr
         if line.trim().is_empty() {
             continue;
         }
-        let r: BackupRecord = serde_json::from_str(line).map_err(|e| ManifestError::Line {
-            line: i + 1,
-            problem: e.to_string(),
-        })?;
-        r.check(i + 1)?;
-        out.push(r);
+        out.push(parse_backup_line(line, i + 1)?);
     }
     Ok(out)
+}
+
+/// Parses and checks line `line_no` (from 1) of a backup manifest; the
+/// streaming readers use it one line at a time.
+pub fn parse_backup_line(line: &str, line_no: usize) -> Result<BackupRecord, ManifestError> {
+    let r: BackupRecord = serde_json::from_str(line).map_err(|e| ManifestError::Line {
+        line: line_no,
+        problem: e.to_string(),
+    })?;
+    r.check(line_no)?;
+    Ok(r)
 }
 
 #[cfg(test)]

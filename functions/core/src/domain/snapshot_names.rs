@@ -83,6 +83,11 @@ pub fn root_segment(name: &str, node_id: i64) -> String {
 
 /// The always-suffixed segment `stem~{id}.ext`, within the SFTP name budget.
 pub fn unique_segment(name: &str, node_id: i64) -> String {
+    suffixed(name, &format!("~{node_id}"))
+}
+
+/// `stem{marker}.ext` within the SFTP name budget.
+fn suffixed(name: &str, marker: &str) -> String {
     let safe = sftp_safe_name(name.trim_end_matches(['.', ' ']));
     let (stem, ext) = split_ext(&safe);
     // Keep a short plain extension after the id so the file still opens.
@@ -93,7 +98,6 @@ pub fn unique_segment(name: &str, node_id: i64) -> String {
             String::new()
         };
     let stem_src = if ext.is_empty() { safe.as_str() } else { stem };
-    let marker = format!("~{node_id}");
     let room = SFTP_NAME_MAX_BYTES.saturating_sub(marker.len() + ext.len());
     let mut head = String::new();
     for c in stem_src.chars() {
@@ -107,10 +111,40 @@ pub fn unique_segment(name: &str, node_id: i64) -> String {
     format!("{head}{marker}{ext}")
 }
 
+/// The segment of an older version of a document (`versions: "all"`):
+/// `stem~{id}v{version}.ext`. It can meet neither a verbatim name (no `~`
+/// and digit there) nor any [`unique_segment`] (those end in `~{id}`, these
+/// in `v{version}`), nor another version or node.
+pub fn version_segment(name: &str, node_id: i64, version: u32) -> String {
+    suffixed(name, &format!("~{node_id}v{version}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::manifest::is_safe_entry_path;
+
+    #[test]
+    fn given_versions_of_documents_when_named_then_distinct_from_every_other_segment() {
+        assert_eq!(version_segment("Report.pdf", 42, 3), "Report~42v3.pdf");
+        assert_eq!(version_segment("a/b", 7, 1), "a_b~7v1");
+        let long = "Ü".repeat(240);
+        let s = version_segment(&long, 123456, 17);
+        assert!(
+            s.len() <= SFTP_NAME_MAX_BYTES && s.ends_with("~123456v17"),
+            "{s}"
+        );
+        let all = [
+            version_segment("x.pdf", 1, 2),
+            version_segment("x.pdf", 1, 3),
+            version_segment("x.pdf", 12, 1),
+            unique_segment("x.pdf", 1),
+            unique_segment("x~1v2.pdf", 9),
+            safe_segment("x.pdf", 1),
+        ];
+        let set: std::collections::BTreeSet<_> = all.iter().collect();
+        assert_eq!(set.len(), all.len(), "{all:?}");
+    }
 
     #[test]
     fn given_plain_names_when_made_safe_then_kept_verbatim() {

@@ -2,4 +2,5 @@
 
 pub mod backup;
 pub mod export;
+pub mod file_lease;
 pub mod ingest;

@@ -4,13 +4,13 @@
 //!
 //! A scheduled run resumes the unfinished snapshot if there is one (a crash,
 //! a lost continuation), so no schedule tick starts a second snapshot beside
-//! it; a continuation names its snapshot. Either leaves a snapshot alone while
-//! another invocation's lease on it is live.
+//! it; a continuation names its snapshot. Both run under the plan's run
+//! lease (`super::RUN_LEASE_NAME`), taken before anything here is read.
 
 use bytes::Bytes;
 
 use super::{BackupContext, BackupError};
-use crate::domain::backup::{BackupConfig, Checkpoint, DirectoryState, Lease, partial_name};
+use crate::domain::backup::{BackupConfig, Checkpoint, DirectoryState, partial_name};
 use crate::domain::paths::RemotePath;
 use crate::ports::file_store::{EntryKind, FileStore, RenameMode};
 
@@ -61,8 +61,6 @@ pub enum Target {
     Finish { snapshot_id: String },
     /// Start a new snapshot against `base`.
     Start { base: Option<String> },
-    /// Another invocation holds it.
-    Busy(Box<Lease>, String),
     /// The continuation's snapshot is already complete.
     AlreadyComplete(String),
 }
@@ -79,7 +77,16 @@ pub async fn directory_state(
         .filter(|e| e.meta.kind == EntryKind::Dir)
         .map(|e| e.display_name.clone())
         .collect();
-    Ok(DirectoryState::from_names(names.iter().map(String::as_str)))
+    let mut state = DirectoryState::from_names(names.iter().map(String::as_str));
+    state.in_use = entries
+        .iter()
+        .filter(|e| e.meta.kind == EntryKind::File)
+        .filter_map(|e| crate::domain::backup::job_marker_snapshot(&e.display_name))
+        .map(str::to_owned)
+        .collect();
+    state.in_use.sort();
+    state.in_use.dedup();
+    Ok(state)
 }
 
 /// Decides what this invocation works on. `wanted`: the continuation's id.
@@ -118,16 +125,10 @@ pub async fn choose(
         },
     };
     let partial_dir = dir.join(partial_name(&id))?;
-    let now = (cx.clock)();
     match load(cx.store, &partial_dir).await? {
         Some(mut cp) => {
-            if let Some(lease) = cp.held_by_other(cx.invocation_id, now) {
-                return Ok(Target::Busy(Box::new(lease.clone()), id));
-            }
-            cp.lease = Some(Lease {
-                owner: cx.invocation_id.to_owned(),
-                until: cx.lease_until(now),
-            });
+            // The caller holds the plan's run lease: nobody else works on it.
+            cp.lease = None;
             cp.invocations += 1;
             save(cx.store, &partial_dir, &cp).await?;
             Ok(Target::Resume(Box::new(cp)))

@@ -6,7 +6,7 @@
 //! with a summary and no checkpoint only needs its rename); rename
 //! `{id}.partial` → `{id}`; remove the parts. Only then retention runs: the
 //! newest `retention` complete snapshots stay, and so does every snapshot a
-//! kept one points at; a pruned snapshot is renamed to `{id}.deleting` before
+//! kept one points at or an unfinished verify or restore job reads; a pruned snapshot is renamed to `{id}.deleting` before
 //! its files go, so a crash never leaves half a "complete" snapshot.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,7 +20,7 @@ use super::manifest::{self as mf, MANIFEST_NAME, PARTS_DIR};
 use super::{BackupContext, BackupError, join_rel};
 use crate::domain::backup::{
     BackupConfig, Checkpoint, RetentionPlan, SNAPSHOT_FORMAT, SnapshotSummary, deleting_name,
-    partial_name, plan_retention,
+    partial_name, plan_retention_in_use,
 };
 use crate::domain::paths::RemotePath;
 use crate::ports::file_store::{EntryKind, FileStore, FileStoreError, RenameMode};
@@ -46,47 +46,67 @@ pub async fn finish(
         cp.manifest_bytes,
     )
     .await?;
-    // Every file this snapshot holds, by size; and the lines themselves.
-    let lines = mf::read(cx.store, &manifest_path).await?;
-    if lines.len() as u64 != cp.counts.documents {
+    // Every file this snapshot holds, by size, reading the manifest back
+    // line by line.
+    let reader = mf::LineReader::open(cx.store, &manifest_path).await?;
+    let store = cx.store;
+    let partial_ref = &partial;
+    let mut references = BTreeSet::new();
+    let mut lines = 0u64;
+    let refs = &mut references;
+    let count = &mut lines;
+    let mut checks = Box::pin(
+        mf::records(reader)
+            .map(move |l| {
+                let l = l?;
+                *count += 1;
+                Ok(match l.snapshot {
+                    Some(s) => {
+                        refs.insert(s);
+                        None
+                    }
+                    None => Some((join_rel(partial_ref, &l.path)?, l.size)),
+                })
+            })
+            .map(
+                |job: Result<Option<(RemotePath, u64)>, BackupError>| async move {
+                    let Some((p, size)) = job? else {
+                        return Ok::<_, BackupError>(None);
+                    };
+                    Ok(match store.try_stat(&p).await? {
+                        Some(m) if m.size == Some(size) => None,
+                        Some(m) => {
+                            Some(format!("{p}: size {:?}, the manifest says {size}", m.size))
+                        }
+                        None => Some(format!("{p}: missing")),
+                    })
+                },
+            )
+            .buffer_unordered(backup.parallelism as usize),
+    );
+    let mut problems = Vec::new();
+    let mut more = 0usize;
+    while let Some(r) = checks.next().await {
+        if let Some(p) = r? {
+            if problems.len() < 20 {
+                problems.push(p);
+            } else {
+                more += 1;
+            }
+        }
+    }
+    drop(checks);
+    if more > 0 {
+        problems.push(format!("and {more} more"));
+    }
+    if lines != cp.counts.documents {
         return Err(BackupError::Corrupt {
             path: manifest_path.to_string(),
             problem: format!(
-                "{} lines, but the checkpoint counted {} documents",
-                lines.len(),
+                "{lines} lines, but the checkpoint counted {} documents",
                 cp.counts.documents
             ),
         });
-    }
-    let mut references = BTreeSet::new();
-    let mut own = Vec::new();
-    for l in &lines {
-        match &l.snapshot {
-            Some(s) => {
-                references.insert(s.clone());
-            }
-            None => own.push((join_rel(&partial, &l.path)?, l.size)),
-        }
-    }
-    let store = cx.store;
-    let mut checks = futures_util::stream::iter(own)
-        .map(|(p, size)| async move {
-            match store.try_stat(&p).await {
-                Ok(Some(m)) if m.size == Some(size) => Ok(None),
-                Ok(Some(m)) => Ok(Some(format!(
-                    "{p}: size {:?}, the manifest says {size}",
-                    m.size
-                ))),
-                Ok(None) => Ok(Some(format!("{p}: missing"))),
-                Err(e) => Err(e),
-            }
-        })
-        .buffer_unordered(backup.parallelism as usize);
-    let mut problems = Vec::new();
-    while let Some(r) = checks.next().await {
-        if let Some(p) = r? {
-            problems.push(p);
-        }
     }
     if !problems.is_empty() {
         return Err(BackupError::Corrupt {
@@ -104,7 +124,7 @@ pub async fn finish(
         references: references.into_iter().collect(),
         counts: cp.counts.clone(),
         skipped: cp.skipped.clone(),
-        manifest_lines: lines.len() as u64,
+        manifest_lines: lines,
         manifest_size: receipt.size,
         manifest_sha256: receipt.sha256,
         include_metadata: backup.include_metadata,
@@ -209,7 +229,8 @@ pub async fn prune(
             }
         }
     }
-    let plan = plan_retention(&state.complete, backup.retention, &refs);
+    let in_use = state.in_use.iter().cloned().collect();
+    let plan = plan_retention_in_use(&state.complete, backup.retention, &refs, &in_use);
     for id in &plan.delete {
         let aside = dir.join(deleting_name(id))?;
         store

@@ -1,4 +1,5 @@
-//! Copying one document: its latest version from the ECM, hashed (SHA-256)
+//! Copying one document version (the latest, or with `versions: "all"`
+//! each one) from the ECM, hashed (SHA-256)
 //! while it streams into a no-replace atomic put on SFTP, so memory stays
 //! flat however large it is and nothing half-written is ever visible.
 //!
@@ -9,16 +10,16 @@
 //! [`Skipped`] record with the reason; transient failures are errors, so the
 //! invocation fails and the checkpoint stays where it was.
 
-use std::collections::HashMap;
-
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
+use super::manifest::BaseIndex;
 use super::walk::DocItem;
 use super::{BackupError, join_rel};
-use crate::domain::backup::{Skipped, needs_copy};
+use crate::domain::backup::{Skipped, Versions, needs_copy};
 use crate::domain::manifest::BackupRecord;
 use crate::domain::paths::RemotePath;
+use crate::domain::snapshot_names::version_segment;
 use crate::ports::ecm::{Ecm, EcmError};
 use crate::ports::file_store::{ByteStream, FileStore, FileStoreError, RenameMode};
 
@@ -54,41 +55,52 @@ fn skipped(item: &DocItem, reason: String) -> Plan {
     Plan::Skip(Skipped {
         node_id: item.node.id.get(),
         ecm_path: item.ecm_path.clone(),
+        version: None,
         reason,
     })
 }
 
-/// Latest version, metadata and the incremental decision for one document.
+/// The versions to back up (the latest, or all oldest first), metadata and
+/// the incremental decision for one document: one plan per version.
 pub async fn inspect(
     ecm: &dyn Ecm,
     item: DocItem,
     include_metadata: bool,
-    base: Option<(&str, &HashMap<i64, BackupRecord>)>,
-) -> Result<Plan, BackupError> {
+    versions: Versions,
+    base: Option<&BaseIndex>,
+) -> Result<Vec<Plan>, BackupError> {
     let id = item.node.id;
-    let versions = match ecm.versions(id).await {
+    let mut all = match ecm.versions(id).await {
         Ok(v) => v,
         Err(e) => match skip_reason(&e) {
-            Some(r) => return Ok(skipped(&item, r)),
+            Some(r) => return Ok(vec![skipped(&item, r)]),
             None => return Err(e.into()),
         },
     };
-    let Some(latest) = versions.iter().max_by_key(|v| v.number) else {
-        return Ok(skipped(&item, "the document has no version to copy".into()));
+    all.sort_by_key(|v| v.number);
+    all.dedup_by_key(|v| v.number);
+    let Some(latest) = all.last().map(|v| v.number) else {
+        return Ok(vec![skipped(
+            &item,
+            "the document has no version to copy".into(),
+        )]);
     };
+    if versions == Versions::Latest {
+        all.retain(|v| v.number == latest);
+    }
     let mut metadata = std::collections::BTreeMap::new();
     if include_metadata {
         let cats = match ecm.categories(id).await {
             Ok(c) => c,
             Err(e) => match skip_reason(&e) {
-                Some(r) => return Ok(skipped(&item, r)),
+                Some(r) => return Ok(vec![skipped(&item, r)]),
                 None => return Err(e.into()),
             },
         };
         let rm = match ecm.rm_classifications(id).await {
             Ok(c) => c,
             Err(e) => match skip_reason(&e) {
-                Some(r) => return Ok(skipped(&item, r)),
+                Some(r) => return Ok(vec![skipped(&item, r)]),
                 None => return Err(e.into()),
             },
         };
@@ -98,36 +110,45 @@ pub async fn inspect(
         );
         metadata.insert("rm_classifications".to_owned(), serde_json::json!(rm));
     }
-    let record = BackupRecord {
-        node_id: id.get(),
-        ecm_path: item.ecm_path.clone(),
-        path: item.path.clone(),
-        snapshot: None,
-        version: latest.number,
-        size: latest.size,
-        sha256: String::new(),
-        modified: item.node.modified.clone(),
-        mime_type: latest
-            .mime_type
-            .clone()
-            .or_else(|| item.node.mime_type.clone()),
-        metadata,
-    };
-    if let Some((base_id, lines)) = base {
-        let prev = lines.get(&id.get());
-        if !needs_copy(prev, latest.number, latest.size)
-            && let Some(prev) = prev
-        {
-            return Ok(Plan::Reference(BackupRecord {
-                path: prev.path.clone(),
-                snapshot: Some(prev.holder(base_id).to_owned()),
-                sha256: prev.sha256.clone(),
-                size: prev.size,
-                ..record
-            }));
+    let mut plans = Vec::with_capacity(all.len());
+    for v in all {
+        let mut item = item.clone();
+        if v.number != latest {
+            // Older versions sit beside the latest under their own names.
+            let seg = version_segment(&item.node.name, id.get(), v.number);
+            let dir = item.path.rsplit_once('/').map_or("", |(d, _)| d);
+            item.path = if dir.is_empty() {
+                seg
+            } else {
+                format!("{dir}/{seg}")
+            };
+            item.alt_path = item.path.clone();
+        }
+        let record = BackupRecord {
+            node_id: id.get(),
+            ecm_path: item.ecm_path.clone(),
+            path: item.path.clone(),
+            snapshot: None,
+            version: v.number,
+            size: v.size,
+            sha256: String::new(),
+            modified: if v.number == latest {
+                item.node.modified.clone()
+            } else {
+                v.created.clone()
+            },
+            mime_type: v.mime_type.clone().or_else(|| item.node.mime_type.clone()),
+            metadata: metadata.clone(),
+        };
+        let prev = base.and_then(|b| b.get(id.get(), v.number).map(|e| (b, e)));
+        match prev {
+            Some((b, e)) if !needs_copy(Some(e.size), v.size) => {
+                plans.push(Plan::Reference(b.reference(e, record)));
+            }
+            _ => plans.push(Plan::Copy(Box::new(CopyJob { item, record }))),
         }
     }
-    Ok(Plan::Copy(Box::new(CopyJob { item, record })))
+    Ok(plans)
 }
 
 /// What copying a document gave.
@@ -156,6 +177,7 @@ pub async fn copy(
                     return Ok(Copied::Skip(Skipped {
                         node_id: record.node_id,
                         ecm_path: record.ecm_path,
+                        version: Some(record.version),
                         reason: r,
                     }));
                 }

@@ -34,6 +34,7 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde::Serialize;
 
+use super::file_lease;
 use crate::domain::backup::{
     BackupConfig, Checkpoint, Counts, Lease, Pending, RetentionPlan, SnapshotSummary,
     continuation_detail, partial_name,
@@ -49,6 +50,7 @@ use crate::ports::file_store::{FileStore, FileStoreError};
 pub mod checkpoint;
 pub mod complete;
 pub mod copy;
+pub mod job;
 pub mod manifest;
 pub mod restore;
 pub mod verify;
@@ -57,8 +59,8 @@ pub mod walk;
 #[cfg(test)]
 mod tests;
 
-pub use restore::RestoreReport;
-pub use verify::VerifyReport;
+pub use restore::{RestoreOutcome, RestoreReport};
+pub use verify::{VerifyOutcome, VerifyReport};
 
 /// What the flow works with; borrowed from the function's cold-start state.
 pub struct BackupContext<'a> {
@@ -178,9 +180,13 @@ impl BackupError {
 #[serde(tag = "status", rename_all = "kebab-case")]
 pub enum SnapshotOutcome {
     /// The snapshot is complete and renamed into place; retention ran.
+    /// `summary` is `snapshot.json` with at most `job::LISTED_MAX` of the
+    /// skipped documents (all are in the file at `summary_path`).
     Completed {
         path: String,
         summary: Box<SnapshotSummary>,
+        summary_path: String,
+        skipped_unlisted: u64,
         retention: RetentionPlan,
     },
     /// The deadline neared: the checkpoint is saved and a continuation event
@@ -190,11 +196,12 @@ pub enum SnapshotOutcome {
         counts: Counts,
         invocations: u32,
     },
-    /// Another invocation holds the snapshot (its lease is live).
+    /// Another invocation holds the plan's run lease (it is live).
     Busy {
-        snapshot_id: String,
-        owner: String,
-        until: DateTime<Utc>,
+        /// The continuation's snapshot, if this was one.
+        snapshot_id: Option<String>,
+        owner: Option<String>,
+        until: Option<DateTime<Utc>>,
     },
     /// A (duplicate) continuation for a snapshot that is already complete.
     AlreadyComplete { snapshot_id: String },
@@ -237,22 +244,72 @@ pub async fn run_continue(
     run(cx, backup, Some(snapshot_id)).await
 }
 
+/// The run lease of a plan, in its backup directory: one snapshot run per
+/// plan at a time (scheduled or continuation), taken atomically.
+pub const RUN_LEASE_NAME: &str = ".run-lease";
+
 async fn run(
     cx: &BackupContext<'_>,
     backup: &BackupConfig,
     wanted: Option<&str>,
 ) -> Result<SnapshotOutcome, BackupError> {
     let dir = backup_dir(cx.store, backup)?;
+    cx.store.mkdir_all(&dir).await?;
+    let now = (cx.clock)();
+    let lease = Lease {
+        owner: cx.invocation_id.to_owned(),
+        until: cx.lease_until(now),
+    };
+    let held = match file_lease::acquire(
+        cx.store,
+        &dir.join(RUN_LEASE_NAME)?,
+        lease,
+        &format!("{:016x}", fastrand::u64(..)),
+        now,
+    )
+    .await?
+    {
+        file_lease::Acquired::Held(h) => h,
+        file_lease::Acquired::Busy(other) => {
+            return Ok(SnapshotOutcome::Busy {
+                snapshot_id: wanted.map(str::to_owned),
+                owner: other.as_ref().map(|l| l.owner.clone()),
+                until: other.map(|l| l.until),
+            });
+        }
+    };
+    let r = run_held(cx, backup, &dir, wanted).await;
+    // Released before a continuation's event goes out, so the next
+    // invocation need not wait for it to expire.
+    file_lease::release(cx.store, &held).await;
+    match r {
+        Ok(SnapshotOutcome::Continuing {
+            snapshot_id,
+            counts,
+            invocations,
+        }) => {
+            publish_continuation(cx, backup, &snapshot_id).await?;
+            tracing::info!(snapshot = %snapshot_id, documents = counts.documents, "deadline near: continuing by event");
+            Ok(SnapshotOutcome::Continuing {
+                snapshot_id,
+                counts,
+                invocations,
+            })
+        }
+        r => r,
+    }
+}
+
+async fn run_held(
+    cx: &BackupContext<'_>,
+    backup: &BackupConfig,
+    dir: &RemotePath,
+    wanted: Option<&str>,
+) -> Result<SnapshotOutcome, BackupError> {
+    let dir = dir.clone();
     let state = checkpoint::directory_state(cx.store, &dir).await?;
     complete::sweep_deleting(cx.store, &dir, &state.deleting).await?;
     let cp = match checkpoint::choose(cx, backup, &dir, &state, wanted).await? {
-        checkpoint::Target::Busy(lease, snapshot_id) => {
-            return Ok(SnapshotOutcome::Busy {
-                snapshot_id,
-                owner: lease.owner,
-                until: lease.until,
-            });
-        }
         checkpoint::Target::AlreadyComplete(snapshot_id) => {
             return Ok(SnapshotOutcome::AlreadyComplete { snapshot_id });
         }
@@ -268,13 +325,9 @@ async fn run(
             Err(e) => return Err(failed(cx, backup, &dir, e).await),
         },
     };
-    let snapshot_id = cp.snapshot_id.clone();
     match snapshot(cx, backup, &dir, cp).await {
         Ok(o) => Ok(o),
-        Err(e) if e.is_retryable() => {
-            release_lease(cx, &dir, &snapshot_id).await;
-            Err(e)
-        }
+        Err(e) if e.is_retryable() => Err(e),
         Err(e) => Err(failed(cx, backup, &dir, e).await),
     }
 }
@@ -300,26 +353,6 @@ async fn failed(
         .await;
     }
     e
-}
-
-/// After a transient failure: the retry (a new invocation) may start at once
-/// rather than wait out this invocation's lease. Best effort: when SFTP is
-/// what failed, the lease simply expires.
-async fn release_lease(cx: &BackupContext<'_>, dir: &RemotePath, snapshot_id: &str) {
-    let Ok(partial) = dir.join(partial_name(snapshot_id)) else {
-        return;
-    };
-    if let Ok(Some(mut cp)) = checkpoint::load(cx.store, &partial).await
-        && cp
-            .lease
-            .as_ref()
-            .is_some_and(|l| l.owner == cx.invocation_id)
-    {
-        cp.lease = None;
-        if let Err(e) = checkpoint::save(cx.store, &partial, &cp).await {
-            tracing::warn!(snapshot = %snapshot_id, error = %e, "could not release the lease");
-        }
-    }
 }
 
 /// A new `.partial` directory with its first checkpoint.
@@ -373,11 +406,7 @@ async fn start(
         tokio::time::sleep(Duration::from_millis(1000)).await;
         now = (cx.clock)();
     }
-    let mut cp = Checkpoint::start(now, base, &roots);
-    cp.lease = Some(Lease {
-        owner: cx.invocation_id.to_owned(),
-        until: cx.lease_until(now),
-    });
+    let cp = Checkpoint::start(now, base, &roots);
     let partial = dir.join(partial_name(&cp.snapshot_id))?;
     cx.store.mkdir_all(&partial).await?;
     checkpoint::save(cx.store, &partial, &cp).await?;
@@ -395,7 +424,7 @@ async fn snapshot(
     let partial = dir.join(partial_name(&cp.snapshot_id))?;
     let mut done = manifest::read_done(cx.store, &partial, cp.parts).await?;
     let base = match &cp.base_snapshot {
-        Some(b) => Some((b.clone(), manifest::read_base(cx.store, dir, b).await?)),
+        Some(b) => Some(manifest::read_base(cx.store, dir, b).await?),
         None => None,
     };
     // Files a crashed run finished without recording: hashed on SFTP, so
@@ -403,7 +432,7 @@ async fn snapshot(
     let mut recovered: HashMap<(i64, u32), (String, u64, String)> = HashMap::new();
     for p in std::mem::take(&mut cp.pending) {
         for rel in [&p.path, &p.alt_path] {
-            if done.paths.contains(rel.as_str()) {
+            if done.has_path(rel) {
                 continue;
             }
             let path = join_rel(&partial, rel)?;
@@ -458,14 +487,24 @@ async fn snapshot(
             .into_iter()
             .filter(|d| !done.nodes.contains(&d.node.id.get()))
             .collect();
-        let base_ref = base.as_ref().map(|(id, m)| (id.as_str(), m));
-        let plans: Vec<copy::Plan> = futures_util::stream::iter(docs)
-            .map(|d| copy::inspect(cx.ecm, d, backup.include_metadata, base_ref))
+        let base_ref = base.as_ref();
+        let per_doc: Vec<Vec<copy::Plan>> = futures_util::stream::iter(docs)
+            .map(|d| {
+                copy::inspect(
+                    cx.ecm,
+                    d,
+                    backup.include_metadata,
+                    backup.versions,
+                    base_ref,
+                )
+            })
             .buffered(backup.parallelism as usize)
             .collect::<Vec<_>>()
             .await
             .into_iter()
             .collect::<Result<_, _>>()?;
+        // One plan per version, a document's versions oldest first.
+        let plans: Vec<copy::Plan> = per_doc.into_iter().flatten().collect();
         // Jobs first recorded as pending, so a crash mid-copy is recognised.
         let mut lines: Vec<Option<BackupRecord>> = vec![None; plans.len()];
         let mut jobs = Vec::new();
@@ -592,39 +631,60 @@ async fn completed(
         }),
     })
     .await;
+    let mut summary = summary;
+    let skipped_unlisted = summary.skipped.len().saturating_sub(job::LISTED_MAX) as u64;
+    summary.skipped.truncate(job::LISTED_MAX);
     Ok(SnapshotOutcome::Completed {
+        summary_path: path.join(complete::SUMMARY_NAME)?.to_string(),
         path: path.to_string(),
         summary: Box::new(summary),
+        skipped_unlisted,
         retention,
     })
 }
 
-/// Saves the checkpoint without a lease and asks the bus to invoke us again.
+/// Saves the checkpoint; the caller releases the run lease and asks the
+/// bus to invoke us again.
 async fn continue_later(
     cx: &BackupContext<'_>,
-    backup: &BackupConfig,
+    _backup: &BackupConfig,
     partial: &RemotePath,
     mut cp: Checkpoint,
 ) -> Result<SnapshotOutcome, BackupError> {
-    // Released, so the continuation can start at once.
     cp.lease = None;
     checkpoint::save(cx.store, partial, &cp).await?;
-    let event = Event {
-        detail_type: DetailType::SnapshotContinuation,
-        detail: continuation_detail(backup, &cp.snapshot_id),
-    };
-    let report = cx.events.publish(std::slice::from_ref(&event)).await;
-    if let Some(u) = report.undelivered.first() {
-        // A retry of this invocation resumes from the checkpoint just saved.
-        return Err(BackupError::Continuation {
-            snapshot_id: cp.snapshot_id,
-            detail: format!("{}: {}", u.error_code, u.message),
-        });
-    }
-    tracing::info!(snapshot = %cp.snapshot_id, documents = cp.counts.documents, "deadline near: continuing by event");
     Ok(SnapshotOutcome::Continuing {
         snapshot_id: cp.snapshot_id,
         counts: cp.counts,
         invocations: cp.invocations,
     })
+}
+
+/// Publishes `Snapshot Continuation`; undelivered, the invocation fails as
+/// retryable (a retry resumes from the checkpoint just saved).
+async fn publish_continuation(
+    cx: &BackupContext<'_>,
+    backup: &BackupConfig,
+    snapshot_id: &str,
+) -> Result<(), BackupError> {
+    publish_detail(cx, snapshot_id, continuation_detail(backup, snapshot_id)).await
+}
+
+pub(crate) async fn publish_detail(
+    cx: &BackupContext<'_>,
+    snapshot_id: &str,
+    detail: serde_json::Value,
+) -> Result<(), BackupError> {
+    let event = Event {
+        detail_type: DetailType::SnapshotContinuation,
+        detail,
+    };
+    let report = cx.events.publish(std::slice::from_ref(&event)).await;
+    if let Some(u) = report.undelivered.first() {
+        return Err(BackupError::Continuation {
+            snapshot_id: snapshot_id.to_owned(),
+            detail: format!("{}: {}", u.error_code, u.message),
+        });
+    }
+    Ok(())
 }

@@ -148,6 +148,20 @@ impl World {
     }
 }
 
+fn verified(o: VerifyOutcome) -> VerifyReport {
+    match o {
+        VerifyOutcome::Verified(r) => r,
+        other => panic!("not verified: {other:?}"),
+    }
+}
+
+fn restored(o: RestoreOutcome) -> RestoreReport {
+    match o {
+        RestoreOutcome::Restored(r) => r,
+        other => panic!("not restored: {other:?}"),
+    }
+}
+
 fn completed(o: &SnapshotOutcome) -> &SnapshotSummary {
     match o {
         SnapshotOutcome::Completed { summary, .. } => summary,
@@ -323,18 +337,43 @@ async fn given_snapshot_held_by_a_live_lease_when_scheduled_then_busy_and_untouc
     else {
         panic!()
     };
-    let path = format!("/backups/t/{snapshot_id}.partial/.checkpoint.json");
-    let mut cp: Checkpoint = serde_json::from_slice(&w.store.file(&path).unwrap()).unwrap();
-    cp.lease = Some(Lease {
+    let cp_path = format!("/backups/t/{snapshot_id}.partial/.checkpoint.json");
+    let before = w.store.file(&cp_path).unwrap();
+    // Another invocation holds the plan's run lease.
+    let lease = Lease {
         owner: "someone-else".into(),
         until: t0() + chrono::Duration::days(1),
-    });
-    w.store
-        .insert_file(&path, &serde_json::to_vec(&cp).unwrap());
+    };
+    w.store.insert_file(
+        &format!("/backups/t/{RUN_LEASE_NAME}"),
+        &serde_json::to_vec(&lease).unwrap(),
+    );
     let o = w.run(&b).await;
     assert!(
-        matches!(o, SnapshotOutcome::Busy { ref owner, .. } if owner == "someone-else"),
+        matches!(o, SnapshotOutcome::Busy { ref owner, .. } if owner.as_deref() == Some("someone-else")),
         "{o:?}"
+    );
+    let o = w.run_with(&b, Some(&snapshot_id), None).await.unwrap();
+    assert!(matches!(o, SnapshotOutcome::Busy { .. }), "{o:?}");
+    assert_eq!(
+        w.store.file(&cp_path).unwrap(),
+        before,
+        "checkpoint untouched"
+    );
+    // Expired, it is taken over and the snapshot finishes.
+    let lease = Lease {
+        owner: "someone-else".into(),
+        until: t0() - chrono::Duration::seconds(1),
+    };
+    w.store.insert_file(
+        &format!("/backups/t/{RUN_LEASE_NAME}"),
+        &serde_json::to_vec(&lease).unwrap(),
+    );
+    completed(&w.run(&b).await);
+    assert!(
+        w.store
+            .file(&format!("/backups/t/{RUN_LEASE_NAME}"))
+            .is_none()
     );
 }
 
@@ -393,7 +432,7 @@ async fn given_corrupted_and_missing_files_when_verified_then_both_reported_by_p
     let second = completed(&w.run(&b).await).snapshot_id.clone();
     let clock = || t0();
     let cx = w.cx_for(&clock);
-    let ok = verify::verify(&cx, &b, &second).await.unwrap();
+    let ok = verified(verify::verify(&cx, &b, &second, None).await.unwrap());
     assert_eq!(ok.files_checked, 8);
     assert_eq!(ok.referenced_snapshots, vec![first.clone()]);
     // Corrupt a file the second snapshot points at (in the first), and
@@ -411,7 +450,8 @@ async fn given_corrupted_and_missing_files_when_verified_then_both_reported_by_p
         .resolve(&format!("/backups/t/{second}/{}", own.path))
         .unwrap();
     w.store.remove(&missing).await.unwrap();
-    let Err(BackupError::VerifyFailed { report, .. }) = verify::verify(&cx, &b, &second).await
+    let Err(BackupError::VerifyFailed { report, .. }) =
+        verify::verify(&cx, &b, &second, None).await
     else {
         panic!("verify passed")
     };
@@ -449,9 +489,11 @@ async fn given_incremental_snapshot_when_restored_into_empty_folder_then_byte_id
         .unwrap();
     let clock = || t0();
     let cx = w.cx_for(&clock);
-    let r = restore::restore(&cx, &b, &second, target.get(), None)
-        .await
-        .unwrap();
+    let r = restored(
+        restore::restore(&cx, &b, &second, target.get(), None, None)
+            .await
+            .unwrap(),
+    );
     assert_eq!(r.restored.len(), 8);
     for d in &r.restored {
         let got = w
@@ -478,9 +520,11 @@ async fn given_incremental_snapshot_when_restored_into_empty_folder_then_byte_id
             .is_some()
     );
     // A rerun of the drill finds everything in place and duplicates nothing.
-    let again = restore::restore(&cx, &b, &second, target.get(), None)
-        .await
-        .unwrap();
+    let again = restored(
+        restore::restore(&cx, &b, &second, target.get(), None, None)
+            .await
+            .unwrap(),
+    );
     assert!(again.restored.iter().all(|d| d.already_present));
     // One node only.
     let t2 = w
@@ -488,9 +532,11 @@ async fn given_incremental_snapshot_when_restored_into_empty_folder_then_byte_id
         .create_folder(NodeId::new(ENTERPRISE).unwrap(), "One")
         .await
         .unwrap();
-    let one = restore::restore(&cx, &b, &second, t2.get(), Some(w.docs[3].0.get()))
-        .await
-        .unwrap();
+    let one = restored(
+        restore::restore(&cx, &b, &second, t2.get(), Some(w.docs[3].0.get()), None)
+            .await
+            .unwrap(),
+    );
     assert_eq!(one.restored.len(), 1);
     assert_eq!(
         w.events.events().last().unwrap().detail_type,
@@ -595,4 +641,554 @@ async fn given_a_root_that_is_a_document_when_scheduled_then_permanent_error_and
     assert_eq!(ev.last().unwrap().detail["retryable"], false);
     // Nothing was started.
     assert!(!w.store.paths().iter().any(|p| p.contains(".partial")));
+}
+
+fn all_versions(b: &BackupConfig) -> BackupConfig {
+    let mut b = b.clone();
+    b.versions = crate::domain::backup::Versions::All;
+    b
+}
+
+#[tokio::test]
+async fn given_versions_all_when_snapshots_taken_then_every_version_is_a_line_incrementals_compare_per_version_and_restore_keeps_order()
+ {
+    let w = world().await;
+    let b = all_versions(&w.backup(3));
+    let (msa, _) = w.docs[3].clone();
+    for body in [b"msa v2".as_slice(), b"msa v3 longer"] {
+        w.ecm.add_version(msa, None, content(body)).await.unwrap();
+    }
+    let o = w.run(&b).await;
+    let first = completed(&o).clone();
+    // 8 documents, one of them with 3 versions: 10 lines.
+    assert_eq!(first.counts.documents, 10);
+    assert_eq!(first.counts.copied, 10);
+    let lines = w.manifest(&first.snapshot_id);
+    let msa_lines: Vec<&BackupRecord> = lines.iter().filter(|l| l.node_id == msa.get()).collect();
+    assert_eq!(
+        msa_lines.iter().map(|l| l.version).collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "one line per version, oldest first, consecutive"
+    );
+    for l in &msa_lines {
+        let want = w.ecm.content(msa, Some(l.version)).unwrap();
+        let got = w
+            .store
+            .file(&format!("/backups/t/{}/{}", first.snapshot_id, l.path))
+            .unwrap();
+        assert_eq!(got, want, "version {}", l.version);
+    }
+    // The latest sits under the document's own name, older ones beside it.
+    assert_eq!(msa_lines[2].path, "Contracts/MSA.pdf");
+    assert_eq!(
+        msa_lines[0].path,
+        format!("Contracts/MSA~{}v1.pdf", msa.get())
+    );
+    // A fourth version: only it is copied; the three older ones point at
+    // the first snapshot.
+    w.ecm
+        .add_version(msa, None, content(b"msa v4"))
+        .await
+        .unwrap();
+    let o = w.run(&b).await;
+    let second = completed(&o).clone();
+    assert_eq!(second.counts.documents, 11);
+    assert_eq!(second.counts.copied, 1, "{:?}", second.counts);
+    assert_eq!(second.counts.referenced, 10);
+    let lines2 = w.manifest(&second.snapshot_id);
+    let v4 = lines2
+        .iter()
+        .find(|l| l.node_id == msa.get() && l.version == 4)
+        .unwrap();
+    assert!(v4.snapshot.is_none());
+    let v3 = lines2
+        .iter()
+        .find(|l| l.node_id == msa.get() && l.version == 3)
+        .unwrap();
+    assert_eq!(v3.snapshot.as_deref(), Some(first.snapshot_id.as_str()));
+    assert_eq!(
+        v3.path, "Contracts/MSA.pdf",
+        "bytes where the first holds them"
+    );
+    let clock = || t0();
+    let cx = w.cx_for(&clock);
+    let ok = verified(
+        verify::verify(&cx, &b, &second.snapshot_id, None)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(ok.files_checked, 11);
+    // Restore: the document comes back with its four versions in order.
+    let target = w
+        .ecm
+        .create_folder(NodeId::new(ENTERPRISE).unwrap(), "Versions drill")
+        .await
+        .unwrap();
+    let r = restored(
+        restore::restore(&cx, &b, &second.snapshot_id, target.get(), None, None)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(r.restored_total, 8);
+    assert_eq!(r.versions, 11);
+    let back = r
+        .restored
+        .iter()
+        .find(|d| d.source_node_id == msa.get())
+        .unwrap();
+    assert_eq!(back.versions, 4);
+    let node = NodeId::new(back.node_id).unwrap();
+    let vs = w.ecm.versions(node).await.unwrap();
+    assert_eq!(vs.len(), 4);
+    for (i, v) in vs.iter().enumerate() {
+        assert_eq!(
+            w.ecm.content(node, Some(v.number)).unwrap(),
+            w.ecm.content(msa, Some(i as u32 + 1)).unwrap(),
+            "version {}",
+            i + 1
+        );
+    }
+    // A rerun adds no version.
+    let again = restored(
+        restore::restore(&cx, &b, &second.snapshot_id, target.get(), None, None)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(again.already_present, 8);
+    assert_eq!(w.ecm.versions(node).await.unwrap().len(), 4);
+    // The default stays "latest": one line per document.
+    let latest = w.backup(3);
+    assert_eq!(latest.versions, crate::domain::backup::Versions::Latest);
+    let o = w.run(&latest).await;
+    assert_eq!(completed(&o).counts.documents, 8);
+}
+
+/// Runs a manual event to its end the way the deployed rule does: each
+/// `Snapshot Continuation` published is fed back as the next event.
+async fn chain(w: &World, first: serde_json::Value) -> (Vec<serde_json::Value>, u32) {
+    let mut event = first;
+    let mut outs = Vec::new();
+    let mut n = 0;
+    loop {
+        n += 1;
+        assert!(n < 50, "no end to the chain");
+        let before = w.events.events().len();
+        let clock = || t0();
+        let cx = BackupContext {
+            deadline: Some(Instant::now()),
+            margin: Duration::from_secs(3600),
+            ..w.cx_for(&clock)
+        };
+        let v = match parse_backup_event(event.clone()).unwrap() {
+            BackupEvent::Verify {
+                backup,
+                snapshot_id,
+                resume,
+            } => serde_json::to_value(
+                verify::verify(&cx, &backup, &snapshot_id, resume.as_deref())
+                    .await
+                    .unwrap(),
+            ),
+            BackupEvent::Restore {
+                backup,
+                snapshot_id,
+                target_folder,
+                node_id,
+                resume,
+            } => serde_json::to_value(
+                restore::restore(
+                    &cx,
+                    &backup,
+                    &snapshot_id,
+                    target_folder,
+                    node_id,
+                    resume.as_deref(),
+                )
+                .await
+                .unwrap(),
+            ),
+            other => panic!("{other:?}"),
+        }
+        .unwrap();
+        outs.push(v.clone());
+        if v["status"] != "continuing" {
+            return (outs, n);
+        }
+        let new: Vec<_> = w.events.events()[before..]
+            .iter()
+            .filter(|e| e.detail_type == DetailType::SnapshotContinuation)
+            .cloned()
+            .collect();
+        assert_eq!(new.len(), 1, "one continuation per invocation");
+        event = new[0].detail.clone();
+        assert!(event["resume"].is_string(), "{event}");
+    }
+}
+
+#[tokio::test]
+async fn given_deadline_near_when_verified_and_restored_then_they_continue_by_event_and_do_each_item_once()
+ {
+    let w = world().await;
+    let b = w.backup(3);
+    let id = completed(&w.run(&b).await).snapshot_id.clone();
+    let bj = serde_json::to_value(&b).unwrap();
+    let (outs, n) = chain(
+        &w,
+        serde_json::json!({"action": "verify", "backup": bj, "snapshot_id": id}),
+    )
+    .await;
+    // Parallelism 3, at least one result per invocation before the deadline
+    // stops new work: 8 files take 3 invocations.
+    assert!(n >= 3, "{n}");
+    let last = outs.last().unwrap();
+    assert_eq!(last["status"], "verified", "{last}");
+    assert_eq!(last["files_checked"], 8, "each file checked once: {last}");
+    assert_eq!(last["invocations"], n);
+    // The job's checkpoint is gone, its report is there.
+    let report = format!("{}/report.json", last["report_path"].as_str().unwrap());
+    assert!(w.store.file(&report).is_some(), "{report}");
+    assert!(!w.store.paths().iter().any(|p| p.contains(".checkpoint")));
+    // A duplicate of the last continuation finds nothing to do.
+    let clock = || t0();
+    let cx = w.cx_for(&clock);
+    let job = last["job"].as_str().unwrap();
+    let again = verify::verify(&cx, &b, &id, Some(job)).await.unwrap();
+    assert!(
+        matches!(again, VerifyOutcome::NothingToContinue { .. }),
+        "{again:?}"
+    );
+
+    let target = w
+        .ecm
+        .create_folder(NodeId::new(ENTERPRISE).unwrap(), "Chained drill")
+        .await
+        .unwrap();
+    let (outs, n) = chain(
+        &w,
+        serde_json::json!({"action": "restore", "backup": bj, "snapshot_id": id, "target_folder": target.get()}),
+    )
+    .await;
+    assert!(n >= 3, "{n}");
+    let last = outs.last().unwrap();
+    assert_eq!(last["status"], "restored", "{last}");
+    assert_eq!(last["restored_total"], 8, "{last}");
+    assert_eq!(
+        last["already_present"], 0,
+        "no document was restored twice: {last}"
+    );
+    for (src, _) in &w.docs {
+        let d = last["restored"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["source_node_id"] == src.get())
+            .unwrap();
+        let node = NodeId::new(d["node_id"].as_i64().unwrap()).unwrap();
+        assert_eq!(w.ecm.versions(node).await.unwrap().len(), 1);
+        assert_eq!(w.ecm.content(node, None), w.ecm.content(*src, None));
+    }
+}
+
+#[tokio::test]
+async fn given_more_problems_than_listed_when_verified_then_response_is_capped_and_the_report_holds_all()
+ {
+    let w = world().await;
+    let ent = NodeId::new(ENTERPRISE).unwrap();
+    let big = w.ecm.create_folder(ent, "Many").await.unwrap();
+    for i in 0..150 {
+        doc(
+            &w.ecm,
+            big,
+            &format!("d{i:03}.txt"),
+            format!("{i}").as_bytes(),
+        )
+        .await;
+    }
+    let mut b = w.backup(3);
+    b.roots = vec![big.get()];
+    b.page_size = 50;
+    let id = completed(&w.run(&b).await).snapshot_id.clone();
+    // A restore of 150 documents answers with counts and the first 100.
+    let target = w.ecm.create_folder(ent, "Many back").await.unwrap();
+    let clock0 = || t0();
+    let r = restored(
+        restore::restore(&w.cx_for(&clock0), &b, &id, target.get(), None, None)
+            .await
+            .unwrap(),
+    );
+    assert_eq!((r.restored.len(), r.restored_total), (job::LISTED_MAX, 150));
+    let prefix = format!("{}/", r.report_path);
+    let restored_lines: usize = w
+        .store
+        .paths()
+        .iter()
+        .filter(|p| p.starts_with(&prefix) && p.ends_with(".jsonl"))
+        .map(|p| {
+            std::str::from_utf8(&w.store.file(p).unwrap())
+                .unwrap()
+                .lines()
+                .count()
+        })
+        .sum();
+    assert_eq!(restored_lines, 150, "every restored document in the report");
+    assert!(serde_json::to_vec(&r).unwrap().len() < 256 << 10);
+    for l in w.manifest(&id) {
+        let p = w
+            .store
+            .root()
+            .resolve(&format!("/backups/t/{id}/{}", l.path))
+            .unwrap();
+        w.store.remove(&p).await.unwrap();
+    }
+    let clock = || t0();
+    let cx = w.cx_for(&clock);
+    let Err(e @ BackupError::VerifyFailed { .. }) = verify::verify(&cx, &b, &id, None).await else {
+        panic!("verify passed")
+    };
+    let BackupError::VerifyFailed { ref report, .. } = e else {
+        unreachable!()
+    };
+    assert_eq!(report.problems_total, 150);
+    assert_eq!(report.problems.len(), job::LISTED_MAX);
+    assert!(e.to_string().contains("and 130 more"), "{e}");
+    let answer = serde_json::to_vec(report.as_ref()).unwrap();
+    assert!(answer.len() < 256 << 10, "{} bytes", answer.len());
+    assert!(e.to_string().len() < 16 << 10);
+    // Every problem is in the report's parts.
+    let prefix = format!("{}/", report.report_path);
+    let lines: usize = w
+        .store
+        .paths()
+        .iter()
+        .filter(|p| p.starts_with(&prefix) && p.ends_with(".jsonl"))
+        .map(|p| {
+            std::str::from_utf8(&w.store.file(p).unwrap())
+                .unwrap()
+                .lines()
+                .count()
+        })
+        .sum();
+    assert_eq!(lines, 150);
+    let event = w.events.events().last().unwrap().clone();
+    assert_eq!(event.detail["problems_total"], 150);
+    assert_eq!(event.detail["problems"].as_array().unwrap().len(), 100);
+}
+
+/// A store that yields to the scheduler before every operation, so two runs
+/// on one thread interleave at each SFTP call as two invocations would.
+struct Yielding(Arc<MemoryFileStore>);
+
+#[async_trait::async_trait]
+impl FileStore for Yielding {
+    fn root(&self) -> &crate::domain::paths::RemoteRoot {
+        self.0.root()
+    }
+    async fn list_pages(
+        &self,
+        dir: &RemotePath,
+    ) -> Result<crate::ports::file_store::PageStream, FileStoreError> {
+        tokio::task::yield_now().await;
+        self.0.list_pages(dir).await
+    }
+    async fn stat(
+        &self,
+        path: &RemotePath,
+    ) -> Result<crate::ports::file_store::FileMeta, FileStoreError> {
+        tokio::task::yield_now().await;
+        self.0.stat(path).await
+    }
+    async fn open_read(
+        &self,
+        path: &RemotePath,
+    ) -> Result<crate::ports::file_store::ReadHandle, FileStoreError> {
+        tokio::task::yield_now().await;
+        self.0.open_read(path).await
+    }
+    async fn put_atomic(
+        &self,
+        path: &RemotePath,
+        body: crate::ports::file_store::ByteStream,
+        expected_len: Option<u64>,
+        mode: crate::ports::file_store::RenameMode,
+    ) -> Result<crate::ports::file_store::PutReceipt, FileStoreError> {
+        tokio::task::yield_now().await;
+        self.0.put_atomic(path, body, expected_len, mode).await
+    }
+    async fn mkdir_all(&self, dir: &RemotePath) -> Result<(), FileStoreError> {
+        tokio::task::yield_now().await;
+        self.0.mkdir_all(dir).await
+    }
+    async fn rename(
+        &self,
+        from: &RemotePath,
+        to: &RemotePath,
+        mode: crate::ports::file_store::RenameMode,
+    ) -> Result<(), FileStoreError> {
+        tokio::task::yield_now().await;
+        self.0.rename(from, to, mode).await
+    }
+    async fn remove(&self, path: &RemotePath) -> Result<(), FileStoreError> {
+        tokio::task::yield_now().await;
+        self.0.remove(path).await
+    }
+    async fn remove_dir(&self, dir: &RemotePath) -> Result<(), FileStoreError> {
+        tokio::task::yield_now().await;
+        self.0.remove_dir(dir).await
+    }
+}
+
+#[tokio::test]
+async fn given_two_runs_racing_on_one_plan_when_scheduled_then_exactly_one_proceeds() {
+    let w = world().await;
+    let b = w.backup(3);
+    let store = Yielding(Arc::clone(&w.store));
+    let now = || t0();
+    let cx = |id: &'static str| BackupContext {
+        ecm: &w.ecm,
+        store: &store,
+        events: &w.events,
+        invocation_id: id,
+        deadline: None,
+        margin: Duration::ZERO,
+        clock: &now,
+    };
+    let (a, c) = (cx("run-a"), cx("run-b"));
+    let (ra, rb) = tokio::join!(run_scheduled(&a, &b), run_scheduled(&c, &b));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    let outcomes = [&ra, &rb];
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| matches!(o, SnapshotOutcome::Completed { .. }))
+            .count(),
+        1,
+        "{ra:?}\n{rb:?}"
+    );
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| matches!(o, SnapshotOutcome::Busy { .. }))
+            .count(),
+        1,
+        "{ra:?}\n{rb:?}"
+    );
+    // One snapshot, each document once.
+    let dirs: Vec<String> = w
+        .store
+        .paths()
+        .into_iter()
+        .filter(|p| p.starts_with("/backups/t/") && p.matches('/').count() == 3)
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let id = dirs[0].rsplit('/').next().unwrap();
+    assert_eq!(w.manifest(id).len(), 8);
+    assert_eq!(
+        w.events
+            .events()
+            .iter()
+            .filter(|e| e.detail_type == DetailType::SnapshotCompleted)
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn given_manifest_split_across_chunks_when_read_line_by_line_then_every_record_and_line_number()
+ {
+    let store = MemoryFileStore::new(RemoteRoot::parse("/").unwrap());
+    let rec = |i: i64| BackupRecord {
+        node_id: i,
+        ecm_path: vec![
+            "r".into(),
+            format!("{}", "x".repeat(i as usize * 97 % 5000)),
+        ],
+        path: format!("r/d{i}"),
+        snapshot: None,
+        version: 1,
+        size: i as u64,
+        sha256: "ab".repeat(32),
+        modified: None,
+        mime_type: None,
+        metadata: Default::default(),
+    };
+    let mut text = String::new();
+    for i in 1..=400 {
+        text.push_str(&rec(i).to_line().unwrap());
+        if i % 50 == 0 {
+            text.push('\n');
+        }
+    }
+    // Well over one 64 KiB chunk of the store, lines cut at chunk edges.
+    assert!(text.len() > 3 * 64 * 1024);
+    store.insert_file("/m.jsonl", text.as_bytes());
+    let p = store.root().resolve("/m.jsonl").unwrap();
+    let mut r = manifest::LineReader::open(&store, &p).await.unwrap();
+    for i in 1..=400 {
+        assert_eq!(r.next().await.unwrap().unwrap(), rec(i));
+    }
+    assert!(r.next().await.unwrap().is_none());
+    let mut r = manifest::LineReader::open(&store, &p).await.unwrap();
+    r.skip(399).await.unwrap();
+    assert_eq!(r.next().await.unwrap().unwrap().node_id, 400);
+    // A truncated last line is an error naming that line.
+    store.insert_file("/m.jsonl", &text.as_bytes()[..text.len() - 10]);
+    let mut r = manifest::LineReader::open(&store, &p).await.unwrap();
+    let mut n = 0;
+    let e = loop {
+        match r.next().await {
+            Ok(Some(_)) => n += 1,
+            Ok(None) => panic!("truncation not seen"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(n, 399);
+    assert!(e.to_string().contains("line 407"), "{e}");
+}
+
+#[tokio::test]
+async fn given_a_restore_under_way_when_retention_would_prune_its_snapshot_then_kept_until_the_restore_ends()
+ {
+    let w = world().await;
+    let mut b = w.backup(1);
+    b.incremental = false;
+    let old = completed(&w.run(&b).await).snapshot_id.clone();
+    let target = w
+        .ecm
+        .create_folder(NodeId::new(ENTERPRISE).unwrap(), "Long drill")
+        .await
+        .unwrap();
+    // The first invocation of the restore stops at its deadline.
+    let clock = || t0();
+    let cx = BackupContext {
+        deadline: Some(Instant::now()),
+        margin: Duration::from_secs(3600),
+        ..w.cx_for(&clock)
+    };
+    let o = restore::restore(&cx, &b, &old, target.get(), None, None)
+        .await
+        .unwrap();
+    let RestoreOutcome::Continuing { ref job, .. } = o else {
+        panic!("{o:?}")
+    };
+    let continuation = w.events.events().last().unwrap().detail.clone();
+    assert_eq!(continuation["resume"], job.as_str());
+    // A full snapshot with retention 1 would delete the old one: the
+    // unfinished restore keeps it.
+    let o = w.run(&b).await;
+    let SnapshotOutcome::Completed { retention, .. } = &o else {
+        panic!("{o:?}")
+    };
+    assert!(retention.delete.is_empty(), "{retention:?}");
+    assert_eq!(retention.kept_for_jobs, vec![old.clone()]);
+    // The restore goes on to the end, from the snapshot still there.
+    let (outs, _) = chain(&w, continuation).await;
+    let last = outs.last().unwrap();
+    assert_eq!(last["status"], "restored", "{last}");
+    assert_eq!(last["restored_total"], 8);
+    // Done, it no longer holds retention back.
+    let o = w.run(&b).await;
+    let SnapshotOutcome::Completed { retention, .. } = &o else {
+        panic!("{o:?}")
+    };
+    assert!(retention.delete.contains(&old), "{retention:?}");
 }

@@ -32,10 +32,10 @@ pub(crate) fn lease_ttl(cx: &ExportContext<'_>) -> chrono::Duration {
 
 pub(crate) const LEASE_MAX_BYTES: u64 = 4096;
 
-/// Takes the lease for `d` in `dir`: created with a no-replace rename, so of
-/// two overlapping deliveries exactly one gets it. An expired lease is moved
-/// aside (one rename, which only one taker can win) and checked to be the
-/// one that was read before it is dropped.
+/// Takes the lease for `d` in `dir`: created with a no-replace put, so of
+/// two overlapping deliveries exactly one gets it; an expired lease is taken
+/// over by one rename only one taker can win (`flows::file_lease`, shared
+/// with the backup's run lease).
 pub(crate) async fn acquire_lease(
     cx: &ExportContext<'_>,
     store: &dyn FileStore,
@@ -44,68 +44,31 @@ pub(crate) async fn acquire_lease(
 ) -> Result<LeaseOutcome, ExportError> {
     let name = lease_name(&d.route, &d.destination, d.node_id);
     let path = dir.join(name.as_bytes())?;
+    let now = Utc::now();
     let lease = Lease {
         node_id: d.node_id,
         version: d.version,
         holder: cx.invocation_id.to_owned(),
         nonce: format!("{:016x}", fastrand::u64(..)),
-        expires_at: Utc::now() + lease_ttl(cx),
+        expires_at: now + lease_ttl(cx),
         published_sha256: None,
     };
-    let mut taken_over = None;
-    for _ in 0..3 {
-        match store
-            .write_small(&path, Bytes::from(lease.to_bytes()), RenameMode::NoReplace)
-            .await
-        {
-            Ok(_) => {
-                return Ok(LeaseOutcome::Held(HeldLease {
-                    path,
-                    lease,
-                    taken_over,
-                }));
+    let nonce = lease.nonce.clone();
+    match crate::flows::file_lease::acquire(store, &path, lease.clone(), &nonce, now).await? {
+        crate::flows::file_lease::Acquired::Held(h) => {
+            if let Some(old) = &h.taken_over {
+                tracing::warn!(lease = ?old, "took over an expired delivery lease (its holder stopped)");
             }
-            Err(FileStoreError::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e.into()),
+            Ok(LeaseOutcome::Held(HeldLease {
+                path,
+                lease,
+                taken_over: h.taken_over,
+            }))
         }
-        let seen = match store.read_small(&path, LEASE_MAX_BYTES).await {
-            Ok(b) => b,
-            // Released meanwhile: try again.
-            Err(FileStoreError::NotFound { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let other = Lease::parse(&seen);
-        if let Ok(o) = &other
-            && !o.is_expired(Utc::now())
-        {
-            return Ok(LeaseOutcome::Busy(o.clone()));
+        crate::flows::file_lease::Acquired::Busy(other) => {
+            Ok(LeaseOutcome::Busy(other.unwrap_or(lease)))
         }
-        // Expired (or not a lease at all: nothing of ours writes anything
-        // else under that name).
-        let aside = dir.join(format!("{name}.stale-{}", lease.nonce).as_bytes())?;
-        match store.rename(&path, &aside, RenameMode::NoReplace).await {
-            Ok(()) => {}
-            Err(FileStoreError::NotFound { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-        let moved = store.read_small(&aside, LEASE_MAX_BYTES).await?;
-        if moved != seen {
-            // Another taker replaced the stale lease between our read and
-            // our rename: that one is live. Put it back.
-            if let Err(e) = store.rename(&aside, &path, RenameMode::NoReplace).await {
-                tracing::warn!(path = %aside, error = %e, "cannot put a live lease back");
-            }
-            return Ok(LeaseOutcome::Busy(
-                Lease::parse(&moved).unwrap_or_else(|_| lease.clone()),
-            ));
-        }
-        if let Err(e) = store.remove(&aside).await {
-            tracing::warn!(path = %aside, error = %e, "cannot remove a stale lease");
-        }
-        tracing::warn!(lease = ?other.as_ref().ok(), "took over an expired delivery lease (its holder stopped)");
-        taken_over = other.ok();
     }
-    Ok(LeaseOutcome::Busy(lease))
 }
 
 /// Notes on the lease that the event went out (see [`Lease::published_sha256`]).

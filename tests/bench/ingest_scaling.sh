@@ -17,7 +17,9 @@
 # CPU 1, the function on CPU 0 (TOOLCHAIN's method; XECM_BENCH_NO_PIN=1
 # turns it off). The emulator's CPU is that of the `xecm-stack up` process
 # (it serves the emulator in-process), read from /proc before and after each
-# run. Built with the release profile minus fat LTO / one codegen unit;
+# run. The last column, the function's context switches per file (voluntary
+# + involuntary), shows CPU spent waking up rather than working. Built with
+# the release profile minus fat LTO / one codegen unit;
 # XECM_BENCH_BIN_DIR=target/debug uses prebuilt binaries instead (a smoke
 # run of this script, not figures).
 set -euo pipefail
@@ -159,15 +161,15 @@ EOF
     read -r -a PERF <<<"${wrap//%N/$n}"
     emu0=$(cpu_ticks "$STACK_PID")
     t0=$(date +%s.%N)
-    XECM_LOCAL_TIMEOUT_SECS=900 RUST_LOG=warn "${FUNCTION[@]}" /usr/bin/time -f '%U %S %M' -o "$WORK/time-$n" \
+    XECM_LOCAL_TIMEOUT_SECS=900 RUST_LOG=warn "${FUNCTION[@]}" /usr/bin/time -f '%U %S %M %w %c' -o "$WORK/time-$n" \
         "${PERF[@]}" "$BIN/sftp-ingest" --event "$WORK/event-$n.json" >"$WORK/out-$n.json" 2>"$WORK/err-$n.log" ||
         { tail -20 "$WORK/err-$n.log" >&2; echo "sftp-ingest failed at $n files" >&2; exit 1; }
     t1=$(date +%s.%N)
     emu1=$(cpu_ticks "$STACK_PID")
-    read -r fu fs rss_kib < <(tail -1 "$WORK/time-$n")
-    row=$(python3 - "$WORK/out-$n.json" "$n" "$t0" "$t1" "$fu" "$fs" "$rss_kib" "$emu0" "$emu1" "$TICKS" "$DATA" <<'PY'
+    read -r fu fs rss_kib vcs ics < <(tail -1 "$WORK/time-$n")
+    row=$(python3 - "$WORK/out-$n.json" "$n" "$t0" "$t1" "$fu" "$fs" "$rss_kib" "$emu0" "$emu1" "$TICKS" "$DATA" "$vcs" "$ics" <<'PY'
 import json, os, sys
-out, n, t0, t1, fu, fs, rss, e0, e1, ticks, data = sys.argv[1:]
+out, n, t0, t1, fu, fs, rss, e0, e1, ticks, data, vcs, ics = sys.argv[1:]
 n = int(n)
 size = os.path.getsize(out)
 r = json.load(open(out))
@@ -186,8 +188,9 @@ if not r["outcomes"]["all_listed"]:
 secs = float(t1) - float(t0)
 fn_cpu = float(fu) + float(fs)
 emu_cpu = (int(e1) - int(e0)) / int(ticks)
-print(f"{n:>7} | {n / secs:8.0f} | {fn_cpu * 1000 / n:8.3f} | {emu_cpu * 1000 / n:8.3f} | "
-      f"{int(rss) / 1024:7.1f} | {size / 1024:7.1f} | {secs:7.1f}")
+split = f"{float(fu) * 1000 / n:.2f}+{float(fs) * 1000 / n:.2f}"
+print(f"{n:>7} | {n / secs:8.0f} | {fn_cpu * 1000 / n:6.3f} ({split:>9}) | {emu_cpu * 1000 / n:20.3f} | "
+      f"{int(rss) / 1024:12.1f} | {size / 1024:12.1f} | {secs:6.1f} | {(int(vcs) + int(ics)) / n:8.1f}")
 PY
     )
     echo "$row"
@@ -197,7 +200,7 @@ PY
 done
 
 echo
-echo "  files |  files/s | fn CPU ms/file | emulator CPU ms/file | peak RSS MiB | response KiB | wall s"
+echo "  files |  files/s | fn CPU ms/file (user+sys) | emulator CPU ms/file | peak RSS MiB | response KiB | wall s | fn context switches/file"
 printf '%s\n' "${ROWS[@]}"
 python3 - "${ROWS[@]}" <<'PY'
 import sys

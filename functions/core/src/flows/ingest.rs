@@ -794,12 +794,11 @@ pub async fn run(
         }
         drop(recovered_work);
 
-        let mut results =
-            futures_util::stream::iter(ready)
-                .map(|(l, sidecar, refusal)| async move {
-                    run.claim_and_process(l, sidecar, refusal).await
-                })
-                .buffer_unordered(parallelism);
+        let mut results = futures_util::stream::iter(ready)
+            .map(|(l, sidecar, refusal)| async move {
+                run.claim_and_process(l, sidecar.map(|s| *s), refusal).await
+            })
+            .buffer_unordered(parallelism);
         while let Some(f) = results.next().await {
             if matches!(
                 f.outcome,
@@ -874,7 +873,9 @@ fn archive_root(route: &Route) -> Option<String> {
 type Waiting = ((String, String), Option<u64>);
 /// A document to claim, its sidecar, and, for a complete file that can
 /// never be accepted (empty), why it is refused.
-type ReadyDoc = (Listed, Option<(SidecarFormat, Listed)>, Option<String>);
+/// (The sidecar is boxed: most documents have none, and a drop's every
+/// document waits in this form until it is claimed.)
+type ReadyDoc = (Listed, Option<Box<(SidecarFormat, Listed)>>, Option<String>);
 
 /// Sorts listed entries into ready documents (with their sidecars) and
 /// waiting ones (with the seconds to wait for a second look, if that is what
@@ -958,11 +959,11 @@ fn assess_all(
         }
         match verdict {
             Readiness::Ready => {
-                let sidecar = sidecars.remove(&l.rel);
+                let sidecar = sidecars.remove(&l.rel).map(Box::new);
                 ready.push((l, sidecar, None))
             }
             Readiness::Refuse(why) => {
-                let sidecar = sidecars.remove(&l.rel);
+                let sidecar = sidecars.remove(&l.rel).map(Box::new);
                 ready.push((l, sidecar, Some(why.reason())))
             }
             Readiness::NotYet(why) => {

@@ -627,6 +627,18 @@ const SMALL_FILE_BYTES: u64 = 256 * 1024;
 /// PutEvents takes at most 10 entries.
 const EVENT_BATCH: usize = 10;
 
+/// Entries a run's look-up caches (workspaces, folders, SFTP directories)
+/// hold at most: a drop into as many targets as files must not keep one
+/// entry per file. A full cache starts afresh (a miss only costs a look-up).
+const RUN_CACHE_ENTRIES: usize = 4096;
+
+fn bounded_insert<K: Ord, V>(cache: &mut BTreeMap<K, V>, key: K, value: V) {
+    if cache.len() >= RUN_CACHE_ENTRIES {
+        cache.clear();
+    }
+    cache.insert(key, value);
+}
+
 /// Runs one scheduled ingest of `route`.
 pub async fn run(
     route: &Route,
@@ -2422,7 +2434,7 @@ impl Run<'_> {
             return Ok(*id);
         }
         let id = self.deps.ecm.ensure_folder_path(ws, segments).await?;
-        cache.insert(key, id);
+        bounded_insert(&mut cache, key, id);
         Ok(id)
     }
 
@@ -2434,10 +2446,11 @@ impl Run<'_> {
             .contains(dir.as_bytes());
         if !known {
             self.deps.store.mkdir_all(dir).await?;
-            self.dirs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(dir.as_bytes().to_vec());
+            let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+            if dirs.len() >= RUN_CACHE_ENTRIES {
+                dirs.clear();
+            }
+            dirs.insert(dir.as_bytes().to_vec());
         }
         Ok(())
     }
@@ -2647,7 +2660,7 @@ impl Run<'_> {
                 },
             },
         };
-        cache.insert(cache_key, id);
+        bounded_insert(&mut cache, cache_key, id);
         Ok(id)
     }
 

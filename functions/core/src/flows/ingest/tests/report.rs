@@ -261,3 +261,29 @@ async fn given_many_old_reports_when_a_new_one_is_written_then_the_newest_are_ke
     assert!(!kept.iter().any(|k| k.contains("20261001T")), "{kept:?}");
     assert_eq!(w.store.files_under("/in/.reports/other/").len(), 1);
 }
+
+#[tokio::test]
+async fn given_a_retry_of_more_files_than_listed_when_run_then_the_run_report_has_each_once() {
+    let w = World::new();
+    w.store.put("in/failed/.keep", b"", NOW);
+    // None of them is in failed/: each is refused, and reported once.
+    let names: Vec<String> = (0..(FILES_LISTED + 20))
+        .map(|i| format!("gone-{i:03}.pdf"))
+        .collect();
+    let deps = IngestDeps {
+        store: &w.store,
+        ecm: &w.ecm,
+        events: &w.events,
+        clock: &w.clock,
+        sftp_host: "sftp.test".into(),
+    };
+    let ctx = RunContext::new("req-retry", Duration::from_secs(60));
+    let r = route(serde_json::json!([]), "fail");
+    let rep = retry(&r, &names, &deps, &ctx).await.unwrap();
+    assert_eq!(rep.counts.failed as usize, names.len());
+    assert_eq!(rep.files.len(), FILES_LISTED);
+    let path = rep.outcomes.report.clone().expect("a run report");
+    let lines = report_lines(&w, &path);
+    assert_eq!(lines.len(), names.len());
+    assert!(lines.iter().all(|l| l["outcome"] == "failed"));
+}

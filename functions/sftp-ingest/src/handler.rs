@@ -30,8 +30,10 @@ pub struct State {
 }
 
 /// SFTP sessions beyond the route's parallelism: listings and renames must
-/// not wait behind streaming reads (see the adapter's module docs).
-const SPARE_SESSIONS: usize = 1;
+/// not wait behind streaming reads (see the adapter's module docs), and a
+/// large run's report streams into a session of its own. Sessions are
+/// opened on first use, so a run that writes no report opens no more.
+const SPARE_SESSIONS: usize = 2;
 
 fn store_error(e: xecm_core::ports::file_store::FileStoreError, host: &str) -> FunctionError {
     if e.is_retryable() {

@@ -57,6 +57,16 @@
 //! Under the `rename` policy a rerun after a crash also looks at the numbered
 //! copies (`name (2).pdf`, …) for this file's key, so a copy created just
 //! before the crash is finished rather than numbered once more.
+//!
+//! # Outcomes, memory and response size
+//!
+//! Each file's outcome is counted and, while there is room, listed in the
+//! response, whose size is bounded ([`RESPONSE_MAX_BYTES`]) whatever the
+//! drop; a run with more outcomes than the response lists writes every one
+//! into a run report on SFTP as it goes (`ingest/outcomes.rs`). Nothing per
+//! file is kept for the whole run beyond the listing readiness needs:
+//! listings are taken page by page, results as they come, and the per-name
+//! locks only while a name is being placed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -200,16 +210,20 @@ pub enum FileOutcome {
     AlreadyIngested,
     Failed,
     Quarantined,
-    /// Not ready, claimed by someone else, left for a later run (deadline,
-    /// limits) or failed transiently.
+    /// Not ready, claimed by someone else, or failed transiently: the next
+    /// run looks at it again.
     Deferred,
+    /// Ready but not claimed: the deadline was near, a limit was reached or
+    /// the run stopped on an outage. Still in intake for the next run.
+    LeftForNextRun,
     /// A manual retry moved it from `failed/` back into intake.
     Requeued,
     /// Claimed and sent to the route's work queue (fan-out, docs/fanout.md).
     Dispatched,
 }
 
-/// One file in the response.
+/// One file's outcome: an entry of the response's lists and a line of the
+/// run report.
 #[derive(Debug, Clone, Serialize)]
 pub struct FileReport {
     pub source_path: String,
@@ -262,6 +276,29 @@ impl FileReport {
         r.reason = Some(reason.into());
         r
     }
+
+    fn left(source_path: &str, reason: impl Into<String>) -> Self {
+        let mut r = Self::new(source_path, FileOutcome::LeftForNextRun);
+        r.reason = Some(reason.into());
+        r
+    }
+
+    /// The entry as the response lists it: a long reason is cut (the run
+    /// report has it whole).
+    fn for_response(&self) -> FileReport {
+        let mut f = self.clone();
+        if let Some(r) = &mut f.reason
+            && r.len() > LISTED_REASON_BYTES
+        {
+            let mut end = LISTED_REASON_BYTES;
+            while !r.is_char_boundary(end) {
+                end -= 1;
+            }
+            r.truncate(end);
+            r.push_str(" …");
+        }
+        f
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -280,16 +317,108 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-/// The response of a run.
+/// Outcomes the response lists in `files`, at most (the first ones).
+pub const FILES_LISTED: usize = 100;
+/// Failures the response lists in `failures`, at most (the first ones).
+pub const FAILURES_LISTED: usize = 100;
+/// JSON bytes each of the two lists may take: with the counts and the
+/// pointer, the response stays under [`RESPONSE_MAX_BYTES`] however long
+/// the paths and reasons (Lambda refuses a response over 6 MB, and a
+/// console shows far less).
+const LIST_BYTES: usize = 96 * 1024;
+/// A listed entry's reason is cut to this many bytes.
+const LISTED_REASON_BYTES: usize = 1024;
+/// The bound on a response's JSON, whatever the drop's size.
+pub const RESPONSE_MAX_BYTES: usize = 256 * 1024;
+
+/// The response of a run: counts, the first outcomes and failures, and where
+/// every outcome is. Its size is bounded (see [`RESPONSE_MAX_BYTES`]), so a
+/// drop of any size can be invoked from the console.
 #[derive(Debug, Clone, Serialize)]
 pub struct IngestReport {
     pub route: String,
     pub invocation_id: String,
     pub counts: Counts,
-    /// Ready files not claimed because the deadline or a limit was reached.
+    /// Ready files not claimed because the deadline, a limit or an outage
+    /// stopped the run (outcome `left-for-next-run`); they stay in intake.
     pub left_for_next_run: u32,
     pub stopped_early: bool,
+    /// The first outcomes of the run (at most [`FILES_LISTED`]).
     pub files: Vec<FileReport>,
+    /// Outcomes not in `files`.
+    pub files_not_listed: u32,
+    /// The first failed or quarantined files with their reasons (at most
+    /// [`FAILURES_LISTED`]; also in `files` if among the first outcomes).
+    pub failures: Vec<FileReport>,
+    /// Failures not in `failures`.
+    pub failures_not_listed: u32,
+    /// Where the outcome of every file is.
+    pub outcomes: FullOutcome,
+    #[serde(skip)]
+    files_room: ListRoom,
+    #[serde(skip)]
+    failures_room: ListRoom,
+}
+
+/// Where every file's outcome of a run can be read.
+#[derive(Debug, Clone, Serialize)]
+pub struct FullOutcome {
+    /// `files` lists every outcome (no run report was needed).
+    pub all_listed: bool,
+    /// The run report on the route's SFTP server (path from the SFTP root,
+    /// like `moved_to`): one JSON line per file, as in `files`, each file
+    /// once. Written, and made visible atomically at the end of the run,
+    /// when `files` cannot list every outcome.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
+    /// Lines in the run report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report_lines: Option<u64>,
+    /// Why the run report could not be written; the outcomes it lacks are
+    /// in the log (`file outcome not in the run report`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report_error: Option<String>,
+    /// The audit trail, per file too.
+    pub events: &'static str,
+}
+
+impl Default for FullOutcome {
+    fn default() -> Self {
+        Self {
+            all_listed: true,
+            report: None,
+            report_lines: None,
+            report_error: None,
+            events: "one `Transfer Ingested` or `Transfer Failed` event per ingested or failed file (source xecm-sftp, detail.invocation_id of this run)",
+        }
+    }
+}
+
+/// The room left in one of the response's lists. Once an entry does not
+/// fit, the list is closed, so it always holds the *first* entries.
+#[derive(Debug, Clone, Copy, Default)]
+struct ListRoom {
+    bytes: usize,
+    closed: bool,
+}
+
+impl ListRoom {
+    /// Lists `f` if it fits; `false` otherwise.
+    fn take(&mut self, f: &FileReport, list: &mut Vec<FileReport>, max: usize) -> bool {
+        if self.closed {
+            return false;
+        }
+        let entry = f.for_response();
+        // The comma and indentation of a pretty print stay within this too.
+        let n = serde_json::to_vec(&entry).map_or(usize::MAX, |v| v.len() + 16);
+        if list.len() >= max || self.bytes.saturating_add(n) > LIST_BYTES {
+            self.closed = true;
+            return false;
+        }
+        self.bytes += n;
+        list.push(entry);
+        true
+    }
 }
 
 impl IngestReport {
@@ -301,21 +430,43 @@ impl IngestReport {
             left_for_next_run: 0,
             stopped_early: false,
             files: Vec::new(),
+            files_not_listed: 0,
+            failures: Vec::new(),
+            failures_not_listed: 0,
+            outcomes: FullOutcome::default(),
+            files_room: ListRoom::default(),
+            failures_room: ListRoom::default(),
         }
     }
 
-    fn push(&mut self, f: FileReport) {
+    /// Counts `f` and lists it while the lists have room. `false`: `f` is
+    /// not in `files` (only the run report can hold it).
+    fn record(&mut self, f: &FileReport) -> bool {
         match f.outcome {
             FileOutcome::Created | FileOutcome::VersionAdded => self.counts.ingested += 1,
             FileOutcome::SkippedIdentical | FileOutcome::AlreadyIngested => {
                 self.counts.skipped += 1
             }
-            FileOutcome::Failed | FileOutcome::Quarantined => self.counts.failed += 1,
+            FileOutcome::Failed | FileOutcome::Quarantined => {
+                self.counts.failed += 1;
+                if !self
+                    .failures_room
+                    .take(f, &mut self.failures, FAILURES_LISTED)
+                {
+                    self.failures_not_listed += 1;
+                }
+            }
             FileOutcome::Deferred => self.counts.deferred += 1,
+            FileOutcome::LeftForNextRun => self.left_for_next_run += 1,
             FileOutcome::Requeued => self.counts.requeued += 1,
             FileOutcome::Dispatched => self.counts.dispatched += 1,
         }
-        self.files.push(f);
+        let listed = self.files_room.take(f, &mut self.files, FILES_LISTED);
+        if !listed {
+            self.files_not_listed += 1;
+            self.outcomes.all_listed = false;
+        }
+        listed
     }
 }
 
@@ -347,7 +498,8 @@ fn join_text(base: &RemotePath, rel: &str) -> Result<RemotePath, PathError> {
 }
 
 /// Lists `dir` (recursively when asked), skipping dot-entries and, at the
-/// top level, the route's work folders.
+/// top level, the route's work folders. Pages are taken as the server sends
+/// them and only the compact [`Listed`] of each file is kept.
 async fn walk(
     store: &dyn FileStore,
     dir: &RemotePath,
@@ -357,28 +509,36 @@ async fn walk(
     let mut out = Vec::new();
     let mut stack: Vec<(RemotePath, Vec<Vec<u8>>)> = vec![(dir.clone(), Vec::new())];
     while let Some((d, prefix)) = stack.pop() {
-        for e in store.list(&d).await? {
-            if e.name.first() == Some(&b'.') {
-                continue;
-            }
-            let mut segs = prefix.clone();
-            segs.push(e.name.clone());
-            match e.meta.kind {
-                EntryKind::Dir
-                    if recursive
-                        && prefix.len() + 1 < MAX_DEPTH
-                        && !(prefix.is_empty() && skip_top.contains(e.name.as_slice())) =>
-                {
-                    stack.push((e.path.clone(), segs));
+        let mut pages = store.list_pages(&d).await?;
+        while let Some(page) = pages.next().await {
+            for e in page? {
+                if e.name.first() == Some(&b'.') {
+                    continue;
                 }
-                EntryKind::File => out.push(Listed {
-                    rel: rel_text(&segs),
-                    segs,
-                    size: e.meta.size.unwrap_or(0),
-                    mtime: e.meta.mtime.map(|t| t.timestamp()).unwrap_or(0),
-                }),
-                // Symlinks and specials are not documents a partner drops.
-                _ => {}
+                match e.meta.kind {
+                    EntryKind::Dir
+                        if recursive
+                            && prefix.len() + 1 < MAX_DEPTH
+                            && !(prefix.is_empty() && skip_top.contains(e.name.as_slice())) =>
+                    {
+                        let mut segs = prefix.clone();
+                        segs.push(e.name);
+                        stack.push((e.path, segs));
+                    }
+                    EntryKind::File => {
+                        let mut segs = Vec::with_capacity(prefix.len() + 1);
+                        segs.extend(prefix.iter().cloned());
+                        segs.push(e.name);
+                        out.push(Listed {
+                            rel: rel_text(&segs),
+                            segs,
+                            size: e.meta.size.unwrap_or(0),
+                            mtime: e.meta.mtime.map(|t| t.timestamp()).unwrap_or(0),
+                        });
+                    }
+                    // Symlinks and specials are not documents a partner drops.
+                    _ => {}
+                }
             }
         }
     }
@@ -443,6 +603,26 @@ struct Run<'a> {
 /// Serialises the placement of one target name (see `Run::name_locks`).
 type NameLock = std::sync::Arc<tokio::sync::Mutex<()>>;
 
+/// A file's share of a name lock. The last holder removes the lock from
+/// the run's map, so the map holds only names being placed (at most the
+/// run's parallelism), not every name of the drop.
+struct HeldNameLock<'r> {
+    locks: &'r std::sync::Mutex<BTreeMap<(NodeId, String), NameLock>>,
+    key: (NodeId, String),
+    lock: NameLock,
+}
+
+impl Drop for HeldNameLock<'_> {
+    fn drop(&mut self) {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's: nobody else waits for it. A new holder must
+        // take the map's lock first, so none can appear meanwhile.
+        if std::sync::Arc::strong_count(&self.lock) == 2 {
+            locks.remove(&self.key);
+        }
+    }
+}
+
 /// How often one file re-applies its conflict policy after the ECM answered
 /// `Conflict` within one run.
 const MAX_CONFLICT_RETRIES: u32 = 3;
@@ -456,6 +636,18 @@ const SMALL_FILE_BYTES: u64 = 256 * 1024;
 
 /// PutEvents takes at most 10 entries.
 const EVENT_BATCH: usize = 10;
+
+/// Entries a run's look-up caches (workspaces, folders, SFTP directories)
+/// hold at most: a drop into as many targets as files must not keep one
+/// entry per file. A full cache starts afresh (a miss only costs a look-up).
+const RUN_CACHE_ENTRIES: usize = 4096;
+
+fn bounded_insert<K: Ord, V>(cache: &mut BTreeMap<K, V>, key: K, value: V) {
+    if cache.len() >= RUN_CACHE_ENTRIES {
+        cache.clear();
+    }
+    cache.insert(key, value);
+}
 
 /// Runs one scheduled ingest of `route`.
 pub async fn run(
@@ -483,9 +675,17 @@ pub async fn run(
             dir: cfg.source_dir.clone(),
             source,
         })?;
-    let mut report = IngestReport::new(&cfg.name, &ctx.invocation_id);
     let span = info_span!("ingest", route = %cfg.name, invocation = %ctx.invocation_id);
-    async {
+    // Outcomes stream into the run report (outcomes.rs) while the run goes
+    // on; the response keeps counts and the first ones.
+    let target = outcomes::ReportTarget::new(&src, &cfg.name, &ctx.invocation_id, deps.clock.now());
+    let (tx, rx) = outcomes::channel();
+    let mut out = Outcomes::new(
+        IngestReport::new(&cfg.name, &ctx.invocation_id),
+        target.as_ref().map(|_| tx).map_err(Clone::clone),
+    );
+    let body = async move {
+        let report = &mut out;
         let mut run = Run {
             route,
             deps,
@@ -528,7 +728,7 @@ pub async fn run(
         }
 
         // 1. Claims left by earlier runs.
-        let recovered = run.recover_claims(&mut report).await;
+        let recovered = run.recover_claims(report).await;
 
         // 2. Listing, indexes, readiness.
         let archive_root = archive_root(route);
@@ -547,10 +747,19 @@ pub async fn run(
             }
         };
         let first_at = deps.clock.now().timestamp();
-        let indexes = run.load_indexes(&first, &mut report).await;
+        let indexes = run.load_indexes(&first, report).await;
         let mut ready = Vec::new();
         let mut waiting = Vec::new();
-        let observed = assess_all(route, &first, None, first_at, &mut ready, &mut waiting);
+        let settles = cfg.readiness.settle_secs.is_some();
+        let observed = assess_all(
+            route,
+            first,
+            None,
+            first_at,
+            &mut ready,
+            &mut waiting,
+            settles,
+        );
         if cfg.readiness.settle_secs.is_some() && !waiting.is_empty() {
             let wait = waiting.iter().filter_map(|(_, w)| *w).max().unwrap_or(0);
             let left = ctx
@@ -571,51 +780,59 @@ pub async fn run(
                 waiting.clear();
                 assess_all(
                     route,
-                    &second,
+                    second,
                     Some((&observed, first_at)),
                     now,
                     &mut ready,
                     &mut waiting,
+                    false,
                 );
             }
         }
-        for (l, _) in &waiting {
-            report.push(FileReport::deferred(&l.0, l.1.clone()));
+        drop(observed);
+        // Paths an index lists: only their deferrals matter in step 4.
+        let index_names: BTreeSet<&str> = indexes
+            .iter()
+            .flat_map(|(_, _, rows)| rows.iter().map(String::as_str))
+            .collect();
+        let mut remaining: BTreeSet<String> = BTreeSet::new();
+        for ((rel, reason), _) in waiting {
+            if index_names.contains(rel.as_str()) {
+                remaining.insert(rel.clone());
+            }
+            report.push(FileReport::deferred(&rel, reason)).await;
         }
 
         // 3. Claim and process, recovered claims first.
         let run = &run;
         let parallelism = cfg.limits.parallelism.max(1) as usize;
-        let recovered_work = futures_util::stream::iter(recovered)
+        // Outcomes are taken as they come, not collected: memory does not
+        // grow with the drop.
+        let mut recovered_work = futures_util::stream::iter(recovered)
             .map(|c| async move { run.process_claimed(c).await })
-            .buffer_unordered(parallelism)
-            .collect::<Vec<_>>()
-            .await;
-        for f in recovered_work {
-            report.push(f);
+            .buffer_unordered(parallelism);
+        while let Some(f) = recovered_work.next().await {
+            report.push(f).await;
         }
+        drop(recovered_work);
 
-        let results =
-            futures_util::stream::iter(ready)
-                .map(|(l, sidecar, refusal)| async move {
-                    run.claim_and_process(l, sidecar, refusal).await
-                })
-                .buffer_unordered(parallelism)
-                .collect::<Vec<_>>()
-                .await;
-        let mut remaining: BTreeSet<String> = waiting.iter().map(|(l, _)| l.0.clone()).collect();
-        for r in results {
-            match r {
-                Some(f) => {
-                    if f.outcome == FileOutcome::Deferred {
-                        remaining.insert(f.source_path.clone());
-                    }
-                    report.push(f)
-                }
-                None => report.left_for_next_run += 1,
+        let mut results = futures_util::stream::iter(ready)
+            .map(|(l, sidecar, refusal)| async move {
+                run.claim_and_process(l, sidecar.map(|s| *s), refusal).await
+            })
+            .buffer_unordered(parallelism);
+        while let Some(f) = results.next().await {
+            if matches!(
+                f.outcome,
+                FileOutcome::Deferred | FileOutcome::LeftForNextRun
+            ) && index_names.contains(f.source_path.as_str())
+            {
+                remaining.insert(f.source_path.clone());
             }
+            report.push(f).await;
         }
-        report.stopped_early = run.stopped.load(Ordering::Relaxed);
+        drop(results);
+        report.report.stopped_early = run.stopped.load(Ordering::Relaxed);
 
         // 4. Index files whose documents are all gone from intake and from
         // every claim are done (looked at afresh: a file may sit in another
@@ -640,10 +857,15 @@ pub async fn run(
         run.remove_released_dirs().await;
         run.release_held_claims().await;
         run.flush_events().await;
-        Ok::<_, IngestError>(())
+        report.close().await;
+        Ok::<_, IngestError>(out)
     }
-    .instrument(span)
-    .await?;
+    .instrument(span);
+    let (result, written) = tokio::join!(
+        body,
+        outcomes::write_report(deps.store, target.as_ref().ok(), rx, deps.clock.now())
+    );
+    let report = result?.finish(target.as_ref().ok(), written);
     info!(
         route = %cfg.name,
         ingested = report.counts.ingested,
@@ -651,6 +873,7 @@ pub async fn run(
         failed = report.counts.failed,
         deferred = report.counts.deferred,
         left = report.left_for_next_run,
+        report = report.outcomes.report.as_deref().unwrap_or("-"),
         "ingest run finished"
     );
     Ok(report)
@@ -672,18 +895,22 @@ fn archive_root(route: &Route) -> Option<String> {
 type Waiting = ((String, String), Option<u64>);
 /// A document to claim, its sidecar, and, for a complete file that can
 /// never be accepted (empty), why it is refused.
-type ReadyDoc = (Listed, Option<(SidecarFormat, Listed)>, Option<String>);
+/// (The sidecar is boxed: most documents have none, and a drop's every
+/// document waits in this form until it is claimed.)
+type ReadyDoc = (Listed, Option<Box<(SidecarFormat, Listed)>>, Option<String>);
 
 /// Sorts listed entries into ready documents (with their sidecars) and
 /// waiting ones (with the seconds to wait for a second look, if that is what
-/// they need). Returns the observations for a later second look.
+/// they need); the entries move, none is copied. Returns the observations
+/// for a later second look when `observe` asks for them (empty otherwise).
 fn assess_all(
     route: &Route,
-    listed: &[Listed],
+    listed: Vec<Listed>,
     earlier: Option<(&BTreeMap<String, Observation>, i64)>,
     now: i64,
     ready: &mut Vec<ReadyDoc>,
     waiting: &mut Vec<Waiting>,
+    observe: bool,
 ) -> BTreeMap<String, Observation> {
     let mut markers = BTreeSet::new();
     let mut sidecars: BTreeMap<String, (SidecarFormat, Listed)> = BTreeMap::new();
@@ -696,7 +923,7 @@ fn assess_all(
             }
             EntryRole::Sidecar { document, format } => {
                 // The first configured format wins when both exist.
-                sidecars.entry(document).or_insert((format, l.clone()));
+                sidecars.entry(document).or_insert((format, l));
             }
             EntryRole::Index | EntryRole::Ignored(_) => {}
         }
@@ -711,23 +938,27 @@ fn assess_all(
         earlier: earlier.and_then(|(m, at)| m.get(&l.rel).map(|o| (*o, at))),
         marker_present: marker,
     };
-    for (_, s) in sidecars.values() {
-        observed.insert(
-            s.rel.clone(),
-            Observation {
-                size: s.size,
-                mtime: s.mtime,
-            },
-        );
+    if observe {
+        for (_, s) in sidecars.values() {
+            observed.insert(
+                s.rel.clone(),
+                Observation {
+                    size: s.size,
+                    mtime: s.mtime,
+                },
+            );
+        }
     }
     for l in docs {
-        let current = Observation {
-            size: l.size,
-            mtime: l.mtime,
-        };
-        observed.insert(l.rel.clone(), current);
+        if observe {
+            let current = Observation {
+                size: l.size,
+                mtime: l.mtime,
+            };
+            observed.insert(l.rel.clone(), current);
+        }
         let marker = markers.contains(&l.rel);
-        let verdict = readiness::assess(route.readiness(), &evidence(l, marker));
+        let verdict = readiness::assess(route.readiness(), &evidence(&l, marker));
         // A sidecar is part of its document: both are complete or neither
         // is taken (an empty sidecar is complete, and refused when read).
         if matches!(verdict, Readiness::Ready | Readiness::Refuse(_))
@@ -749,9 +980,13 @@ fn assess_all(
             continue;
         }
         match verdict {
-            Readiness::Ready => ready.push((l.clone(), sidecars.remove(&l.rel), None)),
+            Readiness::Ready => {
+                let sidecar = sidecars.remove(&l.rel).map(Box::new);
+                ready.push((l, sidecar, None))
+            }
             Readiness::Refuse(why) => {
-                ready.push((l.clone(), sidecars.remove(&l.rel), Some(why.reason())))
+                let sidecar = sidecars.remove(&l.rel).map(Box::new);
+                ready.push((l, sidecar, Some(why.reason())))
             }
             Readiness::NotYet(why) => {
                 let wait = match why {
@@ -928,7 +1163,7 @@ impl Run<'_> {
 
     /// Looks at `.inflight/`: takes over expired claims of this route,
     /// quarantines those out of attempts, reports held ones as deferred.
-    async fn recover_claims(&self, report: &mut IngestReport) -> Vec<Claimed> {
+    async fn recover_claims(&self, report: &mut Outcomes) -> Vec<Claimed> {
         let mut out = Vec::new();
         let entries = match self.deps.store.list(&self.inflight).await {
             Ok(e) => e,
@@ -963,10 +1198,12 @@ impl Run<'_> {
                 }
                 ExistingClaim::Held { expires_in } => {
                     for c in self.claimed_in(&e.path, &tag, false).await {
-                        report.push(FileReport::deferred(
-                            &c.rel,
-                            format!("claimed by another run; lease ends in {expires_in} s"),
-                        ));
+                        report
+                            .push(FileReport::deferred(
+                                &c.rel,
+                                format!("claimed by another run; lease ends in {expires_in} s"),
+                            ))
+                            .await;
                     }
                 }
                 ExistingClaim::TakeOver(new_tag) => {
@@ -1001,7 +1238,7 @@ impl Run<'_> {
                             limits.lease_secs
                         );
                         let f = self.fail(&c, FailureKind::Quarantined, &reason, None).await;
-                        report.push(f);
+                        report.push(f).await;
                     }
                 }
             }
@@ -1192,25 +1429,42 @@ impl Run<'_> {
         Ok(None)
     }
 
-    /// Claims one ready document (and its sidecar), then processes it.
-    /// `None`: not claimed because of the deadline or a limit.
+    /// Claims one ready document (and its sidecar), then processes it;
+    /// `left-for-next-run` when the deadline, a limit or an outage keeps it
+    /// from being claimed.
     async fn claim_and_process(
         &self,
         l: Listed,
         sidecar: Option<(SidecarFormat, Listed)>,
         refusal: Option<String>,
-    ) -> Option<FileReport> {
+    ) -> FileReport {
         let limits = self.route.limits();
-        if self.ctx.near_deadline() || self.outage.load(Ordering::SeqCst) {
+        if self.outage.load(Ordering::SeqCst) {
             self.stopped.store(true, Ordering::Relaxed);
-            return None;
+            return FileReport::left(&l.rel, "not claimed: the run stopped on an outage");
+        }
+        if self.ctx.near_deadline() {
+            self.stopped.store(true, Ordering::Relaxed);
+            return FileReport::left(&l.rel, "not claimed: the invocation's deadline is near");
         }
         if self.claimed_files.fetch_add(1, Ordering::SeqCst) >= limits.max_files {
-            return None;
+            return FileReport::left(
+                &l.rel,
+                format!(
+                    "not claimed: the run's limit of {} files is reached",
+                    limits.max_files
+                ),
+            );
         }
         let before = self.claimed_bytes.fetch_add(l.size, Ordering::SeqCst);
         if before > 0 && before + l.size > limits.max_bytes {
-            return None;
+            return FileReport::left(
+                &l.rel,
+                format!(
+                    "not claimed: the run's limit of {} bytes is reached",
+                    limits.max_bytes
+                ),
+            );
         }
         let now = self.now().timestamp();
         let tag = ClaimTag::new(self.route.name(), 1, now, &self.ctx.invocation_id);
@@ -1219,15 +1473,14 @@ impl Run<'_> {
             .await
         {
             Ok(c) => c,
-            Err(reason) => return Some(FileReport::deferred(&l.rel, reason)),
+            Err(reason) => return FileReport::deferred(&l.rel, reason),
         };
         if let Some(reason) = refusal {
-            return Some(
-                self.fail(&claimed, FailureKind::Permanent, &reason, None)
-                    .await,
-            );
+            return self
+                .fail(&claimed, FailureKind::Permanent, &reason, None)
+                .await;
         }
-        Some(self.process_claimed(claimed).await)
+        self.process_claimed(claimed).await
     }
 
     async fn claim(
@@ -1315,7 +1568,7 @@ impl Run<'_> {
     async fn load_indexes(
         &mut self,
         listed: &[Listed],
-        report: &mut IngestReport,
+        report: &mut Outcomes,
     ) -> Vec<(String, Vec<Vec<u8>>, Vec<String>)> {
         let mut out = Vec::new();
         let Some(index) = self.route.index.clone() else {
@@ -1394,13 +1647,15 @@ impl Run<'_> {
                                     None,
                                 )
                                 .await;
-                            report.push(f);
+                            report.push(f).await;
                         }
                     } else {
-                        report.push(FileReport::deferred(
-                            &l.rel,
-                            format!("index not readable yet: {reason}"),
-                        ));
+                        report
+                            .push(FileReport::deferred(
+                                &l.rel,
+                                format!("index not readable yet: {reason}"),
+                            ))
+                            .await;
                     }
                 }
             }
@@ -1753,7 +2008,7 @@ impl Run<'_> {
         // Files of this run with the same target are placed one at a time
         // (held until this file is complete).
         let name_lock = self.name_lock(folder, &plan.document_name);
-        let _placing = name_lock.lock().await;
+        let _placing = name_lock.lock.lock().await;
         let mut existing = ecm.child_by_name(folder, &plan.document_name).await?;
         if plan.on_existing == ConflictPolicy::Rename
             && let Some(node) = &existing
@@ -2193,7 +2448,7 @@ impl Run<'_> {
             return Ok(*id);
         }
         let id = self.deps.ecm.ensure_folder_path(ws, segments).await?;
-        cache.insert(key, id);
+        bounded_insert(&mut cache, key, id);
         Ok(id)
     }
 
@@ -2205,10 +2460,11 @@ impl Run<'_> {
             .contains(dir.as_bytes());
         if !known {
             self.deps.store.mkdir_all(dir).await?;
-            self.dirs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(dir.as_bytes().to_vec());
+            let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+            if dirs.len() >= RUN_CACHE_ENTRIES {
+                dirs.clear();
+            }
+            dirs.insert(dir.as_bytes().to_vec());
         }
         Ok(())
     }
@@ -2270,13 +2526,20 @@ impl Run<'_> {
     }
 
     /// The lock of one target name in one folder (see `name_locks`).
-    fn name_lock(&self, folder: NodeId, name: &str) -> NameLock {
-        self.name_locks
+    fn name_lock(&self, folder: NodeId, name: &str) -> HeldNameLock<'_> {
+        let key = (folder, name.to_owned());
+        let lock = self
+            .name_locks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry((folder, name.to_owned()))
+            .entry(key.clone())
             .or_default()
-            .clone()
+            .clone();
+        HeldNameLock {
+            locks: &self.name_locks,
+            key,
+            lock,
+        }
     }
 
     /// Whether version `version` of `node` has exactly our bytes (size
@@ -2411,7 +2674,7 @@ impl Run<'_> {
                 },
             },
         };
-        cache.insert(cache_key, id);
+        bounded_insert(&mut cache, cache_key, id);
         Ok(id)
     }
 
@@ -2730,62 +2993,78 @@ pub async fn retry(
             .resolve(cfg.source_dir.trim_end_matches('/'))
             .map_err(src_err)?
     };
-    let mut report = IngestReport::new(&cfg.name, &ctx.invocation_id);
-    for name in files {
-        let (file, err_report, _) = claim::retry_paths(name);
-        let mut target = name.clone();
-        let r = async {
-            let from = join_text(&src, &file)?;
-            let report_path = join_text(&src, &err_report)?;
-            // Back to the path it was dropped at (its identity, and so its
-            // idempotency key, depend on it), as the report records it.
-            let recorded = match deps.store.read_small(&report_path, 1 << 20).await {
-                Ok(b) => serde_json::from_slice::<serde_json::Value>(&b)
-                    .ok()
-                    .and_then(|v| v["source_path"].as_str().map(str::to_owned)),
-                Err(_) => None,
-            };
-            target = claim::retry_target(name, recorded.as_deref());
-            let to = join_text(&src, &target)?;
-            if let Some(parent) = to.parent() {
-                deps.store.mkdir_all(&parent).await?;
-            }
-            deps.store.rename(&from, &to, RenameMode::NoReplace).await?;
-            // Its sidecar went to failed/ beside it; it comes back too.
-            for ext in [".json", ".xml"] {
-                let (Ok(sfrom), Ok(Some(sto))) = (
-                    join_text(&src, &format!("{file}{ext}")),
-                    to.with_name(format!("{}{ext}", to.file_name_lossy()).as_bytes()),
-                ) else {
-                    continue;
+    let target = outcomes::ReportTarget::new(&src, &cfg.name, &ctx.invocation_id, deps.clock.now());
+    let (tx, rx) = outcomes::channel();
+    let mut out = Outcomes::new(
+        IngestReport::new(&cfg.name, &ctx.invocation_id),
+        target.as_ref().map(|_| tx).map_err(Clone::clone),
+    );
+    let body = async move {
+        for name in files {
+            let (file, err_report, _) = claim::retry_paths(name);
+            let mut target = name.clone();
+            let r = async {
+                let from = join_text(&src, &file)?;
+                let report_path = join_text(&src, &err_report)?;
+                // Back to the path it was dropped at (its identity, and so its
+                // idempotency key, depend on it), as the report records it.
+                let recorded = match deps.store.read_small(&report_path, 1 << 20).await {
+                    Ok(b) => serde_json::from_slice::<serde_json::Value>(&b)
+                        .ok()
+                        .and_then(|v| v["source_path"].as_str().map(str::to_owned)),
+                    Err(_) => None,
                 };
-                match deps.store.rename(&sfrom, &sto, RenameMode::NoReplace).await {
-                    Ok(()) | Err(FileStoreError::NotFound { .. }) => {}
-                    Err(e) => warn!(sidecar = %sfrom, error = %e, "sidecar not moved back"),
+                target = claim::retry_target(name, recorded.as_deref());
+                let to = join_text(&src, &target)?;
+                if let Some(parent) = to.parent() {
+                    deps.store.mkdir_all(&parent).await?;
+                }
+                deps.store.rename(&from, &to, RenameMode::NoReplace).await?;
+                // Its sidecar went to failed/ beside it; it comes back too.
+                for ext in [".json", ".xml"] {
+                    let (Ok(sfrom), Ok(Some(sto))) = (
+                        join_text(&src, &format!("{file}{ext}")),
+                        to.with_name(format!("{}{ext}", to.file_name_lossy()).as_bytes()),
+                    ) else {
+                        continue;
+                    };
+                    match deps.store.rename(&sfrom, &sto, RenameMode::NoReplace).await {
+                        Ok(()) | Err(FileStoreError::NotFound { .. }) => {}
+                        Err(e) => warn!(sidecar = %sfrom, error = %e, "sidecar not moved back"),
+                    }
+                }
+                let _ = deps.store.remove(&report_path).await;
+                Ok::<_, Failure>(())
+            }
+            .await;
+            let mut f = FileReport::new(&file, FileOutcome::Requeued);
+            match r {
+                Ok(()) => f.moved_to = Some(target.clone()),
+                Err(Failure::Permanent(e))
+                | Err(Failure::Transient { reason: e, .. })
+                | Err(Failure::Conflict(e)) => {
+                    f.outcome = FileOutcome::Failed;
+                    f.reason = Some(format!("cannot move back into intake: {e}"));
                 }
             }
-            let _ = deps.store.remove(&report_path).await;
-            Ok::<_, Failure>(())
+            out.push(f).await;
         }
-        .await;
-        let mut f = FileReport::new(&file, FileOutcome::Requeued);
-        match r {
-            Ok(()) => f.moved_to = Some(target.clone()),
-            Err(Failure::Permanent(e))
-            | Err(Failure::Transient { reason: e, .. })
-            | Err(Failure::Conflict(e)) => {
-                f.outcome = FileOutcome::Failed;
-                f.reason = Some(format!("cannot move back into intake: {e}"));
-            }
-        }
-        report.push(f);
-    }
-    Ok(report)
+        out.close().await;
+        out
+    };
+    let (out, written) = tokio::join!(
+        body,
+        outcomes::write_report(deps.store, target.as_ref().ok(), rx, deps.clock.now())
+    );
+    Ok(out.finish(target.as_ref().ok(), written))
 }
 
 pub mod crash;
 pub mod fanout;
 #[cfg(test)]
 mod faulty_ecm;
+mod outcomes;
+use outcomes::Outcomes;
+pub use outcomes::{REPORTS_DIR, REPORTS_KEPT};
 #[cfg(test)]
 mod tests;

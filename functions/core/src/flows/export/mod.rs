@@ -284,11 +284,20 @@ pub struct PackageReport {
     pub destination: String,
     pub root_node_id: i64,
     pub remote_path: String,
+    /// Files delivered; each is an entry of the manifest and a
+    /// `Document Exported` event.
     pub files: usize,
     pub bytes: u64,
+    /// Where the per-file list is: the package's `manifest.json` (in a zip
+    /// package, `<zip>:manifest.json`).
+    pub manifest: String,
     pub manifest_sha256: String,
-    /// Documents under the root left out because they are not approved.
+    /// Documents under the root left out because they are not approved
+    /// (node id, reason): the first [`SKIPPED_LISTED`]; each one is also
+    /// logged (`package document left out`).
     pub skipped: Vec<(i64, String)>,
+    /// Skipped documents not in `skipped`.
+    pub skipped_not_listed: usize,
 }
 
 #[cfg(test)]

@@ -1223,3 +1223,28 @@ async fn crash_matrix_packages_stopped_mid_build_or_before_the_rename_publish_on
     }
     println!("{}", rows.join("\n"));
 }
+
+#[tokio::test]
+async fn a_package_response_lists_the_first_skipped_documents_and_counts_the_rest() {
+    let w = World::new(false).await;
+    let kit = w.ecm.create_folder(w.folder, "Kit").await.unwrap();
+    w.doc(kit, "Welcome.pdf", "Approved", b"welcome").await;
+    for i in 0..(SKIPPED_LISTED + 7) {
+        w.doc(kit, &format!("Draft-{i:03}.pdf"), "Draft", b"not yet")
+            .await;
+    }
+    let r = export_package(&w.cx(), kit.get(), "price-lists", Some("Big-Kit"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.files, 1, "{r:?}");
+    assert_eq!(r.skipped.len(), SKIPPED_LISTED);
+    assert_eq!(r.skipped_not_listed, 7);
+    assert_eq!(
+        r.manifest,
+        format!("/outbound/{}/Big-Kit/manifest.json", YEAR_DIR())
+    );
+    assert!(
+        w.store().file(&r.manifest).is_some(),
+        "the manifest is where the response says"
+    );
+}

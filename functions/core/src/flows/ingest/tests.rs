@@ -1539,6 +1539,7 @@ async fn given_rtl_override_in_name_when_run_then_failed_naming_the_hidden_exten
 
 mod crash_matrix;
 mod fanout;
+mod report;
 
 #[tokio::test]
 async fn given_a_server_whose_rename_replaces_when_run_then_refused_before_any_claim() {

@@ -9,6 +9,38 @@ pub(crate) const MAX_PACKAGE_ENTRIES: usize = 5_000;
 pub(crate) const MAX_PACKAGE_DEPTH: usize = 16;
 /// Documents a package walk looks at (approved or not) before it gives up.
 pub(crate) const MAX_PACKAGE_VISITS: usize = 20_000;
+/// Skipped documents a package's response lists, at most (all are counted
+/// and each is logged as `package document left out`).
+pub const SKIPPED_LISTED: usize = 100;
+/// A listed skip's reason is cut to this many bytes.
+const SKIPPED_REASON_BYTES: usize = 512;
+
+/// Documents under a package root left out of it: the first ones, and how
+/// many there were.
+#[derive(Debug, Default)]
+pub(crate) struct Skipped {
+    pub(crate) listed: Vec<(i64, String)>,
+    pub(crate) total: usize,
+}
+
+impl Skipped {
+    pub(crate) fn add(&mut self, node: i64, mut why: String) {
+        tracing::info!(node, reason = %why, "package document left out");
+        self.total += 1;
+        if self.listed.len() < SKIPPED_LISTED {
+            if why.len() > SKIPPED_REASON_BYTES {
+                let mut end = SKIPPED_REASON_BYTES;
+                while !why.is_char_boundary(end) {
+                    end -= 1;
+                }
+                why.truncate(end);
+                why.push_str(" …");
+            }
+            self.listed.push((node, why));
+        }
+    }
+}
+
 pub(crate) struct PackageItem {
     pub(crate) names: Vec<String>,
     pub(crate) node: NodeId,
@@ -22,10 +54,10 @@ pub(crate) async fn collect_package(
     cx: &ExportContext<'_>,
     route: &ExportRoute,
     root: NodeId,
-) -> Result<(Vec<PackageItem>, Vec<(i64, String)>), ExportError> {
+) -> Result<(Vec<PackageItem>, Skipped), ExportError> {
     let types = route_workspace_types(cx.routes);
     let mut items = Vec::new();
-    let mut skipped = Vec::new();
+    let mut skipped = Skipped::default();
     // (container, name path from the root)
     let mut stack: Vec<(NodeId, Vec<String>)> = vec![(root, Vec::new())];
     let mut visited = 0usize;
@@ -34,7 +66,7 @@ pub(crate) async fn collect_package(
             format!("listing package folders under node {root} (package not published)")
         })?;
         if prefix.len() > MAX_PACKAGE_DEPTH {
-            skipped.push((dir.get(), "deeper than the package depth limit".into()));
+            skipped.add(dir.get(), "deeper than the package depth limit".into());
             continue;
         }
         let mut page = 1;
@@ -83,7 +115,7 @@ pub(crate) async fn collect_package(
                                 });
                             }
                         }
-                        Err(why) => skipped.push((child.id.get(), why)),
+                        Err(why) => skipped.add(child.id.get(), why),
                     }
                 }
             }

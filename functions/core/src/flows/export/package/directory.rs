@@ -16,7 +16,7 @@ pub(crate) async fn write_directory(
     package: String,
     now: DateTime<Utc>,
     items: Vec<PackageItem>,
-    skipped: Vec<(i64, String)>,
+    skipped: Skipped,
 ) -> Result<PackageReport, ExportError> {
     let final_path = dir.join(package.as_bytes())?;
     if store.try_stat(&final_path).await?.is_some() {
@@ -149,12 +149,14 @@ pub(crate) async fn write_directory(
             return Err(e);
         }
     };
+    let manifest = format!("{final_path}/{PACKAGE_MANIFEST_NAME}");
     finish_package(
         cx,
         route,
         dest,
         node,
         final_path,
+        manifest,
         entries,
         manifest_sha256,
         skipped,

@@ -11,9 +11,10 @@ pub(crate) async fn finish_package(
     dest: &Destination,
     node: i64,
     final_path: RemotePath,
+    manifest: String,
     entries: Vec<PackageEntry>,
     manifest_sha256: String,
-    skipped: Vec<(i64, String)>,
+    skipped: Skipped,
 ) -> Result<PackageReport, ExportError> {
     let bytes = entries.iter().map(|e| e.size).sum();
     let at = Utc::now();
@@ -44,7 +45,9 @@ pub(crate) async fn finish_package(
         remote_path: final_path.to_string(),
         files: entries.len(),
         bytes,
+        manifest,
         manifest_sha256,
-        skipped,
+        skipped_not_listed: skipped.total - skipped.listed.len(),
+        skipped: skipped.listed,
     })
 }

@@ -67,7 +67,7 @@ pub async fn export_package(
             node_id: node,
             reasons: format!(
                 "no approved documents under the node ({} skipped)",
-                skipped.len()
+                skipped.total
             ),
         });
     }
@@ -95,12 +95,14 @@ pub async fn export_package(
             write_zip(cx.ecm, store.as_ref(), &zip_path, &items, &paths, meta)
                 .await
                 .map_err(|e| taken_is_target_exists(e, route, dest, &zip_path))?;
+        let manifest = format!("{zip_path}:{PACKAGE_MANIFEST_NAME}");
         return finish_package(
             cx,
             route,
             dest,
             node,
             zip_path,
+            manifest,
             entries,
             manifest_sha256,
             skipped,

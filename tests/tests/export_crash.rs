@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use xecm_stack::ecm_user::{admin_ticket, approval_body, send_callback, upload_document};
 use xecm_stack::lambda::{LambdaHarness, function_binary};
-use xecm_stack::stack::{LocalStack, SFTP_SECRET_ID, StackOptions, WEBHOOK_HMAC_KEY};
+use xecm_stack::stack::{LocalStack, SFTP_SECRET_ID, StackOptions};
 
 fn routes(overwrite: bool) -> Value {
     json!({

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use xecm_stack::ecm_user::{admin_ticket, approval_body, send_callback};
 use xecm_stack::lambda::{LambdaHarness, function_binary};
-use xecm_stack::stack::{LocalStack, SFTP_SECRET_ID, StackOptions, WEBHOOK_HMAC_KEY};
+use xecm_stack::stack::{LocalStack, SFTP_SECRET_ID, StackOptions};
 
 const FLAKY_SECRET: &str = "xecm/local/sftp-flaky";
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use xecm_stack::ecm_user::{admin_ticket, approval_body, send_callback, upload_document};
 use xecm_stack::lambda::{LambdaHarness, function_binary};
-use xecm_stack::stack::{LocalStack, SFTP_SECRET_ID, StackOptions, WEBHOOK_HMAC_KEY};
+use xecm_stack::stack::{LocalStack, SFTP_SECRET_ID, StackOptions};
 
 /// `{stem}_v{version}` on a route without overwrite, and `{stem}` on one
 /// that overwrites (where an older version could replace a newer one).

@@ -63,7 +63,7 @@ async fn open_store(
     Ok((store, sftp_host))
 }
 
-/// One invocation: a scheduled run or a manual retry.
+/// One invocation: a scheduled run, a manual retry, or a plan.
 pub async fn handle(
     state: &State,
     event: Value,
@@ -72,11 +72,11 @@ pub async fn handle(
     let event = parse_ingest_event(event)
         .map_err(|e| FunctionError::permanent("InvalidEvent", e.to_string()))?;
     let route = match &event {
-        IngestEvent::Scheduled(r) => r,
+        IngestEvent::Scheduled(r) | IngestEvent::Plan(r) => r,
         IngestEvent::Retry { route, .. } => route,
     };
     let (store, host) = open_store(state, route).await?;
-    if let IngestEvent::Scheduled(_) = &event {
+    if let IngestEvent::Scheduled(_) | IngestEvent::Plan(_) = &event {
         // The ECM is needed for every file: check it once up front.
         state.ecm.enterprise_volume().await.map_err(|e| {
             if e.is_retryable() {
@@ -99,6 +99,21 @@ pub async fn handle(
         invocation.remaining().max(Duration::from_secs(1)),
     );
     let report = match &event {
+        // Lists, reads and looks up; changes nothing (flows::plan).
+        IngestEvent::Plan(route) => {
+            let plan = xecm_core::flows::plan::ingest(route, &deps, &ctx)
+                .await
+                .map_err(|e| {
+                    if e.is_retryable() {
+                        FunctionError::transient("PlanUnavailable", e.to_string())
+                    } else {
+                        FunctionError::permanent("PlanFailed", e.to_string())
+                    }
+                })?;
+            return serde_json::to_value(&plan).map_err(|e| {
+                FunctionError::permanent("Internal", format!("plan not serialisable: {e}"))
+            });
+        }
         IngestEvent::Scheduled(route) => ingest::run(route, &deps, &ctx).await,
         IngestEvent::Retry { route, files } => ingest::retry(route, files, &deps, &ctx).await,
     }

@@ -13,6 +13,7 @@ pub mod paths;
 pub mod placement;
 pub mod readiness;
 pub mod route;
+pub mod schema_ref;
 #[cfg(test)]
 mod samples;
 pub mod snapshot_names;

@@ -26,10 +26,12 @@ use std::fmt;
 
 use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use regex::Regex;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::classify::FileType;
 use super::placement::ConflictPolicy;
+use super::schema_ref::SchemaRef;
 use super::template::{Scope, Template};
 
 /// Lambda's maximum function timeout; a lease must outlive any invocation.
@@ -76,9 +78,12 @@ impl RouteError {
 
 // ---------------------------------------------------------------- wire shape
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    /// The JSON Schema this file follows (for editors); ignored.
+    #[serde(rename = "$schema", default, skip_serializing)]
+    pub schema: SchemaRef,
     pub name: String,
     /// Secrets Manager id of the SFTP secret (not the secret itself).
     pub sftp_secret: String,
@@ -105,7 +110,7 @@ pub struct RouteConfig {
     pub transfer_history: TransferHistoryConfig,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReadinessConfig {
     /// Suffix of the done-marker file, e.g. `.done` for `x.pdf.done`.
@@ -121,7 +126,7 @@ pub struct ReadinessConfig {
     pub allow_empty: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SidecarMode {
     /// Sidecar files are ordinary input.
@@ -133,14 +138,14 @@ pub enum SidecarMode {
     Required,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SidecarFormat {
     Json,
     Xml,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SidecarConfig {
     #[serde(default)]
@@ -163,7 +168,7 @@ impl Default for SidecarConfig {
 }
 
 /// CSV index files: one file lists many documents with their metadata.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IndexConfig {
     /// Glob on the relative path that marks a file as an index, e.g. `index-*.csv`.
@@ -178,7 +183,7 @@ fn default_delimiter() -> char {
     ','
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     pub name: String,
@@ -187,7 +192,7 @@ pub struct RuleConfig {
     pub place: PlaceConfig,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MatchOn {
     /// The file name only.
@@ -197,7 +202,7 @@ pub enum MatchOn {
     Path,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     #[serde(default)]
@@ -219,7 +224,7 @@ pub struct MatchConfig {
     pub meta: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceConfig {
     pub workspace: WorkspaceConfig,
@@ -247,7 +252,7 @@ fn default_doc_name() -> String {
 }
 
 /// How the target business workspace is found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "by", rename_all = "snake_case", deny_unknown_fields)]
 pub enum WorkspaceConfig {
     /// External system + business object type + id (template), within a workspace type.
@@ -270,7 +275,7 @@ pub enum WorkspaceConfig {
     Node { node_id: i64 },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkspaceConfig {
     pub template_id: i64,
@@ -284,14 +289,14 @@ pub struct CreateWorkspaceConfig {
 
 /// Values for one category: attribute id (`2`, or `set_row_attr` such as
 /// `5_1_3`) → value template (a constant is a template without placeholders).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CategoryConfig {
     pub category_id: i64,
     pub attributes: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FallbackConfig {
     /// No rule matched: permanent failure (`failed/` + `Transfer Failed`).
@@ -300,7 +305,7 @@ pub enum FallbackConfig {
     Place(Box<PlaceConfig>),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PostActionConfig {
     /// Move the source into this directory (template, relative to `source_dir`).
@@ -323,7 +328,7 @@ impl Default for PostActionConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Files claimed per invocation.
@@ -351,7 +356,7 @@ impl Default for LimitsConfig {
 }
 
 /// Where transfer history is written: one category, one attribute per fact.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferHistoryConfig {
     pub category_id: i64,
@@ -359,7 +364,7 @@ pub struct TransferHistoryConfig {
 }
 
 /// Attribute ids within the transfer-history category.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferHistoryAttributes {
     pub route: u32,
@@ -1104,6 +1109,9 @@ pub enum IngestEvent {
     Scheduled(Route),
     /// Move these files (names in `failed/`) back into the source directory.
     Retry { route: Route, files: Vec<String> },
+    /// Report what a run of this route would do, changing nothing
+    /// (`flows::plan`).
+    Plan(Route),
 }
 
 /// A serde error as a [`RouteError`] naming the field path (under `prefix`,
@@ -1153,6 +1161,7 @@ pub fn parse_ingest_event(mut value: serde_json::Value) -> Result<IngestEvent, R
             .map(serde_json::Value::take)
             .ok_or_else(|| RouteError::new("detail", "", "missing in EventBridge envelope"))?;
     }
+    super::schema_ref::strip(&mut value);
     let serde_json::Value::Object(mut obj) = value else {
         return Err(RouteError::new("$", "", "event must be a JSON object"));
     };
@@ -1211,10 +1220,16 @@ pub fn parse_ingest_event(mut value: serde_json::Value) -> Result<IngestEvent, R
                 files,
             })
         }
+        Some(serde_json::Value::String(a)) if a == "plan" => {
+            if let Some(k) = obj.keys().next() {
+                return Err(RouteError::new(k.clone(), "", "unknown field in plan event"));
+            }
+            Ok(IngestEvent::Plan(parse_route(route, "route")?))
+        }
         Some(other) => Err(RouteError::new(
             "action",
             other,
-            "unknown action (expected \"retry\")",
+            "unknown action (expected \"retry\" or \"plan\")",
         )),
     }
 }

@@ -3,3 +3,4 @@
 pub mod backup;
 pub mod export;
 pub mod ingest;
+pub mod plan;

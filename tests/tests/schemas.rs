@@ -24,8 +24,7 @@ fn repo_root() -> PathBuf {
 }
 
 fn read_json(path: &Path) -> Value {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
@@ -47,7 +46,11 @@ fn committed_schemas_equal_the_generated_ones() {
         expected.insert(rel.rsplit('/').next().unwrap_or_default().to_owned());
     }
     for entry in std::fs::read_dir(root.join(SCHEMA_DIR)).expect("docs/schema") {
-        let name = entry.expect("entry").file_name().to_string_lossy().into_owned();
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         assert!(
             expected.contains(&name),
             "{SCHEMA_DIR}/{name} is not generated from any type; remove it or add its type to xecm_core::schema::all"
@@ -109,7 +112,11 @@ fn every_sample_names_its_schema_and_validates() {
     assert!(files.len() >= 10, "samples found: {files:?}");
     let mut checked = 0;
     for path in &files {
-        let rel = path.strip_prefix(&root).unwrap_or(path).display().to_string();
+        let rel = path
+            .strip_prefix(&root)
+            .unwrap_or(path)
+            .display()
+            .to_string();
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         let value = read_json(path);
         if let Some((part, why)) = carried(&name) {
@@ -130,12 +137,15 @@ fn every_sample_names_its_schema_and_validates() {
             .get("$schema")
             .and_then(Value::as_str)
             .unwrap_or_else(|| {
-                panic!("{rel} names no schema: add \"$schema\": \"<relative path to docs/schema/…>\"")
+                panic!(
+                    "{rel} names no schema: add \"$schema\": \"<relative path to docs/schema/…>\""
+                )
             });
         let dir = path.parent().expect("file has a directory");
-        let schema_file = dir.join(reference).canonicalize().unwrap_or_else(|e| {
-            panic!("{rel}: $schema {reference:?} does not name a file ({e})")
-        });
+        let schema_file = dir
+            .join(reference)
+            .canonicalize()
+            .unwrap_or_else(|e| panic!("{rel}: $schema {reference:?} does not name a file ({e})"));
         assert!(
             schema_file.starts_with(&schema_dir),
             "{rel}: $schema {reference:?} is not one of the schemas in {SCHEMA_DIR}/"
@@ -159,18 +169,30 @@ fn a_sample_with_an_unknown_or_mistyped_field_does_not_validate() {
     assert!(!validator.is_valid(&unknown), "a misspelt field validates");
     let mut mistyped = good.clone();
     mistyped["route"]["rules"][0]["place"]["on_existing"] = Value::String("overwrite".into());
-    assert!(!validator.is_valid(&mistyped), "an unknown policy validates");
+    assert!(
+        !validator.is_valid(&mistyped),
+        "an unknown policy validates"
+    );
     let mut wrong_by = good;
     wrong_by["route"]["rules"][0]["place"]["workspace"] =
         serde_json::json!({"by": "node", "node_id": "2000"});
-    assert!(!validator.is_valid(&wrong_by), "a node id as a string validates");
+    assert!(
+        !validator.is_valid(&wrong_by),
+        "a node id as a string validates"
+    );
 }
 
 // ---------------------------------------------------------------- routes.md
 
 /// Every property path of a schema: `a.b`, `a[].b` for list items, and `a.*`
 /// for map values; variants of a tagged enum share their parent's path.
-fn property_paths(schema: &Value, defs: &Value, prefix: &str, depth: usize, out: &mut BTreeSet<String>) {
+fn property_paths(
+    schema: &Value,
+    defs: &Value,
+    prefix: &str,
+    depth: usize,
+    out: &mut BTreeSet<String>,
+) {
     if depth > 24 {
         return;
     }

@@ -351,8 +351,8 @@ fn parse_args(args: &[String]) -> Result<LocalArgs, String> {
             }
         }
     }
-    let source = source
-        .ok_or_else(|| "missing --event FILE (or --event - to read the event from stdin)")?;
+    let source =
+        source.ok_or("missing --event FILE (or --event - to read the event from stdin)")?;
     Ok(if plan {
         LocalArgs::Plan(source)
     } else {

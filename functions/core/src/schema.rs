@@ -17,9 +17,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::domain::backup::BackupConfig;
-use crate::domain::schema_ref::{SCHEMA_KEY, SchemaRef};
 use crate::domain::export_route::{ExportConfig, ExportManualEvent};
 use crate::domain::route::RouteConfig;
+use crate::domain::schema_ref::{SCHEMA_KEY, SchemaRef};
 
 /// An `sftp-ingest` invocation: a scheduled run (no `action`), a retry of
 /// files in `failed/`, or a plan of what a run would do. Only its schema is
@@ -105,7 +105,10 @@ fn allow_schema_key_in_variants(root: &mut serde_json::Map<String, Value>) {
                 && !props.contains_key(SCHEMA_KEY)
             {
                 let mut with = serde_json::Map::new();
-                with.insert(SCHEMA_KEY.to_owned(), SchemaRef::json_schema(&mut SchemaGenerator::default()).to_value());
+                with.insert(
+                    SCHEMA_KEY.to_owned(),
+                    SchemaRef::json_schema(&mut SchemaGenerator::default()).to_value(),
+                );
                 with.extend(std::mem::take(props));
                 *props = with;
             }

@@ -13,9 +13,9 @@ pub mod paths;
 pub mod placement;
 pub mod readiness;
 pub mod route;
-pub mod schema_ref;
 #[cfg(test)]
 mod samples;
+pub mod schema_ref;
 pub mod snapshot_names;
 pub mod template;
 pub mod transfer;

@@ -1222,7 +1222,11 @@ pub fn parse_ingest_event(mut value: serde_json::Value) -> Result<IngestEvent, R
         }
         Some(serde_json::Value::String(a)) if a == "plan" => {
             if let Some(k) = obj.keys().next() {
-                return Err(RouteError::new(k.clone(), "", "unknown field in plan event"));
+                return Err(RouteError::new(
+                    k.clone(),
+                    "",
+                    "unknown field in plan event",
+                ));
             }
             Ok(IngestEvent::Plan(parse_route(route, "route")?))
         }

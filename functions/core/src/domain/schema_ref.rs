@@ -83,7 +83,8 @@ mod tests {
         let mut cfg = sample_config();
         cfg["$schema"] = json!("../docs/schema/export-routes.schema.json");
         assert!(ExportConfig::from_json(&cfg.to_string()).is_ok());
-        let ev = json!({"$schema": "x", "action": "resend", "node_id": 4711, "route": "price-lists"});
+        let ev =
+            json!({"$schema": "x", "action": "resend", "node_id": 4711, "route": "price-lists"});
         assert!(ExportManualEvent::from_json(ev).is_ok());
 
         let plan = json!({"name": "critical", "roots": [2000], "sftp_secret": "s",

@@ -890,7 +890,10 @@ pub(crate) async fn read_head(h: &mut ReadHandle) -> Result<Vec<Bytes>, FileStor
     Ok(chunks)
 }
 
-pub(crate) async fn hash_rest(head: &[Bytes], mut body: ByteStream) -> Result<(String, u64), FileStoreError> {
+pub(crate) async fn hash_rest(
+    head: &[Bytes],
+    mut body: ByteStream,
+) -> Result<(String, u64), FileStoreError> {
     let mut h = Sha256::new();
     let mut n = 0u64;
     for c in head {

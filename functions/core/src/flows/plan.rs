@@ -30,7 +30,9 @@ use super::ingest::{
 use crate::domain::classify::{self, Candidate, HEAD_LEN, MAX_INDEX_BYTES, MAX_SIDECAR_BYTES};
 use crate::domain::names::hidden_name_problem;
 use crate::domain::paths::RemotePath;
-use crate::domain::placement::{self, CategoryMap, ConflictAction, ConflictPolicy, WorkspaceTarget};
+use crate::domain::placement::{
+    self, CategoryMap, ConflictAction, ConflictPolicy, WorkspaceTarget,
+};
 use crate::domain::route::{EntryRole, FAILED_DIR, INFLIGHT_DIR, Route, SidecarFormat};
 use crate::domain::transfer::{TransferFacts, idempotency_key};
 use crate::ports::ecm::{self as ecm_port, BusinessObject, EcmError, NodeId};
@@ -245,6 +247,9 @@ impl PlanError {
     }
 }
 
+/// A folder path's steps and the target container's id, when it exists.
+type FolderLookup = (Vec<FolderStep>, Option<i64>);
+
 /// A failure of one file's planning: the file's reason, or the whole plan's.
 enum Stop {
     Reason(String),
@@ -260,7 +265,7 @@ struct Planner<'a> {
     /// Workspaces looked up, by their rendered target.
     workspaces: BTreeMap<String, WorkspacePlan>,
     /// Folders looked up, by (workspace id, segments).
-    folders: BTreeMap<(i64, Vec<String>), (Vec<FolderStep>, Option<i64>)>,
+    folders: BTreeMap<(i64, Vec<String>), FolderLookup>,
     /// Targets (folder path, lower-case name) earlier files of this plan take.
     targets: BTreeMap<(String, String), String>,
 }
@@ -376,8 +381,10 @@ pub async fn ingest(
     for l in &listed {
         let f = match route.entry_role(&l.rel) {
             EntryRole::Index | EntryRole::Document => continue,
-            EntryRole::Marker { document } => FilePlan::new(l, "done-marker", PlanAction::Companion)
-                .because(format!("done-marker of {document}")),
+            EntryRole::Marker { document } => {
+                FilePlan::new(l, "done-marker", PlanAction::Companion)
+                    .because(format!("done-marker of {document}"))
+            }
             EntryRole::Sidecar { document, .. } => {
                 FilePlan::new(l, "sidecar", PlanAction::Companion)
                     .because(format!("sidecar of {document}"))
@@ -387,10 +394,7 @@ pub async fn ingest(
         files.insert(l.rel.clone(), f);
     }
     for ((rel, why), _) in &waiting {
-        let size = listed
-            .iter()
-            .find(|l| &l.rel == rel)
-            .map_or(0, |l| l.size);
+        let size = listed.iter().find(|l| &l.rel == rel).map_or(0, |l| l.size);
         let mut f = FilePlan {
             size,
             ..FilePlan::new(
@@ -413,7 +417,8 @@ pub async fn ingest(
     let (mut claimed, mut bytes) = (0u32, 0u64);
     for doc in ready {
         let l = doc.0.clone();
-        let within = claimed < limits.max_files && (bytes == 0 || bytes + l.size <= limits.max_bytes);
+        let within =
+            claimed < limits.max_files && (bytes == 0 || bytes + l.size <= limits.max_bytes);
         claimed += 1;
         bytes += l.size;
         let f = if within {
@@ -491,7 +496,12 @@ impl Planner<'_> {
             Ok(p) => p,
             Err(e) => return Ok(f.fail(format!("index file is invalid: {e}"))),
         };
-        let bytes = match self.deps.store.read_small(&path, MAX_INDEX_BYTES as u64).await {
+        let bytes = match self
+            .deps
+            .store
+            .read_small(&path, MAX_INDEX_BYTES as u64)
+            .await
+        {
             Ok(b) => b,
             Err(e) if e.is_retryable() => {
                 return Err(PlanError::Sftp {
@@ -511,8 +521,7 @@ impl Planner<'_> {
                     rows.len()
                 );
                 if !parsed.refused.is_empty() {
-                    let lines: Vec<String> =
-                        parsed.refused.iter().map(|r| r.to_string()).collect();
+                    let lines: Vec<String> = parsed.refused.iter().map(|r| r.to_string()).collect();
                     reason.push_str(&format!(
                         "; {} row(s) refused: {}",
                         parsed.refused.len(),
@@ -636,7 +645,11 @@ impl Planner<'_> {
             .map_err(|e| Stop::Reason(e.to_string()))?;
         let th = &route.config.transfer_history;
         if let Some(h) = plan.categories.get_mut(&th.category_id) {
-            for id in [th.attributes.sha256, th.attributes.ingested_at, th.attributes.invocation_id] {
+            for id in [
+                th.attributes.sha256,
+                th.attributes.ingested_at,
+                th.attributes.invocation_id,
+            ] {
                 h.remove(&format!("{}_{id}", th.category_id));
             }
         }
@@ -929,11 +942,7 @@ impl Planner<'_> {
 
     /// Each folder of the path: found by name, or to be created (and so is
     /// everything below it).
-    async fn folder(
-        &mut self,
-        ws: i64,
-        segments: &[String],
-    ) -> Result<(Vec<FolderStep>, Option<i64>), Stop> {
+    async fn folder(&mut self, ws: i64, segments: &[String]) -> Result<FolderLookup, Stop> {
         let key = (ws, segments.to_vec());
         if let Some(v) = self.folders.get(&key) {
             return Ok(v.clone());

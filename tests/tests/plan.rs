@@ -525,3 +525,113 @@ async fn the_binary_plans_with_the_plan_flag_and_names_bad_fields() {
     assert!(err.contains("60"), "{err}");
     assert_eq!(sftp_snapshot(&env.data_root()), before);
 }
+
+/// `{"action":"plan","node_id":N}` of `ecm-export`: per route, the approval
+/// verdict; the route, destination and rendered path that would deliver
+/// the node; no delivery, history or event (the ECM is unchanged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_plan_names_route_destination_path_and_approval_verdicts() {
+    use xecm_core::domain::export_route::{ExportConfig, ExportManualEvent};
+    use xecm_core::ports::ecm::{AppliedCategory, Content, UploadRequest};
+
+    let env = Env::start().await;
+    let routes = ExportConfig::from_json(
+        &json!({
+            "export_history": {"category_id": 9003, "attributes": {"version": 2, "exported_at": 3, "destination": 4, "sha256": 5, "deliveries": 6}},
+            "routes": [
+                {"name": "price-lists",
+                 "approval": {"category_id": 9001, "attribute": "9001_2", "value": "Approved", "ancestor_id": 3101},
+                 "destinations": [
+                    {"name": "eu", "when": {"categories": {"9001_4": "EU"}}, "sftp_secret": "s",
+                     "directory": "outbound/{cat.9001_4}", "file_name": "{stem}_v{version}.{ext}"},
+                    {"name": "rest", "sftp_secret": "s", "directory": "outbound/other"}
+                 ]},
+                {"name": "customer-packages",
+                 "approval": {"category_id": 9001, "attribute": "9001_2", "value": "Approved", "ancestor_id": 5101},
+                 "destinations": [{"name": "portal", "sftp_secret": "s", "directory": "packages"}]}
+            ]
+        })
+        .to_string(),
+    )
+    .expect("routes");
+    let doc = |name: &'static str, values: Value| {
+        let ecm = &env.ecm;
+        async move {
+            let body = bytes::Bytes::from_static(b"sku;price\n1;9.99\n");
+            ecm.upload(UploadRequest {
+                parent: NodeId::new(3101).expect("id"),
+                name: name.into(),
+                description: None,
+                categories: vec![AppliedCategory {
+                    category_id: 9001,
+                    values: values
+                        .as_object()
+                        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                        .unwrap_or_default(),
+                }],
+                classifications: vec![],
+                content: Content {
+                    length: body.len() as u64,
+                    stream: Box::pin(futures_util::stream::iter([Ok(body)])),
+                    file_name: name.into(),
+                    mime_type: "text/csv".into(),
+                },
+            })
+            .await
+            .expect("upload")
+            .node_id
+        }
+    };
+    let approved = doc(
+        "Prices EU.csv",
+        json!({"9001_2": "Approved", "9001_4": "EU"}),
+    )
+    .await;
+    let review = doc("Prices draft.csv", json!({"9001_2": "In Review"})).await;
+    let before = ecm_snapshot(&env).await;
+
+    // The console event parses (with `$schema`, as a sample would carry it).
+    let ev = ExportManualEvent::from_json(
+        json!({"$schema": "x", "action": "plan", "node_id": approved.get()}),
+    )
+    .expect("plan event");
+    assert!(matches!(ev, ExportManualEvent::Plan { route: None, .. }));
+
+    let p = plan::export(&env.ecm, &routes, approved.get(), None)
+        .await
+        .expect("plan");
+    assert_eq!(p.verdict, "deliver", "{p:#?}");
+    assert_eq!(p.route.as_deref(), Some("price-lists"));
+    assert_eq!(p.destination.as_deref(), Some("eu"));
+    assert_eq!(
+        p.remote_path.as_deref(),
+        Some("outbound/EU/Prices EU_v1.csv")
+    );
+    assert_eq!(p.version, 1);
+    assert!(p.routes[0].approved, "{p:#?}");
+    assert!(!p.routes[1].approved);
+    assert!(p.routes[1].reason.contains("not under node 5101"), "{p:#?}");
+
+    let p = plan::export(&env.ecm, &routes, review.get(), None)
+        .await
+        .expect("plan");
+    assert_eq!(p.verdict, "rejected", "{p:#?}");
+    assert!(p.route.is_none());
+    assert!(
+        p.routes[0].reason.contains("\"In Review\""),
+        "{:?}",
+        p.routes[0]
+    );
+
+    let p = plan::export(&env.ecm, &routes, approved.get(), Some("customer-packages"))
+        .await
+        .expect("plan");
+    assert_eq!(p.verdict, "rejected");
+    assert_eq!(p.routes.len(), 1);
+    let e = plan::export(&env.ecm, &routes, approved.get(), Some("no-such-route"))
+        .await
+        .expect_err("unknown route");
+    assert!(e.to_string().contains("no-such-route"), "{e}");
+
+    assert_eq!(ecm_snapshot(&env).await, before, "the plan changed the ECM");
+}

@@ -265,6 +265,20 @@ pub async fn handle_manual(
                 .map_err(function_error)?;
             Ok(json!({"status": "swept", "sweep": r}))
         }
+        // Reads the node and its history; delivers, records and publishes nothing.
+        ExportManualEvent::Plan { node_id, route } => {
+            let p = xecm_core::flows::plan::export(
+                state.ecm.as_ref(),
+                &state.routes,
+                node_id,
+                route.as_deref(),
+            )
+            .await
+            .map_err(function_error)?;
+            serde_json::to_value(&p).map_err(|e| {
+                FunctionError::permanent("Internal", format!("plan not serialisable: {e}"))
+            })
+        }
     }
 }
 

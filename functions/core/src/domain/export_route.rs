@@ -613,6 +613,17 @@ pub enum ExportManualEvent {
         #[serde(default)]
         cursor: Option<SweepCursor>,
     },
+    /// Report what an approval of this node would do (each route's
+    /// approval verdict, the route and destination that would deliver it,
+    /// the rendered remote path, what the export history already holds),
+    /// delivering, recording and publishing nothing.
+    Plan {
+        node_id: i64,
+        /// Only this route (as a resend would); default: every route, as
+        /// a callback.
+        #[serde(default)]
+        route: Option<String>,
+    },
 }
 
 pub const SWEEP_DEFAULT_MAX_DOCUMENTS: u32 = 500;
@@ -645,8 +656,11 @@ impl ExportManualEvent {
             .map_err(|e| super::route::serde_error(e, ""))?;
         let (node_id, route) = match &ev {
             ExportManualEvent::Resend { node_id, route, .. }
-            | ExportManualEvent::ExportPackage { node_id, route, .. } => (Some(*node_id), route),
-            ExportManualEvent::Sweep { route, .. } => (None, route),
+            | ExportManualEvent::ExportPackage { node_id, route, .. } => {
+                (Some(*node_id), Some(route))
+            }
+            ExportManualEvent::Sweep { route, .. } => (None, Some(route)),
+            ExportManualEvent::Plan { node_id, route } => (Some(*node_id), route.as_ref()),
         };
         if let Some(node_id) = node_id
             && node_id <= 0
@@ -687,7 +701,9 @@ impl ExportManualEvent {
                 ));
             }
         }
-        if route.trim().is_empty() {
+        if let Some(route) = route
+            && route.trim().is_empty()
+        {
             return Err(err("route".into(), route, "must name an export route"));
         }
         if let ExportManualEvent::ExportPackage {

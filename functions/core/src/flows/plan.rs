@@ -989,3 +989,170 @@ impl Planner<'_> {
         Ok(v)
     }
 }
+
+// ---------------------------------------------------------------- export
+
+/// One route's view of the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteVerdict {
+    pub route: String,
+    /// Whether the route's approval predicate holds.
+    pub approved: bool,
+    /// Why it does not (or which destination it picks).
+    pub reason: String,
+}
+
+/// What an approval of one node would do (`ecm-export --plan`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExportPlan {
+    /// Always `true`: a plan changes nothing.
+    pub dry_run: bool,
+    pub node_id: i64,
+    pub name: String,
+    pub node_type: i64,
+    /// The latest version (documents); what a callback for it would deliver.
+    pub version: u32,
+    /// `deliver`, `duplicate` (this version already went there),
+    /// `superseded` (a newer one did), `package` (a container approved as a
+    /// whole) or `rejected`.
+    pub verdict: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sftp_secret: Option<String>,
+    /// The rendered path on the SFTP server (directory and file name; for a
+    /// package, its directory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overwrite: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256_sidecar: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// For `duplicate` and `superseded`: the delivery the history records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded: Option<String>,
+    /// Each route in order, with its approval verdict.
+    pub routes: Vec<RouteVerdict>,
+}
+
+/// Plans an approval of `node_id` (only `route`, when given): reads the
+/// node, its versions, categories and ancestors, decides with the export
+/// routes and looks at the export history; delivers nothing.
+pub async fn export(
+    ecm: &dyn crate::ports::ecm::Ecm,
+    routes: &crate::domain::export_route::ExportRoutes,
+    node_id: i64,
+    route: Option<&str>,
+) -> Result<ExportPlan, super::export::ExportError> {
+    use super::export::ExportError;
+    use crate::domain::export_history::{HistoryVerdict, destination_key};
+    use crate::domain::export_route::{ExportDecision, decide};
+
+    if let Some(r) = route
+        && !routes.routes.iter().any(|x| x.name == r)
+    {
+        return Err(ExportError::UnknownRoute {
+            route: r.to_owned(),
+        });
+    }
+    let id = NodeId::new(node_id).ok_or(ExportError::InvalidNode {
+        node_id,
+        reason: "not a positive node id".into(),
+    })?;
+    let (mut facts, node, applied) =
+        super::export::read_facts(ecm, id, &super::export::route_workspace_types(routes)).await?;
+    if node.is_container() {
+        // A container approved as a whole goes out as a package: its own
+        // id counts as an ancestor (as for a package callback).
+        facts.ancestors.insert(0, node_id);
+    }
+    let mut verdicts = Vec::new();
+    for r in &routes.routes {
+        if route.is_some_and(|o| o != r.name) {
+            continue;
+        }
+        let v = match r.approval.check(&facts) {
+            Err(why) => RouteVerdict {
+                route: r.name.clone(),
+                approved: false,
+                reason: why,
+            },
+            Ok(()) => match r
+                .destinations
+                .iter()
+                .find(|d| d.config.when.matches(&facts))
+            {
+                Some(d) => RouteVerdict {
+                    route: r.name.clone(),
+                    approved: true,
+                    reason: format!("approved; destination {}", d.config.name),
+                },
+                None => RouteVerdict {
+                    route: r.name.clone(),
+                    approved: true,
+                    reason: "approved, but no destination rule matches".into(),
+                },
+            },
+        };
+        verdicts.push(v);
+    }
+    let mut plan = ExportPlan {
+        dry_run: true,
+        node_id,
+        name: node.name.clone(),
+        node_type: node.node_type,
+        version: facts.version,
+        verdict: "rejected",
+        route: None,
+        destination: None,
+        sftp_secret: None,
+        remote_path: None,
+        overwrite: None,
+        sha256_sidecar: None,
+        idempotency_key: None,
+        recorded: None,
+        routes: verdicts,
+    };
+    if !node.is_container() && node.node_type != ecm_port::node_type::DOCUMENT {
+        for v in &mut plan.routes {
+            v.approved = false;
+            v.reason = format!("not a document (type {})", node.node_type);
+        }
+        return Ok(plan);
+    }
+    let ExportDecision::Deliver(d) = decide(routes, &facts, route, Utc::now())? else {
+        return Ok(plan);
+    };
+    plan.route = Some(d.route.clone());
+    plan.destination = Some(d.destination.clone());
+    plan.sftp_secret = Some(d.sftp_secret.clone());
+    plan.overwrite = Some(d.overwrite);
+    plan.sha256_sidecar = Some(d.sha256_sidecar);
+    if node.is_container() {
+        plan.verdict = "package";
+        plan.remote_path = Some(d.directory.join("/"));
+        return Ok(plan);
+    }
+    plan.remote_path = Some(d.remote_path());
+    plan.idempotency_key = Some(d.idempotency_key.clone());
+    let to = destination_key(&d.route, &d.destination);
+    match super::export::history_of(routes, &applied).verdict(&to, d.version) {
+        HistoryVerdict::New => plan.verdict = "deliver",
+        HistoryVerdict::Delivered(r) => {
+            plan.verdict = "duplicate";
+            plan.recorded = Some(format!("version {} delivered to {}", r.version, r.path));
+        }
+        HistoryVerdict::Superseded(r) => {
+            plan.verdict = "superseded";
+            plan.recorded = Some(format!(
+                "newer version {} delivered to {}",
+                r.version, r.path
+            ));
+        }
+    }
+    Ok(plan)
+}

@@ -15,7 +15,11 @@
 //! the settle interval, as the run does; files beyond `limits.max_files` /
 //! `max_bytes` are reported as left for a later run; two files of the drop
 //! with the same target are placed one after the other by the run, so the
-//! second is reported with the first one's name.
+//! second is reported with the first one's name. Under `add-version` the
+//! run also compares the file with older versions of the same size (it
+//! downloads them); a plan compares only with the recorded SHA-256, so it
+//! may say `add-version` where the run finds the bytes already there and
+//! skips.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -33,7 +37,10 @@ use crate::domain::paths::RemotePath;
 use crate::domain::placement::{
     self, CategoryMap, ConflictAction, ConflictPolicy, WorkspaceTarget,
 };
-use crate::domain::route::{EntryRole, FAILED_DIR, INFLIGHT_DIR, Route, SidecarFormat};
+use crate::domain::readiness::{self, Evidence, Observation, Readiness};
+use crate::domain::route::{
+    EntryRole, FAILED_DIR, INFLIGHT_DIR, ReadinessConfig, Route, SidecarFormat,
+};
 use crate::domain::transfer::{TransferFacts, idempotency_key};
 use crate::ports::ecm::{self as ecm_port, BusinessObject, EcmError, NodeId};
 use crate::ports::file_store::{EntryKind, FileStoreError};
@@ -542,7 +549,35 @@ impl Planner<'_> {
             }
             // The run fails an unreadable index once it is complete, and
             // waits for it before (it may still be being written).
-            Err(e) => Ok(f.fail(format!("index file is invalid: {e}"))),
+            Err(e) => {
+                let now = self.deps.clock.now().timestamp();
+                let seen = Observation {
+                    size: l.size,
+                    mtime: l.mtime,
+                };
+                let complete = matches!(
+                    readiness::assess(
+                        &ReadinessConfig {
+                            done_marker: None,
+                            ..self.route.readiness().clone()
+                        },
+                        &Evidence {
+                            now,
+                            current: seen,
+                            earlier: Some((seen, 0)),
+                            marker_present: true,
+                        }
+                    ),
+                    Readiness::Ready
+                );
+                if complete {
+                    Ok(f.fail(format!("index file is invalid: {e}")))
+                } else {
+                    let mut f = f.because(format!("index not readable yet: {e}"));
+                    f.action = PlanAction::Wait;
+                    Ok(f)
+                }
+            }
         }
     }
 

@@ -1191,3 +1191,133 @@ pub async fn export(
     }
     Ok(plan)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::{DateTime, Utc};
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::paths::RemoteRoot;
+    use crate::domain::route::{IngestEvent, parse_ingest_event};
+    use crate::flows::ingest::Clock;
+    use crate::ports::ecm::Ecm;
+    use crate::ports::ecm::memory::{ENTERPRISE, MemoryEcm};
+    use crate::ports::events::MemoryEvents;
+    use crate::ports::file_store::memory::MemoryFileStore;
+
+    /// An hour ahead, so the files just seeded are old enough.
+    struct Later;
+    impl Clock for Later {
+        fn now(&self) -> DateTime<Utc> {
+            Utc::now() + chrono::Duration::hours(1)
+        }
+    }
+
+    fn route(max_files: u32, policy: &str) -> Route {
+        let ev = json!({"action": "plan", "route": {
+            "name": "r", "sftp_secret": "s", "source_dir": "in",
+            "include": ["*.pdf", "*.done"],
+            "readiness": {"min_age_secs": 60},
+            "rules": [{"name": "all", "match": {"regex": "(?P<n>[a-z]+)-[0-9]\\.pdf"},
+                       "place": {"workspace": {"by": "node", "node_id": ENTERPRISE},
+                                 "folder": "Drop", "name": "{n}.pdf", "on_existing": policy}}],
+            "fallback": "fail",
+            "limits": {"max_files": max_files},
+            "transfer_history": {"category_id": 9002, "attributes": {"route": 2, "host": 3,
+                "source_path": 4, "size": 5, "sha256": 6, "received_at": 7, "ingested_at": 8,
+                "invocation_id": 9, "idempotency_key": 10}}
+        }});
+        match parse_ingest_event(ev) {
+            Ok(IngestEvent::Plan(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn plan_of(store: &MemoryFileStore, ecm: &MemoryEcm, route: &Route) -> IngestPlan {
+        let deps = IngestDeps {
+            store,
+            ecm,
+            events: &MemoryEvents::new(),
+            clock: &Later,
+            sftp_host: "h".into(),
+        };
+        let ctx = RunContext::new("t", Duration::from_secs(60));
+        ingest(route, &deps, &ctx).await.expect("plan")
+    }
+
+    fn store() -> MemoryFileStore {
+        let s = MemoryFileStore::new(RemoteRoot::parse("/").expect("root"));
+        s.insert_file("/in/a-1.pdf", b"%PDF-1.7 a");
+        s.insert_file("/in/a-2.pdf", b"%PDF-1.7 a again");
+        s.insert_file("/in/b-1.pdf", b"%PDF-1.7 b");
+        s.insert_file("/in/notes.txt", b"not included");
+        s.insert_file("/in/.hidden.pdf", b"%PDF-1.7 dot-file");
+        s
+    }
+
+    #[tokio::test]
+    async fn files_for_one_name_are_planned_in_turn_and_limits_leave_the_rest() {
+        let (s, ecm) = (store(), MemoryEcm::new());
+        let before = s.paths();
+        let p = plan_of(&s, &ecm, &route(2, "fail")).await;
+        let by: BTreeMap<&str, &FilePlan> = p
+            .files
+            .iter()
+            .map(|f| (f.source_path.as_str(), f))
+            .collect();
+        assert_eq!(by["a-1.pdf"].action, PlanAction::Create, "{p:#?}");
+        // a-2 goes to the same name after a-1: under "fail" it fails.
+        assert_eq!(by["a-2.pdf"].action, PlanAction::Fail, "{p:#?}");
+        assert!(
+            by["a-2.pdf"]
+                .reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("a-1.pdf"),
+            "{:?}",
+            by["a-2.pdf"]
+        );
+        // max_files 2: the third ready document waits for another run.
+        assert_eq!(by["b-1.pdf"].action, PlanAction::NextRun);
+        assert_eq!(by["notes.txt"].action, PlanAction::Ignore);
+        assert!(!by.contains_key(".hidden.pdf"));
+        let folder = by["a-1.pdf"].folder.as_ref().expect("folder");
+        assert_eq!(folder.path, "Enterprise/Drop");
+        assert!(!folder.steps[0].exists);
+        assert_eq!(s.paths(), before, "the plan changed the store");
+        assert_eq!(s.put_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_existing_folder_and_a_taken_name_are_found_and_renamed() {
+        let (s, ecm) = (store(), MemoryEcm::new());
+        let enterprise = NodeId::new(ENTERPRISE).expect("id");
+        let drop = ecm.create_folder(enterprise, "Drop").await.expect("folder");
+        ecm.create_folder(drop, "b.pdf").await.expect("taken");
+        let p = plan_of(&s, &ecm, &route(10, "rename")).await;
+        let b = p
+            .files
+            .iter()
+            .find(|f| f.source_path == "b-1.pdf")
+            .expect("b");
+        // A folder (not a document) holds the name: the run fails the file.
+        assert_eq!(b.action, PlanAction::Fail, "{b:#?}");
+        assert!(b.reason.as_deref().unwrap_or("").contains("not a document"));
+        let a = p
+            .files
+            .iter()
+            .find(|f| f.source_path == "a-2.pdf")
+            .expect("a-2");
+        assert_eq!(a.action, PlanAction::Create);
+        assert!(
+            a.reason.as_deref().unwrap_or("").contains("numbered"),
+            "{a:#?}"
+        );
+        let folder = a.folder.as_ref().expect("folder");
+        assert_eq!(folder.id, Some(drop.get()));
+        assert!(folder.steps[0].exists);
+    }
+}

@@ -451,6 +451,56 @@ mod tests {
         assert_eq!(err.error_type(), "Permanent.UnknownRoute");
     }
 
+    #[tokio::test]
+    async fn a_plan_event_reports_the_delivery_and_writes_nothing() {
+        let (state, ecm, dest) = state().await;
+        let id = doc(ecm.as_ref(), "Approved").await;
+        let review = doc(ecm.as_ref(), "Draft").await;
+        let writes_before =
+            ["apply_category", "update_category", "upload", "add_version"].map(|op| ecm.calls(op));
+        let out = handle(
+            &state,
+            json!({"action": "plan", "node_id": id.get()}),
+            inv(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["dry_run"], json!(true), "{out:#}");
+        assert_eq!(out["verdict"], "deliver");
+        assert_eq!(out["route"], "r");
+        assert_eq!(out["destination"], "d");
+        assert_eq!(out["remote_path"], "out/Approved.txt");
+        let out = handle(
+            &state,
+            json!({"action": "plan", "node_id": review.get(), "route": "r"}),
+            inv(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["verdict"], "rejected");
+        assert!(
+            out["routes"][0]["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("\"Draft\""),
+            "{out:#}"
+        );
+        let err = handle(&state, json!({"action": "plan", "node_id": 0}), inv())
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type(), "Permanent.InvalidEvent");
+        assert!(err.message.contains("node_id"), "{err}");
+        assert!(
+            dest.store.paths().iter().all(|p| !p.contains("out")),
+            "{:?}",
+            dest.store.paths()
+        );
+        assert_eq!(
+            ["apply_category", "update_category", "upload", "add_version"].map(|op| ecm.calls(op)),
+            writes_before
+        );
+    }
+
     fn body_of(r: &Value) -> Value {
         serde_json::from_str(r["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null)
     }

@@ -218,9 +218,16 @@ pub struct IngestPlan {
     /// Files in `failed/`, waiting for a retry event.
     pub failed_waiting: u32,
     pub counts: PlanCounts,
-    /// Every listed file (dot-files and work folders aside), in path order.
+    /// Every listed file (dot-files and work folders aside), in path order,
+    /// up to [`MAX_LISTED_FILES`]; `counts` covers them all.
     pub files: Vec<FilePlan>,
+    /// Files planned and counted but left out of `files` (a Lambda response
+    /// is at most 6 MB).
+    pub files_omitted: u32,
 }
+
+/// Files a plan lists one by one (about 1 KiB each in JSON).
+pub const MAX_LISTED_FILES: usize = 2000;
 
 /// A look-up in the ECM failed in a way a retry may cure; other ECM
 /// answers become the file's reason.
@@ -468,7 +475,8 @@ pub async fn ingest(
         claims_in_progress,
         failed_waiting,
         counts,
-        files: files.into_values().collect(),
+        files_omitted: files.len().saturating_sub(MAX_LISTED_FILES) as u32,
+        files: files.into_values().take(MAX_LISTED_FILES).collect(),
     })
 }
 
@@ -1289,6 +1297,19 @@ mod tests {
         assert!(!folder.steps[0].exists);
         assert_eq!(s.paths(), before, "the plan changed the store");
         assert_eq!(s.put_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_large_drop_is_counted_whole_and_listed_up_to_the_bound() {
+        let (s, ecm) = (store(), MemoryEcm::new());
+        for i in 0..MAX_LISTED_FILES {
+            s.insert_file(&format!("/in/z{i:05}.tmp"), b"x");
+        }
+        let p = plan_of(&s, &ecm, &route(2, "fail")).await;
+        assert_eq!(p.files.len(), MAX_LISTED_FILES);
+        assert_eq!(p.files_omitted, 4, "{:?}", p.counts);
+        assert_eq!(p.counts.ignore as usize, MAX_LISTED_FILES + 1);
+        assert_eq!(p.files[0].source_path, "a-1.pdf");
     }
 
     #[tokio::test]

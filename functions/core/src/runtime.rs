@@ -5,7 +5,9 @@
 //! - otherwise: `--event FILE` (or `-` for stdin) is read, the handler runs
 //!   once, its JSON response is printed on stdout and the process exits 0; an
 //!   error is printed on stderr and the exit code says whether a retry can help
-//!   (1 permanent, 75 transient, 2 bad command line).
+//!   (1 permanent, 75 transient, 2 bad command line). With `--plan` the
+//!   event gets `"action": "plan"`: the function reports what it would do
+//!   and changes nothing.
 //!
 //! Under Lambda a handler error is answered by its retry class (see
 //! [`answer`]): a transient error is returned as an error, so Lambda's async

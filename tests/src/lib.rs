@@ -8,6 +8,7 @@ pub mod lambda;
 pub mod latency_proxy;
 pub mod moto;
 pub mod process;
+pub mod reference;
 pub mod sftp_servers;
 pub mod sshd;
 pub mod stack;

@@ -12,3 +12,4 @@ pub mod domain;
 pub mod flows;
 pub mod ports;
 pub mod runtime;
+pub mod schema;

@@ -5,7 +5,9 @@
 //! - otherwise: `--event FILE` (or `-` for stdin) is read, the handler runs
 //!   once, its JSON response is printed on stdout and the process exits 0; an
 //!   error is printed on stderr and the exit code says whether a retry can help
-//!   (1 permanent, 75 transient, 2 bad command line).
+//!   (1 permanent, 75 transient, 2 bad command line). With `--plan` the
+//!   event gets `"action": "plan"`: the function reports what it would do
+//!   and changes nothing.
 //!
 //! Under Lambda a handler error is answered by its retry class (see
 //! [`answer`]): a transient error is returned as an error, so Lambda's async
@@ -319,14 +321,18 @@ enum EventSource {
 enum LocalArgs {
     Help,
     Run(EventSource),
+    /// `--plan`: the event becomes a plan of itself (see [`as_plan`]).
+    Plan(EventSource),
 }
 
 fn parse_args(args: &[String]) -> Result<LocalArgs, String> {
     let mut source = None;
+    let mut plan = false;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "-h" | "--help" => return Ok(LocalArgs::Help),
+            "--plan" => plan = true,
             "--event" => {
                 let value = it.next().ok_or_else(|| {
                     "--event needs a value: a file path or - for stdin".to_string()
@@ -345,14 +351,46 @@ fn parse_args(args: &[String]) -> Result<LocalArgs, String> {
                         EventSource::File(PathBuf::from(value))
                     });
                 } else {
-                    return Err(format!("unknown argument {other:?}; usage: --event FILE|-"));
+                    return Err(format!(
+                        "unknown argument {other:?}; usage: [--plan] --event FILE|-"
+                    ));
                 }
             }
         }
     }
-    source
-        .map(LocalArgs::Run)
-        .ok_or_else(|| "missing --event FILE (or --event - to read the event from stdin)".into())
+    let source =
+        source.ok_or("missing --event FILE (or --event - to read the event from stdin)")?;
+    Ok(if plan {
+        LocalArgs::Plan(source)
+    } else {
+        LocalArgs::Run(source)
+    })
+}
+
+/// `--plan`: the same event with `"action": "plan"` (in an EventBridge
+/// envelope, in its `detail`), so the function reports what it would do
+/// instead of doing it. An event that already asks for another action is
+/// refused, naming it: a plan of a retry or a resend is not what it says.
+fn as_plan(mut event: Value) -> Result<Value, String> {
+    let target = if event.get("detail-type").is_some() {
+        event.get_mut("detail")
+    } else {
+        Some(&mut event)
+    };
+    let Some(Value::Object(obj)) = target else {
+        return Err("--plan: the event is not a JSON object".into());
+    };
+    match obj.get("action") {
+        None => {}
+        Some(Value::String(a)) if a == "plan" => {}
+        Some(other) => {
+            return Err(format!(
+                "--plan: the event already has action {other}; plan a scheduled event (without action), or write {{\"action\":\"plan\",...}}"
+            ));
+        }
+    }
+    obj.insert("action".into(), Value::String("plan".into()));
+    Ok(event)
 }
 
 fn read_event(source: &EventSource) -> Result<Value, String> {
@@ -388,6 +426,8 @@ fn usage(function: &str) -> String {
         "{function}: an xecm-sftp Lambda function.\n\
          Under Lambda (AWS_LAMBDA_RUNTIME_API set) it serves invocations.\n\
          Locally it runs one invocation:\n  {function} --event FILE   (or --event - for stdin)\n\
+         With --plan it reports what the invocation would do and changes nothing:\n  \
+         {function} --plan --event FILE\n\
          prints the JSON response on stdout and exits 0; on error it prints the\n\
          error on stderr and exits 1 (permanent) or 75 (transient, retry may help)."
     )
@@ -422,13 +462,16 @@ pub fn local_event(function: &str) -> Result<Option<Value>, ExitCode> {
             println!("{}", usage(function));
             return Err(ExitCode::SUCCESS);
         }
-        Ok(LocalArgs::Run(source)) => source,
+        Ok(LocalArgs::Run(source)) => (source, false),
+        Ok(LocalArgs::Plan(source)) => (source, true),
         Err(message) => {
             eprintln!("{function}: {message}\n\n{}", usage(function));
             return Err(ExitCode::from(2));
         }
     };
-    match read_event(&source) {
+    let (source, plan) = source;
+    let event = read_event(&source).and_then(|e| if plan { as_plan(e) } else { Ok(e) });
+    match event {
         Ok(event) => Ok(Some(event)),
         Err(message) => {
             let error = FunctionError::permanent("InvalidEvent", message);
@@ -615,6 +658,22 @@ mod tests {
             parse_args(&args(&["--event=-"])),
             Ok(LocalArgs::Run(EventSource::Stdin))
         );
+    }
+
+    #[test]
+    fn plan_flag_turns_the_event_into_its_plan() {
+        assert_eq!(
+            parse_args(&args(&["--plan", "--event", "e.json"])),
+            Ok(LocalArgs::Plan(EventSource::File("e.json".into())))
+        );
+        let plan = as_plan(serde_json::json!({"route": {"name": "r"}})).unwrap();
+        assert_eq!(plan["action"], "plan");
+        let wrapped =
+            as_plan(serde_json::json!({"detail-type": "x", "detail": {"node_id": 1}})).unwrap();
+        assert_eq!(wrapped["detail"]["action"], "plan");
+        let err = as_plan(serde_json::json!({"action": "retry", "route": {}})).unwrap_err();
+        assert!(err.contains("\"retry\""), "{err}");
+        assert!(as_plan(serde_json::json!([1])).is_err());
     }
 
     #[test]

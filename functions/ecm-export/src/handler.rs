@@ -265,6 +265,20 @@ pub async fn handle_manual(
                 .map_err(function_error)?;
             Ok(json!({"status": "swept", "sweep": r}))
         }
+        // Reads the node and its history; delivers, records and publishes nothing.
+        ExportManualEvent::Plan { node_id, route } => {
+            let p = xecm_core::flows::plan::export(
+                state.ecm.as_ref(),
+                &state.routes,
+                node_id,
+                route.as_deref(),
+            )
+            .await
+            .map_err(function_error)?;
+            serde_json::to_value(&p).map_err(|e| {
+                FunctionError::permanent("Internal", format!("plan not serialisable: {e}"))
+            })
+        }
     }
 }
 
@@ -435,6 +449,56 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(err.error_type(), "Permanent.UnknownRoute");
+    }
+
+    #[tokio::test]
+    async fn a_plan_event_reports_the_delivery_and_writes_nothing() {
+        let (state, ecm, dest) = state().await;
+        let id = doc(ecm.as_ref(), "Approved").await;
+        let review = doc(ecm.as_ref(), "Draft").await;
+        let writes_before =
+            ["apply_category", "update_category", "upload", "add_version"].map(|op| ecm.calls(op));
+        let out = handle(
+            &state,
+            json!({"action": "plan", "node_id": id.get()}),
+            inv(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["dry_run"], json!(true), "{out:#}");
+        assert_eq!(out["verdict"], "deliver");
+        assert_eq!(out["route"], "r");
+        assert_eq!(out["destination"], "d");
+        assert_eq!(out["remote_path"], "out/Approved.txt");
+        let out = handle(
+            &state,
+            json!({"action": "plan", "node_id": review.get(), "route": "r"}),
+            inv(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["verdict"], "rejected");
+        assert!(
+            out["routes"][0]["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("\"Draft\""),
+            "{out:#}"
+        );
+        let err = handle(&state, json!({"action": "plan", "node_id": 0}), inv())
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_type(), "Permanent.InvalidEvent");
+        assert!(err.message.contains("node_id"), "{err}");
+        assert!(
+            dest.store.paths().iter().all(|p| !p.contains("out")),
+            "{:?}",
+            dest.store.paths()
+        );
+        assert_eq!(
+            ["apply_category", "update_category", "upload", "add_version"].map(|op| ecm.calls(op)),
+            writes_before
+        );
     }
 
     fn body_of(r: &Value) -> Value {

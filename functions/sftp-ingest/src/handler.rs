@@ -69,8 +69,8 @@ pub(crate) async fn open_store(
     Ok((store, sftp_host))
 }
 
-/// One invocation: a scheduled run, a manual retry or (SQS) a batch of a
-/// fan-out route's work messages.
+/// One invocation: a scheduled run, a manual retry, a plan or (SQS) a
+/// batch of a fan-out route's work messages.
 pub async fn handle(
     state: &State,
     event: Value,
@@ -90,11 +90,11 @@ pub async fn handle(
     let event = parse_ingest_event(event)
         .map_err(|e| FunctionError::permanent("InvalidEvent", e.to_string()))?;
     let route = match &event {
-        IngestEvent::Scheduled(r) => r,
+        IngestEvent::Scheduled(r) | IngestEvent::Plan(r) => r,
         IngestEvent::Retry { route, .. } => route,
     };
     let (store, host) = open_store(state, route).await?;
-    if let IngestEvent::Scheduled(_) = &event {
+    if let IngestEvent::Scheduled(_) | IngestEvent::Plan(_) = &event {
         // The ECM is needed for every file: check it once up front.
         state.ecm.enterprise_volume().await.map_err(|e| {
             if e.is_retryable() {
@@ -117,6 +117,21 @@ pub async fn handle(
         invocation.remaining().max(Duration::from_secs(1)),
     );
     let report = match &event {
+        // Lists, reads and looks up; changes nothing (flows::plan).
+        IngestEvent::Plan(route) => {
+            let plan = xecm_core::flows::plan::ingest(route, &deps, &ctx)
+                .await
+                .map_err(|e| {
+                    if e.is_retryable() {
+                        FunctionError::transient("PlanUnavailable", e.to_string())
+                    } else {
+                        FunctionError::permanent("PlanFailed", e.to_string())
+                    }
+                })?;
+            return serde_json::to_value(&plan).map_err(|e| {
+                FunctionError::permanent("Internal", format!("plan not serialisable: {e}"))
+            });
+        }
         IngestEvent::Scheduled(route) if route.config.fan_out.is_some() => {
             let url = route
                 .config

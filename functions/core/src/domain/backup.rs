@@ -16,14 +16,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::route::RouteError;
+use super::schema_ref::SchemaRef;
 pub use super::snapshot_names::{is_snapshot_id, snapshot_id};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackupConfig {
+    /// The JSON Schema this file follows (for editors); ignored.
+    #[serde(rename = "$schema", default, skip_serializing)]
+    pub schema: SchemaRef,
     pub name: String,
     /// Content Server node ids whose subtrees are backed up.
     pub roots: Vec<i64>,
@@ -50,7 +55,7 @@ pub struct BackupConfig {
 
 /// `"latest"` (the default): each document's latest version; `"all"`: every
 /// version, one manifest line each, oldest first.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Versions {
     #[default]
@@ -578,6 +583,8 @@ pub fn parse_backup_event(value: serde_json::Value) -> Result<BackupEvent, Route
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Raw {
+        #[serde(rename = "$schema", default)]
+        _schema: super::schema_ref::SchemaRef,
         #[serde(default)]
         action: Option<String>,
         backup: BackupConfig,

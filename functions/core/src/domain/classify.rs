@@ -25,6 +25,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::route::{Index, MatchOn, Place, Route, SidecarFormat, SidecarMode};
@@ -40,7 +41,7 @@ pub const MAX_INDEX_BYTES: usize = 16 * 1024 * 1024;
 /// Flat metadata from a sidecar or an index row: field → value.
 pub type Metadata = BTreeMap<String, String>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FileType {
     Pdf,

@@ -20,22 +20,27 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::names::sftp_safe_name;
 use super::route::RouteError;
+use super::schema_ref::SchemaRef;
 use super::template::{Scope, Template, TemplateContext, TemplateError};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportConfig {
+    /// The JSON Schema this file follows (for editors); ignored.
+    #[serde(rename = "$schema", default, skip_serializing)]
+    pub schema: SchemaRef,
     /// Where each export is recorded on the node; required, like the ingest
     /// side's transfer history, because the category belongs to the site.
     pub export_history: ExportHistoryConfig,
     pub routes: Vec<ExportRouteConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportHistoryConfig {
     pub category_id: i64,
@@ -48,7 +53,7 @@ pub struct ExportHistoryConfig {
 }
 
 /// Attribute ids within the export-history category.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportHistoryAttributes {
     /// Last exported version number.
@@ -62,7 +67,7 @@ pub struct ExportHistoryAttributes {
     pub deliveries: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportRouteConfig {
     pub name: String,
@@ -72,7 +77,7 @@ pub struct ExportRouteConfig {
 
 /// `category attribute == value`, optionally a minimum version and an ancestor
 /// folder or workspace the node must live under.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalPredicate {
     pub category_id: i64,
@@ -85,7 +90,7 @@ pub struct ApprovalPredicate {
     pub ancestor_id: Option<i64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PackageFormat {
     /// A directory with the files and `manifest.json`, renamed into place.
@@ -96,7 +101,7 @@ pub enum PackageFormat {
 }
 
 /// Conditions on the node; all given ones must hold, none means "always".
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationWhen {
     #[serde(default)]
@@ -108,7 +113,7 @@ pub struct DestinationWhen {
     pub ancestor_id: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
     pub name: String,
@@ -569,7 +574,7 @@ pub fn package_paths(package_name: &str, format: PackageFormat, nonce: &str) -> 
 // ---------------------------------------------------------------- manual events
 
 /// Manual console events of `ecm-export`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "action", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ExportManualEvent {
     /// Deliver the latest approved version again, bypassing the idempotency
@@ -608,6 +613,17 @@ pub enum ExportManualEvent {
         #[serde(default)]
         cursor: Option<SweepCursor>,
     },
+    /// Report what an approval of this node would do (each route's
+    /// approval verdict, the route and destination that would deliver it,
+    /// the rendered remote path, what the export history already holds),
+    /// delivering, recording and publishing nothing.
+    Plan {
+        node_id: i64,
+        /// Only this route (as a resend would); default: every route, as
+        /// a callback.
+        #[serde(default)]
+        route: Option<String>,
+    },
 }
 
 pub const SWEEP_DEFAULT_MAX_DOCUMENTS: u32 = 500;
@@ -617,13 +633,13 @@ pub const SWEEP_MAX_DOCUMENTS: u32 = 10_000;
 /// list next and how many of its entries are done (the last one is listed
 /// first). A document whose delivery was cut short is looked at again; the
 /// export history answers it as a duplicate if it went out.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SweepCursor {
     pub pending: Vec<SweepFolder>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SweepFolder {
     pub node_id: i64,
@@ -634,13 +650,17 @@ pub struct SweepFolder {
 }
 
 impl ExportManualEvent {
-    pub fn from_json(value: serde_json::Value) -> Result<Self, RouteError> {
+    pub fn from_json(mut value: serde_json::Value) -> Result<Self, RouteError> {
+        super::schema_ref::strip(&mut value);
         let ev: ExportManualEvent = serde_path_to_error::deserialize(value)
             .map_err(|e| super::route::serde_error(e, ""))?;
         let (node_id, route) = match &ev {
             ExportManualEvent::Resend { node_id, route, .. }
-            | ExportManualEvent::ExportPackage { node_id, route, .. } => (Some(*node_id), route),
-            ExportManualEvent::Sweep { route, .. } => (None, route),
+            | ExportManualEvent::ExportPackage { node_id, route, .. } => {
+                (Some(*node_id), Some(route))
+            }
+            ExportManualEvent::Sweep { route, .. } => (None, Some(route)),
+            ExportManualEvent::Plan { node_id, route } => (Some(*node_id), route.as_ref()),
         };
         if let Some(node_id) = node_id
             && node_id <= 0
@@ -681,7 +701,9 @@ impl ExportManualEvent {
                 ));
             }
         }
-        if route.trim().is_empty() {
+        if let Some(route) = route
+            && route.trim().is_empty()
+        {
             return Err(err("route".into(), route, "must name an export route"));
         }
         if let ExportManualEvent::ExportPackage {

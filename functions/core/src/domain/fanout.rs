@@ -15,7 +15,7 @@ pub const DEFAULT_MAX_RECEIVES: u32 = 5;
 
 /// `route.fan_out`: absent means today's behaviour (the scheduled run streams
 /// every file itself).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FanOutConfig {
     /// The route's work queue (Terraform's `infra/fanout.tf` fills it in

@@ -16,6 +16,7 @@ pub mod readiness;
 pub mod route;
 #[cfg(test)]
 mod samples;
+pub mod schema_ref;
 pub mod snapshot_names;
 pub mod template;
 pub mod transfer;

@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::classify::{Classification, Metadata};
@@ -30,7 +31,7 @@ use super::template::{TemplateContext, TemplateError};
 use super::transfer::TransferFacts;
 
 /// What to do when the document name already exists in the target folder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ConflictPolicy {
     /// The file becomes the next version of the existing document.

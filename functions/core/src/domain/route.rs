@@ -26,10 +26,12 @@ use std::fmt;
 
 use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use regex::Regex;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::classify::FileType;
 use super::placement::ConflictPolicy;
+use super::schema_ref::SchemaRef;
 use super::template::{Scope, Template};
 
 /// Lambda's maximum function timeout; a lease must outlive any invocation.
@@ -76,9 +78,12 @@ impl RouteError {
 
 // ---------------------------------------------------------------- wire shape
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    /// The JSON Schema this file follows (for editors); ignored.
+    #[serde(rename = "$schema", default, skip_serializing)]
+    pub schema: SchemaRef,
     pub name: String,
     /// Secrets Manager id of the SFTP secret (not the secret itself).
     pub sftp_secret: String,
@@ -108,7 +113,7 @@ pub struct RouteConfig {
     pub fan_out: Option<super::fanout::FanOutConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReadinessConfig {
     /// Suffix of the done-marker file, e.g. `.done` for `x.pdf.done`.
@@ -124,7 +129,7 @@ pub struct ReadinessConfig {
     pub allow_empty: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SidecarMode {
     /// Sidecar files are ordinary input.
@@ -136,14 +141,14 @@ pub enum SidecarMode {
     Required,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SidecarFormat {
     Json,
     Xml,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SidecarConfig {
     #[serde(default)]
@@ -166,7 +171,7 @@ impl Default for SidecarConfig {
 }
 
 /// CSV index files: one file lists many documents with their metadata.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IndexConfig {
     /// Glob on the relative path that marks a file as an index, e.g. `index-*.csv`.
@@ -181,7 +186,7 @@ fn default_delimiter() -> char {
     ','
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     pub name: String,
@@ -190,7 +195,7 @@ pub struct RuleConfig {
     pub place: PlaceConfig,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MatchOn {
     /// The file name only.
@@ -200,7 +205,7 @@ pub enum MatchOn {
     Path,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     #[serde(default)]
@@ -222,7 +227,7 @@ pub struct MatchConfig {
     pub meta: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceConfig {
     pub workspace: WorkspaceConfig,
@@ -250,7 +255,7 @@ fn default_doc_name() -> String {
 }
 
 /// How the target business workspace is found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "by", rename_all = "snake_case", deny_unknown_fields)]
 pub enum WorkspaceConfig {
     /// External system + business object type + id (template), within a workspace type.
@@ -273,7 +278,7 @@ pub enum WorkspaceConfig {
     Node { node_id: i64 },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkspaceConfig {
     pub template_id: i64,
@@ -287,14 +292,14 @@ pub struct CreateWorkspaceConfig {
 
 /// Values for one category: attribute id (`2`, or `set_row_attr` such as
 /// `5_1_3`) → value template (a constant is a template without placeholders).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CategoryConfig {
     pub category_id: i64,
     pub attributes: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FallbackConfig {
     /// No rule matched: permanent failure (`failed/` + `Transfer Failed`).
@@ -303,7 +308,7 @@ pub enum FallbackConfig {
     Place(Box<PlaceConfig>),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PostActionConfig {
     /// Move the source into this directory (template, relative to `source_dir`).
@@ -326,7 +331,7 @@ impl Default for PostActionConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Files claimed per invocation.
@@ -354,7 +359,7 @@ impl Default for LimitsConfig {
 }
 
 /// Where transfer history is written: one category, one attribute per fact.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferHistoryConfig {
     pub category_id: i64,
@@ -362,7 +367,7 @@ pub struct TransferHistoryConfig {
 }
 
 /// Attribute ids within the transfer-history category.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferHistoryAttributes {
     pub route: u32,
@@ -1111,6 +1116,9 @@ pub enum IngestEvent {
     Scheduled(Route),
     /// Move these files (names in `failed/`) back into the source directory.
     Retry { route: Route, files: Vec<String> },
+    /// Report what a run of this route would do, changing nothing
+    /// (`flows::plan`).
+    Plan(Route),
 }
 
 /// A serde error as a [`RouteError`] naming the field path (under `prefix`,
@@ -1160,6 +1168,7 @@ pub fn parse_ingest_event(mut value: serde_json::Value) -> Result<IngestEvent, R
             .map(serde_json::Value::take)
             .ok_or_else(|| RouteError::new("detail", "", "missing in EventBridge envelope"))?;
     }
+    super::schema_ref::strip(&mut value);
     let serde_json::Value::Object(mut obj) = value else {
         return Err(RouteError::new("$", "", "event must be a JSON object"));
     };
@@ -1218,10 +1227,20 @@ pub fn parse_ingest_event(mut value: serde_json::Value) -> Result<IngestEvent, R
                 files,
             })
         }
+        Some(serde_json::Value::String(a)) if a == "plan" => {
+            if let Some(k) = obj.keys().next() {
+                return Err(RouteError::new(
+                    k.clone(),
+                    "",
+                    "unknown field in plan event",
+                ));
+            }
+            Ok(IngestEvent::Plan(parse_route(route, "route")?))
+        }
         Some(other) => Err(RouteError::new(
             "action",
             other,
-            "unknown action (expected \"retry\")",
+            "unknown action (expected \"retry\" or \"plan\")",
         )),
     }
 }

@@ -240,6 +240,7 @@ fn given_manual_export_samples_when_parsed_then_they_name_configured_routes() {
             ExportManualEvent::Resend { route, .. }
             | ExportManualEvent::ExportPackage { route, .. }
             | ExportManualEvent::Sweep { route, .. } => route,
+            other => panic!("{file}: {other:?}"),
         };
         assert!(names.contains(&route.as_str()), "{file}: {route}");
     }

@@ -475,21 +475,21 @@ impl IngestReport {
 /// A listed file: raw segments below `source_dir` (names need not be UTF-8)
 /// and the `%XX`-escaped text the domain decides on.
 #[derive(Debug, Clone)]
-struct Listed {
-    segs: Vec<Vec<u8>>,
-    rel: String,
-    size: u64,
-    mtime: i64,
+pub(crate) struct Listed {
+    pub(crate) segs: Vec<Vec<u8>>,
+    pub(crate) rel: String,
+    pub(crate) size: u64,
+    pub(crate) mtime: i64,
 }
 
-fn rel_text(segs: &[Vec<u8>]) -> String {
+pub(crate) fn rel_text(segs: &[Vec<u8>]) -> String {
     segs.iter()
         .map(|s| escape_non_utf8(s))
         .collect::<Vec<_>>()
         .join("/")
 }
 
-fn join_all(base: &RemotePath, segs: &[Vec<u8>]) -> Result<RemotePath, PathError> {
+pub(crate) fn join_all(base: &RemotePath, segs: &[Vec<u8>]) -> Result<RemotePath, PathError> {
     segs.iter().try_fold(base.clone(), |p, s| p.join(s))
 }
 
@@ -500,7 +500,7 @@ fn join_text(base: &RemotePath, rel: &str) -> Result<RemotePath, PathError> {
 /// Lists `dir` (recursively when asked), skipping dot-entries and, at the
 /// top level, the route's work folders. Pages are taken as the server sends
 /// them and only the compact [`Listed`] of each file is kept.
-async fn walk(
+pub(crate) async fn walk(
     store: &dyn FileStore,
     dir: &RemotePath,
     recursive: bool,
@@ -880,7 +880,7 @@ pub async fn run(
 }
 
 /// The first segment of the archive directory: a work folder that listings skip.
-fn archive_root(route: &Route) -> Option<String> {
+pub(crate) fn archive_root(route: &Route) -> Option<String> {
     match &route.config.post_action {
         PostActionConfig::Archive { dir } => dir
             .trim_start_matches('/')
@@ -892,18 +892,18 @@ fn archive_root(route: &Route) -> Option<String> {
     }
 }
 
-type Waiting = ((String, String), Option<u64>);
+pub(crate) type Waiting = ((String, String), Option<u64>);
 /// A document to claim, its sidecar, and, for a complete file that can
 /// never be accepted (empty), why it is refused.
 /// (The sidecar is boxed: most documents have none, and a drop's every
 /// document waits in this form until it is claimed.)
-type ReadyDoc = (Listed, Option<Box<(SidecarFormat, Listed)>>, Option<String>);
+pub(crate) type ReadyDoc = (Listed, Option<Box<(SidecarFormat, Listed)>>, Option<String>);
 
 /// Sorts listed entries into ready documents (with their sidecars) and
 /// waiting ones (with the seconds to wait for a second look, if that is what
 /// they need); the entries move, none is copied. Returns the observations
 /// for a later second look when `observe` asks for them (empty otherwise).
-fn assess_all(
+pub(crate) fn assess_all(
     route: &Route,
     listed: Vec<Listed>,
     earlier: Option<(&BTreeMap<String, Observation>, i64)>,
@@ -1089,7 +1089,7 @@ struct History {
     key: Option<String>,
 }
 
-fn text(v: &serde_json::Value) -> Option<String> {
+pub(crate) fn text(v: &serde_json::Value) -> Option<String> {
     match v {
         serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
         serde_json::Value::Number(n) => Some(n.to_string()),
@@ -1119,7 +1119,7 @@ fn ecm_stream(body: ByteStream) -> ecm_port::ByteStream {
 }
 
 /// Reads the first bytes of a body for classification without losing them.
-async fn read_head(h: &mut ReadHandle) -> Result<Vec<Bytes>, FileStoreError> {
+pub(crate) async fn read_head(h: &mut ReadHandle) -> Result<Vec<Bytes>, FileStoreError> {
     let mut chunks = Vec::new();
     let mut n = 0;
     while n < HEAD_LEN {
@@ -1135,7 +1135,10 @@ async fn read_head(h: &mut ReadHandle) -> Result<Vec<Bytes>, FileStoreError> {
     Ok(chunks)
 }
 
-async fn hash_rest(head: &[Bytes], mut body: ByteStream) -> Result<(String, u64), FileStoreError> {
+pub(crate) async fn hash_rest(
+    head: &[Bytes],
+    mut body: ByteStream,
+) -> Result<(String, u64), FileStoreError> {
     let mut h = Sha256::new();
     let mut n = 0u64;
     for c in head {

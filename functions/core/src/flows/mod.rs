@@ -4,3 +4,4 @@ pub mod backup;
 pub mod export;
 pub mod file_lease;
 pub mod ingest;
+pub mod plan;

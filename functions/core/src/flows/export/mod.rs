@@ -74,6 +74,10 @@ pub use callback::handle_callback;
 pub use package::export_package;
 pub use resend::resend;
 
+// For the plan of an export (`flows::plan`): the same facts and history.
+pub(crate) use facts::{read_facts, route_workspace_types};
+pub(crate) use history::history_of;
+
 use audit::*;
 use deliver::*;
 use facts::*;

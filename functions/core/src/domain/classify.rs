@@ -273,6 +273,26 @@ fn line_col(text: &str, offset: u64) -> (u64, String) {
     (line, col.to_string())
 }
 
+/// A field element's name as a metadata key: XML names are never empty and
+/// hold no spaces, controls or markup characters (a lenient parser lets
+/// `<>` through; that is a broken file, not a field named "").
+fn xml_field_name(name: String) -> Result<String, String> {
+    let bad = name.is_empty()
+        || name.chars().any(|c| {
+            c.is_control()
+                || c.is_whitespace()
+                || matches!(c, '<' | '>' | '&' | '"' | '\'' | '=' | '/')
+        });
+    if bad {
+        Err(format!(
+            "element name {:?} is not an XML name",
+            name.escape_debug().to_string()
+        ))
+    } else {
+        Ok(name)
+    }
+}
+
 /// `<name>.xml`: a root element whose child elements are `field → text`, e.g.
 /// `<doc><invoice_no>4711</invoice_no></doc>`. Deeper nesting, DTDs and
 /// unknown entities are refused (no entity expansion, no external fetches).
@@ -305,7 +325,8 @@ pub fn parse_xml_sidecar(file: &str, bytes: &[u8]) -> Result<Metadata, MetadataE
                     1 if root_seen => return Err(err("more than one root element".into())),
                     1 => root_seen = true,
                     2 => {
-                        field = Some(<_ as AsRef<str>>::as_ref(&e.local_name()).to_owned());
+                        let k = <_ as AsRef<str>>::as_ref(&e.local_name()).to_owned();
+                        field = Some(xml_field_name(k).map_err(err)?);
                         value.clear();
                     }
                     _ => return Err(err("nested elements are not allowed below a field".into())),
@@ -316,7 +337,10 @@ pub fn parse_xml_sidecar(file: &str, bytes: &[u8]) -> Result<Metadata, MetadataE
                 0 => root_seen = true,
                 1 => {
                     let k = <_ as AsRef<str>>::as_ref(&e.local_name()).to_owned();
-                    out.insert(k, String::new());
+                    let k = xml_field_name(k).map_err(err)?;
+                    if out.insert(k.clone(), String::new()).is_some() {
+                        return Err(err(format!("field {k:?} appears twice")));
+                    }
                 }
                 _ => return Err(err("nested elements are not allowed below a field".into())),
             },
@@ -487,7 +511,9 @@ pub fn parse_csv_index_rows(
         let record = match record {
             Ok(r) => r,
             Err(e) => {
-                let line = e.position().map_or(last_line + 1, |p| p.line());
+                let line = e
+                    .position()
+                    .map_or(last_line + 1, |p| p.line().max(last_line + 1));
                 last_line = line;
                 let column = match e.kind() {
                     csv::ErrorKind::Utf8 { err, .. } => Some((err.field() + 1).to_string()),
@@ -506,7 +532,12 @@ pub fn parse_csv_index_rows(
                 continue;
             }
         };
-        let line = record.position().map_or(last_line + 1, |p| p.line());
+        // The reader counts `\n` only; a file with bare `\r` line ends
+        // (old Mac exports) would put every row on line 1. Each row is at
+        // least one line below the one before it.
+        let line = record
+            .position()
+            .map_or(last_line + 1, |p| p.line().max(last_line + 1));
         last_line = line;
         let name = record.get(file_col).unwrap_or("").trim();
         let refuse = |file: Option<&str>, column: &str, reason: String| RefusedRow {
@@ -521,12 +552,25 @@ pub fn parse_csv_index_rows(
                 .push(refuse(None, file_column, "file name is empty".to_owned()));
             continue;
         }
+        // A line break inside the name is almost always an unclosed quote
+        // that swallowed the rows after it: refused, so the rows it ate show
+        // up as missing instead of a merged row silently matching nothing.
+        if name.chars().any(char::is_control) {
+            out.refused.push(refuse(
+                None,
+                file_column,
+                format!(
+                    "file name {:?} contains a line break or control character (an unclosed quote?)",
+                    name.escape_debug().to_string()
+                ),
+            ));
+            continue;
+        }
         if name.starts_with('/')
             || name.contains('\\')
-            || name.contains('\0')
             || name
                 .split('/')
-                .any(|s| s.is_empty() || s == "." || s == "..")
+                .any(|s| s.is_empty() || s == "." || s == ".." || s.len() > 255)
         {
             out.refused.push(refuse(
                 None,
@@ -553,6 +597,16 @@ pub fn parse_csv_index_rows(
         }
         if let Some((column, reason)) = bad {
             out.refused.push(refuse(Some(name), &column, reason));
+            // Still a listing of `name`: another row for it is ambiguous too.
+            match lines.get(name) {
+                Some(first) => duplicated
+                    .entry(name.to_owned())
+                    .or_insert_with(|| vec![*first])
+                    .push(line),
+                None => {
+                    lines.insert(name.to_owned(), line);
+                }
+            }
             continue;
         }
         if let Some(first) = lines.get(name) {
@@ -569,6 +623,10 @@ pub fn parse_csv_index_rows(
         out.rows.remove(&name);
         let all = at.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
         for line in at {
+            // A row refused for its own fault keeps that reason.
+            if out.refused.iter().any(|r| r.line == line) {
+                continue;
+            }
             out.refused.push(RefusedRow {
                 line,
                 file: Some(name.clone()),
@@ -978,6 +1036,66 @@ mod tests {
         let keyed = index_rows_by_path("2026/index-1.csv", rows.clone());
         assert!(keyed.contains_key("2026/a.pdf"));
         assert!(index_rows_by_path("index-1.csv", rows).contains_key("a.pdf"));
+    }
+
+    #[test]
+    fn given_an_unclosed_quote_when_parsed_then_the_merged_row_is_refused_naming_the_line_break() {
+        // Found by the csv_index fuzz target: the quote opened on line 3
+        // runs to the end, merging lines 3-4 into one row whose file name
+        // holds a newline.
+        let csv = "file,po\nINV-1.pdf,PO-1\n\"sub/INV 2.pdf,PO-2\nINV-3.pdf\",PO-3\n";
+        let parsed = parse_csv_index_rows("index-1.csv", csv.as_bytes(), &index(',')).unwrap();
+        assert_eq!(parsed.rows.keys().collect::<Vec<_>>(), ["INV-1.pdf"]);
+        assert_eq!(parsed.refused.len(), 1, "{:?}", parsed.refused);
+        assert_eq!(parsed.refused[0].line, 3);
+        assert!(
+            parsed.refused[0].reason.contains("unclosed quote"),
+            "{}",
+            parsed.refused[0].reason
+        );
+    }
+
+    #[test]
+    fn given_a_file_listed_by_a_bad_row_and_a_good_row_when_parsed_then_both_are_refused() {
+        // Found by the csv_index fuzz target: the NUL row was refused, the
+        // other row for the same file used, so the file was both.
+        for csv in [
+            "file,po\nINV-1.pdf,PO\u{0}1\nINV-1.pdf,PO-2\n",
+            "file,po\nINV-1.pdf,PO-2\nINV-1.pdf,PO\u{0}1\n",
+        ] {
+            let parsed = parse_csv_index_rows("index-1.csv", csv.as_bytes(), &index(',')).unwrap();
+            assert!(parsed.rows.is_empty(), "{csv:?}: {:?}", parsed.rows);
+            let lines: Vec<u64> = parsed.refused.iter().map(|r| r.line).collect();
+            assert_eq!(lines, [2, 3], "{csv:?}: {:?}", parsed.refused);
+            assert!(parsed.refused.iter().any(|r| r.reason.contains("NUL")));
+            assert!(
+                parsed
+                    .refused
+                    .iter()
+                    .any(|r| r.reason.contains("listed twice"))
+            );
+        }
+    }
+
+    #[test]
+    fn given_an_xml_element_without_a_name_when_parsed_then_refused() {
+        // Found by the sidecars fuzz target (its input, minimised by hand):
+        // an empty element without a name became a field named "".
+        let e = parse_xml_sidecar("a.pdf.xml", b"<doc><\n/></doc>").unwrap_err();
+        assert!(e.problem.contains("not an XML name"), "{e:?}");
+        // And a later empty element replaced an earlier field's value.
+        let e = parse_xml_sidecar("a.pdf.xml", b"<doc><po>1</po><po/></doc>").unwrap_err();
+        assert!(e.problem.contains("appears twice"), "{e:?}");
+    }
+
+    #[test]
+    fn given_bare_cr_line_ends_when_a_row_is_refused_then_its_line_is_below_the_header() {
+        // Found by the csv_index fuzz target: a refused row reported as line 1.
+        let csv = "file,po\rINV-1.pdf,PO-1\r../x.pdf,PO-2\r";
+        let parsed = parse_csv_index_rows("index-1.csv", csv.as_bytes(), &index(',')).unwrap();
+        assert_eq!(parsed.rows.keys().collect::<Vec<_>>(), ["INV-1.pdf"]);
+        let lines: Vec<u64> = parsed.refused.iter().map(|r| r.line).collect();
+        assert_eq!(lines, [3], "{:?}", parsed.refused);
     }
 
     fn index(delim: char) -> Index {

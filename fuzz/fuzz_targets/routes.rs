@@ -17,7 +17,9 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
         match parse_ingest_event(value.clone()) {
-            Ok(IngestEvent::Scheduled(r)) | Ok(IngestEvent::Retry { route: r, .. }) => {
+            Ok(IngestEvent::Scheduled(r))
+            | Ok(IngestEvent::Plan(r))
+            | Ok(IngestEvent::Retry { route: r, .. }) => {
                 let again = parse_ingest_event(json!({ "route": r.config }));
                 assert!(
                     again.is_ok(),

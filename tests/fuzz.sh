@@ -54,7 +54,9 @@ for t in "${TARGETS[@]}"; do
     if ! cargo fuzz run -a -s "$SANITIZER" "$t" "corpus/$t" "seeds/$t" "${extra[@]}" -- \
         -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
         -max_len=65536 -print_final_stats=1 >"$out" 2>&1; then
-        tail -60 "$out" >&2
+        # The failed property or panic, then libFuzzer's summary.
+        grep -m1 -A4 "panicked at" "$out" >&2 || true
+        grep -A12 "^SUMMARY\|^Failing input" "$out" | head -40 >&2
         log "fuzz $t: FINDING (input saved under fuzz/artifacts/$t/)"
         status=1
     fi

@@ -427,16 +427,11 @@ impl Sshd {
         }
     }
 
-    /// Kills the most recently opened connection's sshd processes only, as
-    /// if that one session dropped while the others carry on. Returns
-    /// whether there was one (some of its processes may already be gone,
-    /// so `kill`'s own status says nothing more).
-    pub fn kill_newest_connection(&self) -> bool {
-        let Some(c) = &self.child else {
-            return false;
-        };
-        // Latest start time (field 22 of /proc/PID/stat), then highest pid:
-        // pids may wrap, start times do not go back.
+    /// The most recently opened connection's sshd process (latest start
+    /// time, field 22 of /proc/PID/stat, then highest pid: pids may wrap,
+    /// start times do not go back).
+    fn newest_connection(&self) -> Option<u32> {
+        let c = self.child.as_ref()?;
         let started = |pid: u32| {
             fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
@@ -446,10 +441,39 @@ impl Sshd {
                 })
                 .unwrap_or(0)
         };
-        let Some(newest) = children(c.id())
+        children(c.id())
             .into_iter()
             .max_by_key(|&pid| (started(pid), pid))
-        else {
+    }
+
+    /// Whether the most recently opened connection (its sshd or sftp-server
+    /// processes) holds a file whose path contains `needle` open: a test
+    /// that kills a connection mid-transfer waits for this, since a session
+    /// that authenticated has not necessarily opened its file yet.
+    pub fn newest_connection_has_open(&self, needle: &str) -> bool {
+        let Some(newest) = self.newest_connection() else {
+            return false;
+        };
+        let mut pids = descendants(newest);
+        pids.push(newest);
+        pids.iter().any(|pid| {
+            fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|fds| {
+                    fds.flatten().any(|fd| {
+                        fs::read_link(fd.path())
+                            .is_ok_and(|target| target.to_string_lossy().contains(needle))
+                    })
+                })
+                .unwrap_or(false)
+        })
+    }
+
+    /// Kills the most recently opened connection's sshd processes only, as
+    /// if that one session dropped while the others carry on. Returns
+    /// whether there was one (some of its processes may already be gone,
+    /// so `kill`'s own status says nothing more).
+    pub fn kill_newest_connection(&self) -> bool {
+        let Some(newest) = self.newest_connection() else {
             return false;
         };
         let mut pids = descendants(newest);

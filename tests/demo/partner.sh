@@ -103,25 +103,36 @@ cat >"$WORK/walk.sh" <<'SH'
 set -euo pipefail
 cd "$XECM_ROOT"
 step() { printf '\n==> partner.sh: step %s\n' "$1" >&2; sed 's/^/    $ /' "$2" >&2; }
-# PLAN STEP — `sftp-ingest --plan` comes from another branch (issue #19).
-# When the sftp-ingest built here does not understand --plan, the step is
-# reported unavailable and the walkthrough goes on; any other failure of
-# the step fails the script. Lead: check this guard at merge.
+# The plan step: its output is shown and kept, then checked against what
+# the README says a run would do (the service report ready for its rule,
+# the notes file failing), and that it claimed nothing.
 plan_step() {
-    local probe
-    probe=$(target/debug/sftp-ingest --plan --event /dev/null 2>&1 || true)
-    if grep -q 'unknown argument "--plan"' <<<"$probe"; then
-        printf '==> partner.sh: PLAN STEP unavailable: this build of sftp-ingest does not understand --plan yet; going on\n' >&2
-        return 0
+    . "$1" | tee /tmp/xecm/plan.json
+    python3 - /tmp/xecm/plan.json <<'PY'
+import json, sys
+plan = json.load(open(sys.argv[1]))
+files = {f["source_path"]: f for f in plan["files"]}
+sr = files.get("SR-1001_0000200001.pdf")
+notes = files.get("notes.txt")
+problems = []
+if not sr or sr.get("ready") is not True or sr.get("rule") != "service-report" or sr.get("action") != "create":
+    problems.append(f"the service report is not planned as a ready create by rule service-report: {sr}")
+if not notes or notes.get("action") != "fail":
+    problems.append(f"notes.txt is not planned to fail: {notes}")
+if problems:
+    sys.exit("==> partner.sh: FAILED: plan: " + "; ".join(problems))
+PY
+    if [ -n "$(find "$XECM_SFTP_DATA_ROOT/globex/outbound/.inflight" -type f 2>/dev/null)" ]; then
+        printf '==> partner.sh: FAILED: the plan claimed files\n' >&2
+        exit 1
     fi
-    . "$1"
 }
 SH
 for i in $(seq 1 $((count - 1))); do
     block="$WORK/block-$i.sh"
     printf 'step %d %q\n' "$i" "$block" >>"$WORK/walk.sh"
     if grep -q 'sftp-ingest --plan' "$block"; then
-        printf 'plan_step %q\n' "$block" >>"$WORK/walk.sh" # PLAN STEP
+        printf 'plan_step %q\n' "$block" >>"$WORK/walk.sh"
     else
         printf '. %q\n' "$block" >>"$WORK/walk.sh"
     fi

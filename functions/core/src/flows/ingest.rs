@@ -649,6 +649,23 @@ fn bounded_insert<K: Ord, V>(cache: &mut BTreeMap<K, V>, key: K, value: V) {
     cache.insert(key, value);
 }
 
+/// The route's source directory on its SFTP store (the store's root when
+/// `source_dir` is empty or `/`).
+pub(crate) fn source_dir(route: &Route, store: &dyn FileStore) -> Result<RemotePath, IngestError> {
+    let cfg = &route.config;
+    if cfg.source_dir.trim_matches('/').is_empty() {
+        return Ok(store.root().path());
+    }
+    store
+        .root()
+        .resolve(cfg.source_dir.trim_end_matches('/'))
+        .map_err(|source| IngestError::SourceDir {
+            route: cfg.name.clone(),
+            dir: cfg.source_dir.clone(),
+            source,
+        })
+}
+
 /// Runs one scheduled ingest of `route`.
 pub async fn run(
     route: &Route,
@@ -656,18 +673,7 @@ pub async fn run(
     ctx: &RunContext,
 ) -> Result<IngestReport, IngestError> {
     let cfg = &route.config;
-    let src = if cfg.source_dir.trim_matches('/').is_empty() {
-        deps.store.root().path()
-    } else {
-        deps.store
-            .root()
-            .resolve(cfg.source_dir.trim_end_matches('/'))
-            .map_err(|source| IngestError::SourceDir {
-                route: cfg.name.clone(),
-                dir: cfg.source_dir.clone(),
-                source,
-            })?
-    };
+    let src = source_dir(route, deps.store)?;
     let inflight = src
         .join(INFLIGHT_DIR)
         .map_err(|source| IngestError::SourceDir {
@@ -2983,19 +2989,7 @@ pub async fn retry(
     ctx: &RunContext,
 ) -> Result<IngestReport, IngestError> {
     let cfg = &route.config;
-    let src_err = |source| IngestError::SourceDir {
-        route: cfg.name.clone(),
-        dir: cfg.source_dir.clone(),
-        source,
-    };
-    let src = if cfg.source_dir.trim_matches('/').is_empty() {
-        deps.store.root().path()
-    } else {
-        deps.store
-            .root()
-            .resolve(cfg.source_dir.trim_end_matches('/'))
-            .map_err(src_err)?
-    };
+    let src = source_dir(route, deps.store)?;
     let target = outcomes::ReportTarget::new(&src, &cfg.name, &ctx.invocation_id, deps.clock.now());
     let (tx, rx) = outcomes::channel();
     let mut out = Outcomes::new(

@@ -316,19 +316,7 @@ pub async fn ingest(
     ctx: &RunContext,
 ) -> Result<IngestPlan, PlanError> {
     let cfg = &route.config;
-    let source_err = |source| IngestError::SourceDir {
-        route: cfg.name.clone(),
-        dir: cfg.source_dir.clone(),
-        source,
-    };
-    let src = if cfg.source_dir.trim_matches('/').is_empty() {
-        deps.store.root().path()
-    } else {
-        deps.store
-            .root()
-            .resolve(cfg.source_dir.trim_end_matches('/'))
-            .map_err(source_err)?
-    };
+    let src = super::ingest::source_dir(route, deps.store)?;
     let list_err = |source| IngestError::List {
         route: cfg.name.clone(),
         dir: src.to_string(),
